@@ -1,0 +1,219 @@
+/* Binary 2-D convolution (groups 1): layer creation (weight blocking, padding sums, output
+ * parameters), the run (padded copy of the input, per-architecture kernel over output rows
+ * and 64-channel chunks, zero-padding correction, output transform) and dispatch. */
+#include <stdlib.h>
+#include <string.h>
+#include "../core/internal.h"
+#include "kernel.h"
+#include "reference.h"
+#include "output_transform.h"
+#include "zero_padding_correction.h"
+#if defined(BNN_X86)
+#include "kernels_x86.h"
+#endif
+#if defined(BNN_HAVE_NEON)
+#include "kernels_neon.h"
+#endif
+
+struct bnn_bconv2d {
+    bnn_window win;
+    int32_t pad_mode, out_h, out_w, cw, ocb;
+    int64_t kwords;       /* K = kh * kw * cw */
+    uint32_t *wblk;       /* [ocb][K][16] */
+    int32_t *wsum;        /* [kh * kw][out_c] */
+    bnn_out_params out;   /* arrays owned by the layer */
+    size_t in_len, out_len, pix_len;
+};
+
+static bnn_bconv_kernel kernel_for(int path) {
+    switch (path) {
+#if defined(BNN_X86)
+    case BNN_PATH_AVX512: return bnn_bconv_kernel_avx512;
+    case BNN_PATH_AVX2: return bnn_bconv_kernel_avx2;
+#endif
+#if defined(BNN_HAVE_NEON)
+    case BNN_PATH_NEON: return bnn_bconv_kernel_neon;
+#endif
+    default: return bnn_bconv_kernel_portable;
+    }
+}
+
+void bnn_bconv2d_destroy(bnn_bconv2d *L) {
+    if (!L) return;
+    bnn_aligned_free(L->wblk);
+    free(L->wsum);
+    free((void *)L->out.mul);
+    free((void *)L->out.add);
+    free((void *)L->out.threshold);
+    free((void *)L->out.flip);
+    free(L);
+}
+
+int bnn_bconv2d_create(bnn_bconv2d **out, const bnn_window *win, int32_t pad_mode, const uint32_t *weights,
+                       size_t weights_len, const bnn_output *output) {
+    if (!out) return BNN_E_NULL;
+    *out = NULL;
+    if (!win || !weights || !output) return BNN_E_NULL;
+    int32_t oh, ow;
+    int st = bnn_window_check(win, 1, &oh, &ow);
+    if (st) return st;
+    if (pad_mode != BNN_PAD_ZERO && pad_mode != BNN_PAD_ONE) return BNN_E_SHAPE;
+    if (output->out_mode == BNN_OUT_BITS && !output->threshold) return BNN_E_NULL;
+    if (output->out_mode < BNN_OUT_INT32 || output->out_mode > BNN_OUT_BITS) return BNN_E_SHAPE;
+    const int32_t cw = (int32_t)bnn_packed_words(win->in_c), oc = win->out_c;
+    const int64_t kk = (int64_t)win->kernel_h * win->kernel_w, K = kk * cw;
+    size_t need_w = bnn_elems4(oc, kk, cw, 1);
+    if (need_w == 0) return BNN_E_SHAPE;
+    if (weights_len < need_w) return BNN_E_SIZE;
+    size_t in_len = bnn_elems4(win->n, win->in_h, win->in_w, cw);
+    size_t pix_len = bnn_elems4(win->n, oh, ow, 1);
+    size_t out_len = bnn_elems4(win->n, oh, ow, output->out_mode == BNN_OUT_BITS ? (int64_t)bnn_packed_words(oc) : oc);
+    int32_t ocb = (oc + 15) / 16;
+    size_t blk_len = bnn_elems4(ocb, K, 16, 4);
+    if (!in_len || !pix_len || !out_len || !blk_len || K > INT32_MAX / 64) return BNN_E_SHAPE;
+
+    bnn_bconv2d *L = calloc(1, sizeof *L);
+    if (!L) return BNN_E_NOMEM;
+    L->win = *win;
+    L->pad_mode = pad_mode;
+    L->out_h = oh;
+    L->out_w = ow;
+    L->cw = cw;
+    L->ocb = ocb;
+    L->kwords = K;
+    L->in_len = in_len;
+    L->out_len = out_len;
+    L->pix_len = pix_len;
+    L->out.mode = output->out_mode;
+    L->wblk = bnn_aligned_alloc(blk_len);
+    L->wsum = malloc((size_t)kk * oc * sizeof(int32_t));
+    if (!L->wblk || !L->wsum) goto nomem;
+
+    /* Block the weights, clearing the bits past in_c in the tail words. */
+    const uint32_t tail = (win->in_c % 32) ? ((1u << (win->in_c % 32)) - 1u) : 0xFFFFFFFFu;
+    memset(L->wblk, 0, blk_len);
+    for (int32_t o = 0; o < oc; o++) {
+        uint32_t *dst = L->wblk + (size_t)(o / 16) * K * 16 + (o % 16);
+        const uint32_t *src = weights + (size_t)o * K;
+        for (int64_t k = 0; k < K; k++) {
+            uint32_t v = src[k];
+            if ((k % cw) == cw - 1) v &= tail;
+            dst[k * 16] = v;
+        }
+        for (int64_t pos = 0; pos < kk; pos++) {
+            int32_t pc = 0;
+            for (int32_t c = 0; c < cw; c++) pc += (int32_t)bnn_popcount32(dst[(pos * cw + c) * 16]);
+            L->wsum[pos * oc + o] = win->in_c - 2 * pc;
+        }
+    }
+
+    if (L->out.mode == BNN_OUT_FLOAT) {
+        float *mul = malloc((size_t)oc * sizeof(float)), *add = malloc((size_t)oc * sizeof(float));
+        L->out.mul = mul;
+        L->out.add = add;
+        if (!mul || !add) goto nomem;
+        for (int32_t o = 0; o < oc; o++) {
+            mul[o] = output->mul ? output->mul[o] : 1.0f;
+            add[o] = output->add ? output->add[o] : 0.0f;
+        }
+    } else if (L->out.mode == BNN_OUT_BITS) {
+        int32_t *thr = malloc((size_t)oc * sizeof(int32_t));
+        uint8_t *flip = malloc((size_t)oc);
+        L->out.threshold = thr;
+        L->out.flip = flip;
+        if (!thr || !flip) goto nomem;
+        memcpy(thr, output->threshold, (size_t)oc * sizeof(int32_t));
+        for (int32_t o = 0; o < oc; o++) flip[o] = output->flip ? (output->flip[o] != 0) : 0;
+    }
+    *out = L;
+    return BNN_OK;
+nomem:
+    bnn_bconv2d_destroy(L);
+    return BNN_E_NOMEM;
+}
+
+size_t bnn_bconv2d_input_len(const bnn_bconv2d *L) { return L ? L->in_len : 0; }
+size_t bnn_bconv2d_output_len(const bnn_bconv2d *L) { return L ? L->out_len : 0; }
+
+typedef struct {
+    const bnn_bconv2d *L;
+    const uint32_t *xp; /* padded (or original) input */
+    int32_t hp, wp;     /* its height and width */
+    const float *k_scale;
+    void *y;
+    bnn_bconv_kernel kern;
+    int32_t nchunks;
+} run_args;
+
+#define BNN_CHUNK_BLOCKS BNN_BCONV_BMAX /* 64 output channels per task */
+
+static void run_task(void *p, int64_t begin, int64_t end) {
+    const run_args *a = p;
+    const bnn_bconv2d *L = a->L;
+    const bnn_window *w = &L->win;
+    const int32_t oc = w->out_c, cw = L->cw;
+    const int32_t nfull = w->kernel_h * w->kernel_w * w->in_c;
+    bnn_bconv_geom g = {(ptrdiff_t)w->stride_w * cw, (ptrdiff_t)a->wp * cw, (ptrdiff_t)L->kwords * 16,
+                        w->kernel_h, w->kernel_w, cw};
+    int32_t pop[BNN_BCONV_PMAX * BNN_BCONV_POP_STRIDE];
+    int32_t d[BNN_BCONV_POP_STRIDE];
+    for (int64_t item = begin; item < end; item++) {
+        int32_t chunk = (int32_t)(item % a->nchunks);
+        int64_t row = item / a->nchunks;
+        int32_t n = (int32_t)(row / L->out_h), oy = (int32_t)(row % L->out_h);
+        int32_t b0 = chunk * BNN_CHUNK_BLOCKS;
+        int nb = L->ocb - b0 < BNN_CHUNK_BLOCKS ? L->ocb - b0 : BNN_CHUNK_BLOCKS;
+        int32_t o0 = b0 * 16;
+        int nc = oc - o0 < 16 * nb ? oc - o0 : 16 * nb;
+        int32_t ky0, ky1;
+        bnn_valid_range(oy * w->stride_h, w->kernel_h, w->pad_top, w->in_h, &ky0, &ky1);
+        const uint32_t *xrow = a->xp + ((size_t)n * a->hp + (size_t)oy * w->stride_h) * a->wp * cw;
+        const uint32_t *wb = L->wblk + (size_t)b0 * L->kwords * 16;
+        for (int32_t ox0 = 0; ox0 < L->out_w; ox0 += BNN_BCONV_PMAX) {
+            int np = L->out_w - ox0 < BNN_BCONV_PMAX ? L->out_w - ox0 : BNN_BCONV_PMAX;
+            a->kern(&g, xrow + (size_t)ox0 * w->stride_w * cw, wb, nb, np, pop);
+            for (int pp = 0; pp < np; pp++) {
+                const int32_t *pc = pop + pp * BNN_BCONV_POP_STRIDE;
+                for (int j = 0; j < nc; j++) d[j] = nfull - 2 * pc[j];
+                if (L->pad_mode == BNN_PAD_ZERO) {
+                    int32_t kx0, kx1;
+                    bnn_valid_range((ox0 + pp) * w->stride_w, w->kernel_w, w->pad_left, w->in_w, &kx0, &kx1);
+                    bnn_zero_padding_correct(d, nc, L->wsum, oc, o0, w->kernel_h, w->kernel_w, ky0, ky1, kx0, kx1);
+                }
+                size_t pix = ((size_t)n * L->out_h + oy) * L->out_w + ox0 + pp;
+                bnn_output_transform(&L->out, d, nc, o0, oc, pix, a->k_scale, a->y);
+            }
+        }
+    }
+}
+
+int bnn_bconv2d_run(bnn_ctx *ctx, const bnn_bconv2d *L, const uint32_t *x, size_t x_len, const float *k_scale,
+                    size_t k_len, void *y, size_t y_len) {
+    if (!ctx || !L || !x || !y) return BNN_E_NULL;
+    if (x_len < L->in_len || y_len < L->out_len) return BNN_E_SIZE;
+    if (k_scale) {
+        if (L->out.mode != BNN_OUT_FLOAT) return BNN_E_SHAPE;
+        if (k_len < L->pix_len) return BNN_E_SIZE;
+    }
+    const bnn_window *w = &L->win;
+    const int32_t cw = L->cw;
+    run_args a = {L, x, w->in_h, w->in_w, k_scale, y, kernel_for(ctx->path), (L->ocb + BNN_CHUNK_BLOCKS - 1) / BNN_CHUNK_BLOCKS};
+    if (w->pad_top || w->pad_left || w->pad_bottom || w->pad_right) {
+        int32_t hp = w->in_h + w->pad_top + w->pad_bottom, wp = w->in_w + w->pad_left + w->pad_right;
+        size_t len = bnn_elems4(w->n, hp, wp, cw);
+        if (!len || len > SIZE_MAX / 4) return BNN_E_SHAPE;
+        uint32_t *xp = bnn_scratch(ctx, len * 4);
+        if (!xp) return BNN_E_NOMEM;
+        memset(xp, 0, len * 4); /* bit 0 = +1; the correction makes it 0 for BNN_PAD_ZERO */
+        for (int32_t n = 0; n < w->n; n++)
+            for (int32_t yy = 0; yy < w->in_h; yy++)
+                memcpy(xp + (((size_t)n * hp + yy + w->pad_top) * wp + w->pad_left) * cw,
+                       x + (((size_t)n * w->in_h + yy) * w->in_w) * cw, (size_t)w->in_w * cw * 4);
+        a.xp = xp;
+        a.hp = hp;
+        a.wp = wp;
+    }
+    int64_t items = (int64_t)w->n * L->out_h * a.nchunks;
+    bnn_parallel_for(ctx, items, 1, run_task, &a);
+    return BNN_OK;
+}

@@ -1,0 +1,92 @@
+/* Bit packing along channels (the convention is in bnn.h): bit = (x < threshold), LSB first,
+ * 32 channels per word, tail bits 0.  Pixels are independent: split over threads. */
+#include <string.h>
+#include "../core/internal.h"
+
+size_t bnn_packed_words(int32_t c) { return c <= 0 ? 0 : ((size_t)c + 31) / 32; }
+
+typedef struct {
+    const void *x;
+    int dtype; /* 0 f32, 1 u8, 2 i8 */
+    int32_t c;
+    float fthr;
+    int32_t ithr;
+    uint32_t *out;
+} pack_args;
+
+/* One word from up to 32 values; n <= 32.  Written as a loop the compilers vectorise. */
+#define PACK_WORD(T, x, n, thr, out)                                  \
+    do {                                                              \
+        uint32_t w_ = 0;                                              \
+        for (int i_ = 0; i_ < (n); i_++) w_ |= (uint32_t)((x)[i_] < (thr)) << i_; \
+        *(out) = w_;                                                  \
+    } while (0)
+
+static void pack_task(void *p, int64_t begin, int64_t end) {
+    const pack_args *a = p;
+    const int32_t c = a->c;
+    const size_t words = bnn_packed_words(c);
+    for (int64_t px = begin; px < end; px++) {
+        uint32_t *o = a->out + (size_t)px * words;
+        for (size_t wd = 0; wd < words; wd++) {
+            int n = (int)(c - 32 * (int32_t)wd);
+            if (n > 32) n = 32;
+            size_t off = (size_t)px * (size_t)c + 32 * wd;
+            if (a->dtype == 0) {
+                const float *x = (const float *)a->x + off;
+                float t = a->fthr;
+                if (n == 32) PACK_WORD(float, x, 32, t, o + wd);
+                else PACK_WORD(float, x, n, t, o + wd);
+            } else if (a->dtype == 1) {
+                const uint8_t *x = (const uint8_t *)a->x + off;
+                int32_t t = a->ithr;
+                PACK_WORD(int32_t, x, n, t, o + wd);
+            } else {
+                const int8_t *x = (const int8_t *)a->x + off;
+                int32_t t = a->ithr;
+                PACK_WORD(int32_t, x, n, t, o + wd);
+            }
+        }
+    }
+}
+
+static int bitpack_any(bnn_ctx *ctx, int dtype, const void *x, size_t x_len, int32_t pixels, int32_t c,
+                       float fthr, int32_t ithr, uint32_t *out, size_t out_len) {
+    if (!ctx || !x || !out) return BNN_E_NULL;
+    if (pixels < 0 || c < 1) return BNN_E_SHAPE;
+    size_t need_in, need_out;
+    if (!bnn_mul_ok((size_t)pixels, (size_t)c, &need_in)
+        || !bnn_mul_ok((size_t)pixels, bnn_packed_words(c), &need_out))
+        return BNN_E_SHAPE;
+    if (x_len < need_in || out_len < need_out) return BNN_E_SIZE;
+    pack_args a = {x, dtype, c, fthr, ithr, out};
+    int64_t grain = 1 + 4096 / c;
+    bnn_parallel_for(ctx, pixels, grain, pack_task, &a);
+    return BNN_OK;
+}
+
+int bnn_bitpack_f32(bnn_ctx *ctx, const float *x, size_t x_len, int32_t pixels, int32_t c, float threshold,
+                    uint32_t *out, size_t out_len) {
+    return bitpack_any(ctx, 0, x, x_len, pixels, c, threshold, 0, out, out_len);
+}
+int bnn_bitpack_u8(bnn_ctx *ctx, const uint8_t *x, size_t x_len, int32_t pixels, int32_t c, int32_t zero_point,
+                   uint32_t *out, size_t out_len) {
+    return bitpack_any(ctx, 1, x, x_len, pixels, c, 0.0f, zero_point, out, out_len);
+}
+int bnn_bitpack_i8(bnn_ctx *ctx, const int8_t *x, size_t x_len, int32_t pixels, int32_t c, int32_t zero_point,
+                   uint32_t *out, size_t out_len) {
+    return bitpack_any(ctx, 2, x, x_len, pixels, c, 0.0f, zero_point, out, out_len);
+}
+
+int bnn_unpack_f32(const uint32_t *x, size_t x_len, int32_t pixels, int32_t c, float *out, size_t out_len) {
+    if (!x || !out) return BNN_E_NULL;
+    if (pixels < 0 || c < 1) return BNN_E_SHAPE;
+    size_t words = bnn_packed_words(c), need_in, need_out;
+    if (!bnn_mul_ok((size_t)pixels, words, &need_in) || !bnn_mul_ok((size_t)pixels, (size_t)c, &need_out))
+        return BNN_E_SHAPE;
+    if (x_len < need_in || out_len < need_out) return BNN_E_SIZE;
+    for (size_t p = 0; p < (size_t)pixels; p++)
+        for (int32_t ch = 0; ch < c; ch++)
+            out[p * (size_t)c + ch] = ((x[p * words + ch / 32] >> (ch % 32)) & 1u) ? -1.0f : 1.0f;
+    return BNN_OK;
+}
