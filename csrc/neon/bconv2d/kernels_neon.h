@@ -30,23 +30,28 @@
                 const uint32_t *xr[P];                                                         \
                 for (int p = 0; p < P; p++) xr[p] = x + ky * g->row_stride + kx * g->cw + p * ps; \
                 const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
-                for (int c = 0; c < g->cw; c++) {                                              \
-                    if (++steps == BNN_NEON_FLUSH) {                                           \
+                for (int c0 = 0; c0 < g->cw;) {                                                \
+                    int n = g->cw - c0 < BNN_NEON_FLUSH - steps ? g->cw - c0 : BNN_NEON_FLUSH - steps; \
+                    for (int c = 0; c < n; c++) {                                              \
+                        uint32x4_t wv[4];                                                      \
+                        for (int v = 0; v < 4; v++) wv[v] = vld1q_u32(wk + 4 * v);             \
+                        wk += 16;                                                              \
+                        for (int p = 0; p < P; p++) {                                          \
+                            uint32x4_t a = vld1q_dup_u32(xr[p]++);                             \
+                            for (int v = 0; v < 4; v++)                                        \
+                                acc[p][v] = vpadalq_u8(                                        \
+                                    acc[p][v], vcntq_u8(vreinterpretq_u8_u32(veorq_u32(a, wv[v])))); \
+                        }                                                                      \
+                    }                                                                          \
+                    c0 += n;                                                                   \
+                    steps += n;                                                                \
+                    if (steps == BNN_NEON_FLUSH) {                                             \
                         for (int p = 0; p < P; p++)                                            \
                             for (int v = 0; v < 4; v++) {                                      \
                                 tot[p][v] = vpadalq_u16(tot[p][v], acc[p][v]);                 \
                                 acc[p][v] = vdupq_n_u16(0);                                    \
                             }                                                                  \
-                        steps = 1;                                                             \
-                    }                                                                          \
-                    uint32x4_t wv[4];                                                          \
-                    for (int v = 0; v < 4; v++) wv[v] = vld1q_u32(wk + 4 * v);                 \
-                    wk += 16;                                                                  \
-                    for (int p = 0; p < P; p++) {                                              \
-                        uint32x4_t a = vld1q_dup_u32(xr[p]++);                                 \
-                        for (int v = 0; v < 4; v++)                                            \
-                            acc[p][v] = vpadalq_u8(                                            \
-                                acc[p][v], vcntq_u8(vreinterpretq_u8_u32(veorq_u32(a, wv[v])))); \
+                        steps = 0;                                                             \
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
