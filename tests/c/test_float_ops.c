@@ -1,0 +1,453 @@
+/* Tests of the float ops (fconv2d, max/avg pool, add), binary max pool and xnor_scale
+ * against naive double-precision references; bit-identity across thread counts 1..3 and
+ * every available code path; argument checking (NULL, short buffers, bad geometry). */
+#include <math.h>
+#include <string.h>
+#include "bnn.h"
+#include "check.h"
+
+#define EXTRA 4 /* sentinel elements after every output, must stay untouched */
+static const float SENT = 12345.5f;
+static const uint32_t SENT_U = 0xDEADBEEFu;
+
+static bnn_ctx *ctxs[3]; /* 1, 2, 3 threads */
+
+/* ---- helpers ------------------------------------------------------------------------- */
+static int32_t out_dim(int32_t in, int32_t k, int32_t s, int32_t p0, int32_t p1) { return (in + p0 + p1 - k) / s + 1; }
+static size_t words(int32_t c) { return ((size_t)c + 31) / 32; }
+
+static float *falloc(size_t n) {
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    if (!p) abort();
+    return p;
+}
+static void ffill(float *p, size_t n, float v) {
+    for (size_t i = 0; i < n; i++) p[i] = v;
+}
+static void frand(float *p, size_t n) {
+    for (size_t i = 0; i < n; i++) p[i] = check_rand_float(-1.0f, 1.0f);
+}
+static int all_sent(const float *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&p[i], &SENT, sizeof SENT) != 0) return 0;
+    return 1;
+}
+
+static bnn_window rand_win(int max_c) {
+    static const int ks[] = {1, 3, 5, 7};
+    bnn_window w;
+    memset(&w, 0, sizeof w);
+    w.kernel_h = ks[check_rand_int(0, 3)];
+    w.kernel_w = check_rand_int(0, 2) ? w.kernel_h : ks[check_rand_int(0, 3)];
+    w.stride_h = check_rand_int(1, 2);
+    w.stride_w = check_rand_int(0, 3) ? w.stride_h : check_rand_int(1, 2);
+    w.pad_top = check_rand_int(0, w.kernel_h - 1);
+    w.pad_bottom = check_rand_int(0, w.kernel_h - 1);
+    w.pad_left = check_rand_int(0, w.kernel_w - 1);
+    w.pad_right = check_rand_int(0, w.kernel_w - 1);
+    int mh = w.kernel_h - w.pad_top - w.pad_bottom, mw = w.kernel_w - w.pad_left - w.pad_right;
+    w.in_h = (mh > 1 ? mh : 1) + check_rand_int(0, 12);
+    w.in_w = (mw > 1 ? mw : 1) + check_rand_int(0, 14);
+    w.in_c = check_rand_int(1, max_c);
+    w.n = check_rand_int(1, 2);
+    w.out_c = check_rand_int(1, 40);
+    return w;
+}
+
+#define WFMT "n%d %dx%dx%d oc%d k%dx%d s%dx%d p%d,%d,%d,%d"
+#define WARGS(w) (w).n, (w).in_h, (w).in_w, (w).in_c, (w).out_c, (w).kernel_h, (w).kernel_w, (w).stride_h, \
+                 (w).stride_w, (w).pad_top, (w).pad_left, (w).pad_bottom, (w).pad_right
+
+/* Runs op on every context (thread count) and every available path; all results must be
+ * bit-identical to 1 thread + portable, which is returned (caller frees), and the EXTRA
+ * sentinel elements past y_len must stay untouched. */
+typedef int (*op_fn)(bnn_ctx *ctx, const void *state, void *y, size_t y_len);
+
+static void *run_variants(op_fn op, const void *state, size_t y_len, size_t esz, const char *what) {
+    size_t bytes = (y_len + EXTRA) * esz;
+    unsigned char *base = malloc(bytes), *y = malloc(bytes);
+    if (!base || !y) abort();
+    int first = 1;
+    for (int p = BNN_PATH_PORTABLE; p <= BNN_PATH_AVX512; p++) {
+        if (!bnn_path_available(p)) continue;
+        for (int t = 0; t < 3; t++) {
+            CHECK(bnn_ctx_set_path(ctxs[t], p) == BNN_OK, "set path %d", p);
+            unsigned char *dst = first ? base : y;
+            for (size_t i = 0; i < y_len + EXTRA; i++) memcpy(dst + i * esz, &SENT, esz); /* esz is 4 */
+            int rc = op(ctxs[t], state, dst, y_len);
+            CHECK(rc == BNN_OK, "%s: rc %d (path %s, %d threads)", what, rc, bnn_path_name(p), t + 1);
+            for (size_t i = y_len; i < y_len + EXTRA; i++)
+                CHECK(memcmp(dst + i * esz, &SENT, esz) == 0, "%s: wrote past the output", what);
+            if (!first)
+                CHECK(memcmp(base, y, y_len * esz) == 0, "%s: path %s, %d threads differs from portable/1",
+                      what, bnn_path_name(p), t + 1);
+            first = 0;
+        }
+    }
+    free(y);
+    return base;
+}
+
+static int close_enough(double got, double ref, double scale) {
+    return fabs(got - ref) <= 1e-5 * scale + 1e-30;
+}
+
+/* ---- fconv2d --------------------------------------------------------------------------- */
+typedef struct {
+    const bnn_fconv2d *layer;
+    const float *x;
+    size_t x_len;
+} fconv_state;
+
+static int fconv_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
+    const fconv_state *st = s;
+    return bnn_fconv2d_run(ctx, st->layer, st->x, st->x_len, y, y_len);
+}
+
+static void test_fconv_case(const bnn_window *w, int with_bias) {
+    int32_t oh = out_dim(w->in_h, w->kernel_h, w->stride_h, w->pad_top, w->pad_bottom);
+    int32_t ow = out_dim(w->in_w, w->kernel_w, w->stride_w, w->pad_left, w->pad_right);
+    size_t x_len = (size_t)w->n * w->in_h * w->in_w * w->in_c;
+    size_t w_len = (size_t)w->out_c * w->kernel_h * w->kernel_w * w->in_c;
+    size_t y_len = (size_t)w->n * oh * ow * w->out_c;
+    float *x = falloc(x_len), *wt = falloc(w_len), *bias = falloc(w->out_c);
+    frand(x, x_len);
+    frand(wt, w_len);
+    frand(bias, w->out_c);
+    bnn_fconv2d *L = NULL;
+    int rc = bnn_fconv2d_create(&L, w, wt, w_len, with_bias ? bias : NULL, with_bias ? (size_t)w->out_c : 0);
+    CHECK(rc == BNN_OK && L, "fconv create rc %d " WFMT, rc, WARGS(*w));
+    if (!L) goto done;
+    CHECK(bnn_fconv2d_input_len(L) == x_len, "input_len");
+    CHECK(bnn_fconv2d_output_len(L) == y_len, "output_len");
+    fconv_state st = {L, x, x_len};
+    float *y = run_variants(fconv_op, &st, y_len, sizeof(float), "fconv2d");
+    int bad = 0;
+    for (int b = 0; b < w->n; b++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++)
+                for (int o = 0; o < w->out_c; o++) {
+                    double acc = with_bias ? bias[o] : 0.0, mag = fabs(acc);
+                    for (int ky = 0; ky < w->kernel_h; ky++)
+                        for (int kx = 0; kx < w->kernel_w; kx++) {
+                            int iy = oy * w->stride_h - w->pad_top + ky, ix = ox * w->stride_w - w->pad_left + kx;
+                            if (iy < 0 || iy >= w->in_h || ix < 0 || ix >= w->in_w) continue;
+                            for (int c = 0; c < w->in_c; c++) {
+                                double p = (double)x[(((size_t)b * w->in_h + iy) * w->in_w + ix) * w->in_c + c]
+                                           * wt[(((size_t)o * w->kernel_h + ky) * w->kernel_w + kx) * w->in_c + c];
+                                acc += p;
+                                mag += fabs(p);
+                            }
+                        }
+                    float got = y[(((size_t)b * oh + oy) * ow + ox) * w->out_c + o];
+                    if (!close_enough(got, acc, mag) && bad++ < 3)
+                        CHECK(0, "fconv2d " WFMT " at b%d y%d x%d o%d: %.9g vs %.9g", WARGS(*w), b, oy, ox, o, got, acc);
+                }
+    CHECK(bad == 0, "fconv2d " WFMT ": %d mismatches", WARGS(*w), bad);
+    free(y);
+    bnn_fconv2d_destroy(L);
+done:
+    free(x);
+    free(wt);
+    free(bias);
+}
+
+static void test_fconv(void) {
+    for (int i = 0; i < 60; i++) {
+        bnn_window w = rand_win(70);
+        test_fconv_case(&w, i % 3 != 0);
+    }
+    /* first layer: 3x3 stride 2 on a 3-channel image */
+    bnn_window w = {1, 37, 41, 3, 16, 3, 3, 2, 2, 1, 1, 1, 1};
+    test_fconv_case(&w, 1);
+    w = (bnn_window){2, 20, 19, 1, 32, 3, 3, 2, 2, 0, 0, 1, 1};
+    test_fconv_case(&w, 0);
+    /* 1x1 convolution, out_c multiple and non-multiple of the block */
+    w = (bnn_window){1, 9, 7, 64, 24, 1, 1, 1, 1, 0, 0, 0, 0};
+    test_fconv_case(&w, 1);
+    w = (bnn_window){2, 5, 6, 33, 8, 1, 1, 1, 1, 0, 0, 0, 0};
+    test_fconv_case(&w, 1);
+    /* dense heads: 1x1 convolution on a 1x1 image */
+    w = (bnn_window){1, 1, 1, 4096, 37, 1, 1, 1, 1, 0, 0, 0, 0};
+    test_fconv_case(&w, 1);
+    w = (bnn_window){2, 1, 1, 512, 10, 1, 1, 1, 1, 0, 0, 0, 0};
+    test_fconv_case(&w, 0);
+    /* kernel as big as the padded image; wide stride */
+    w = (bnn_window){1, 4, 5, 2, 9, 7, 7, 8, 8, 2, 1, 1, 1};
+    test_fconv_case(&w, 1);
+}
+
+/* ---- pools, xnor_scale ------------------------------------------------------------------ */
+typedef struct {
+    int kind; /* 0 max, 1 avg exclude pad, 2 avg include pad, 3 bmax, 4 xnor_scale */
+    const bnn_window *w;
+    const void *x;
+    size_t x_len;
+} pool_state;
+
+static int pool_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
+    const pool_state *st = s;
+    switch (st->kind) {
+    case 0: return bnn_maxpool2d(ctx, st->w, st->x, st->x_len, y, y_len);
+    case 1: return bnn_avgpool2d(ctx, st->w, 0, st->x, st->x_len, y, y_len);
+    case 2: return bnn_avgpool2d(ctx, st->w, 1, st->x, st->x_len, y, y_len);
+    case 3: return bnn_bmaxpool2d(ctx, st->w, st->x, st->x_len, y, y_len);
+    default: return bnn_xnor_scale(ctx, st->w, st->x, st->x_len, y, y_len);
+    }
+}
+
+static void test_pool_case(const bnn_window *w, int kind) {
+    static const char *names[] = {"maxpool", "avgpool", "avgpool(include_pad)", "bmaxpool", "xnor_scale"};
+    int32_t oh = out_dim(w->in_h, w->kernel_h, w->stride_h, w->pad_top, w->pad_bottom);
+    int32_t ow = out_dim(w->in_w, w->kernel_w, w->stride_w, w->pad_left, w->pad_right);
+    size_t c = kind == 3 ? words(w->in_c) : (size_t)w->in_c;
+    size_t oc = kind == 4 ? 1 : c;
+    size_t x_len = (size_t)w->n * w->in_h * w->in_w * c, y_len = (size_t)w->n * oh * ow * oc;
+    void *xv = malloc(x_len * 4);
+    if (!xv) abort();
+    if (kind == 3) {
+        uint32_t *xb = xv;
+        for (size_t i = 0; i < x_len; i++) {
+            uint32_t v = (uint32_t)check_rand_u64() | (uint32_t)check_rand_u64(); /* mostly 1 bits: ANDs stay interesting */
+            size_t wi = i % c;
+            if (wi == c - 1 && w->in_c % 32) v &= (1u << (w->in_c % 32)) - 1;
+            xb[i] = v;
+        }
+    } else {
+        frand(xv, x_len);
+    }
+    pool_state st = {kind, w, xv, x_len};
+    void *yv = run_variants(pool_op, &st, y_len, 4, names[kind]);
+    int bad = 0;
+    for (int b = 0; b < w->n; b++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++)
+                for (size_t ch = 0; ch < oc; ch++) {
+                    double acc = kind == 0 ? -INFINITY : 0.0, mag = 0.0;
+                    uint32_t band = 0xFFFFFFFFu;
+                    int cnt = 0;
+                    for (int ky = 0; ky < w->kernel_h; ky++)
+                        for (int kx = 0; kx < w->kernel_w; kx++) {
+                            int iy = oy * w->stride_h - w->pad_top + ky, ix = ox * w->stride_w - w->pad_left + kx;
+                            if (iy < 0 || iy >= w->in_h || ix < 0 || ix >= w->in_w) continue;
+                            size_t pix = ((size_t)b * w->in_h + iy) * w->in_w + ix;
+                            cnt++;
+                            if (kind == 3) {
+                                band &= ((const uint32_t *)xv)[pix * c + ch];
+                            } else if (kind == 4) {
+                                double s = 0.0;
+                                for (size_t i = 0; i < c; i++) s += fabs(((const float *)xv)[pix * c + i]);
+                                acc += s / (double)c;
+                            } else {
+                                double v = ((const float *)xv)[pix * c + ch];
+                                acc = kind == 0 ? (v > acc ? v : acc) : acc + v;
+                                mag += fabs(v);
+                            }
+                        }
+                    size_t oi = (((size_t)b * oh + oy) * ow + ox) * oc + ch;
+                    if (kind == 3) {
+                        uint32_t got = ((const uint32_t *)yv)[oi];
+                        if (got != band && bad++ < 3)
+                            CHECK(0, "bmaxpool " WFMT " at %d,%d,%d,%d: %08x vs %08x", WARGS(*w), b, oy, ox, (int)ch, got, band);
+                        continue;
+                    }
+                    double div = kind == 0 ? 1.0 : kind == 1 ? cnt : (double)(w->kernel_h * w->kernel_w);
+                    if (kind == 4) {
+                        mag = acc;
+                        div = (double)(w->kernel_h * w->kernel_w);
+                    }
+                    double ref = acc / div, got = ((const float *)yv)[oi];
+                    if (!close_enough(got, ref, kind == 0 ? fabs(ref) : mag / div) && bad++ < 3)
+                        CHECK(0, "%s " WFMT " at %d,%d,%d,%d: %.9g vs %.9g", names[kind], WARGS(*w), b, oy, ox,
+                              (int)ch, got, ref);
+                }
+    CHECK(bad == 0, "%s " WFMT ": %d mismatches", names[kind], WARGS(*w), bad);
+    free(xv);
+    free(yv);
+}
+
+static void test_pools(void) {
+    for (int i = 0; i < 40; i++) {
+        bnn_window w = rand_win(70);
+        for (int kind = 0; kind < 5; kind++) test_pool_case(&w, kind);
+        w.in_c = check_rand_int(1, 130); /* several packed words */
+        test_pool_case(&w, 3);
+    }
+    /* global average pooling; out_c is ignored by pools and xnor_scale */
+    bnn_window w = {2, 7, 7, 64, 0, 7, 7, 1, 1, 0, 0, 0, 0};
+    for (int kind = 0; kind < 5; kind++) test_pool_case(&w, kind);
+    w = (bnn_window){1, 1, 1, 33, -5, 1, 1, 1, 1, 0, 0, 0, 0};
+    for (int kind = 0; kind < 5; kind++) test_pool_case(&w, kind);
+}
+
+/* ---- add -------------------------------------------------------------------------------- */
+typedef struct {
+    const float *a, *b;
+    size_t n;
+} add_state;
+
+static int add_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
+    const add_state *st = s;
+    return bnn_add_f32(ctx, st->a, st->n, st->b, st->n, y, y_len, st->n);
+}
+
+static void test_add(void) {
+    static const size_t ns[] = {0, 1, 7, 100, 70001, 300000};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        size_t n = ns[k];
+        float *a = falloc(n), *b = falloc(n), *c = falloc(n);
+        frand(a, n);
+        frand(b, n);
+        add_state st = {a, b, n};
+        float *y = run_variants(add_op, &st, n, sizeof(float), "add");
+        int bad = 0;
+        for (size_t i = 0; i < n; i++) bad += y[i] != a[i] + b[i];
+        CHECK(bad == 0, "add n=%zu: %d mismatches", n, bad);
+        /* in place: y aliases a, then b */
+        memcpy(c, a, n * sizeof *c);
+        CHECK(bnn_add_f32(ctxs[2], c, n, b, n, c, n, n) == BNN_OK, "add in place (a)");
+        CHECK(n == 0 || memcmp(c, y, n * sizeof *c) == 0, "add in place (a) differs");
+        memcpy(c, b, n * sizeof *c);
+        CHECK(bnn_add_f32(ctxs[1], a, n, c, n, c, n, n) == BNN_OK, "add in place (b)");
+        CHECK(n == 0 || memcmp(c, y, n * sizeof *c) == 0, "add in place (b) differs");
+        free(a);
+        free(b);
+        free(c);
+        free(y);
+    }
+}
+
+/* ---- bad arguments ------------------------------------------------------------------------ */
+static void test_bad_args(void) {
+    bnn_ctx *ctx = ctxs[1];
+    bnn_window w = {1, 6, 5, 3, 4, 3, 3, 1, 1, 1, 1, 1, 1}; /* out 6x5x4 */
+    size_t x_len = 6 * 5 * 3, w_len = 4 * 3 * 3 * 3, y_len = 6 * 5 * 4, k_len = 6 * 5;
+    float x[6 * 5 * 3], wt[4 * 3 * 3 * 3], bias[4], y[6 * 5 * 4 + 8];
+    frand(x, x_len);
+    frand(wt, w_len);
+    frand(bias, 4);
+
+    /* fconv2d create */
+    bnn_fconv2d *L = (bnn_fconv2d *)&w; /* must be reset to NULL on failure */
+    CHECK(bnn_fconv2d_create(NULL, &w, wt, w_len, bias, 4) == BNN_E_NULL, "create out NULL");
+    CHECK(bnn_fconv2d_create(&L, NULL, wt, w_len, bias, 4) == BNN_E_NULL && L == NULL, "create win NULL");
+    CHECK(bnn_fconv2d_create(&L, &w, NULL, w_len, bias, 4) == BNN_E_NULL && L == NULL, "create weights NULL");
+    CHECK(bnn_fconv2d_create(&L, &w, wt, w_len - 1, bias, 4) == BNN_E_SIZE && L == NULL, "create weights short");
+    CHECK(bnn_fconv2d_create(&L, &w, wt, w_len, bias, 3) == BNN_E_SIZE && L == NULL, "create bias short");
+    bnn_window bw[8];
+    for (int i = 0; i < 8; i++) bw[i] = w;
+    bw[0].kernel_h = 0;
+    bw[1].stride_w = 9;
+    bw[2].pad_left = 3;        /* pad >= kernel */
+    bw[3].out_c = 0;           /* conv needs out_c */
+    bw[4].in_h = 0;
+    bw[5].in_w = 1;            /* 1 + 1 + 0 < 3 */
+    bw[5].pad_right = 0;
+    bw[6].pad_top = -1;
+    bw[7].kernel_w = 16;
+    for (int i = 0; i < 8; i++)
+        CHECK(bnn_fconv2d_create(&L, &bw[i], wt, w_len, bias, 4) == BNN_E_SHAPE && L == NULL, "create bad shape %d", i);
+    /* huge but in-range geometry whose weights could never fit */
+    bnn_window huge = {1, 1, 1, 1 << 20, 1 << 20, 15, 15, 1, 1, 7, 7, 7, 7};
+    int rc = bnn_fconv2d_create(&L, &huge, wt, w_len, NULL, 0);
+    CHECK((rc == BNN_E_SHAPE || rc == BNN_E_SIZE) && L == NULL, "create huge rc %d", rc);
+
+    /* fconv2d run */
+    CHECK(bnn_fconv2d_create(&L, &w, wt, w_len, NULL, 0) == BNN_OK && L, "create ok without bias");
+    ffill(y, y_len + 8, SENT);
+    CHECK(bnn_fconv2d_run(NULL, L, x, x_len, y, y_len) == BNN_E_NULL, "run ctx NULL");
+    CHECK(bnn_fconv2d_run(ctx, NULL, x, x_len, y, y_len) == BNN_E_NULL, "run layer NULL");
+    CHECK(bnn_fconv2d_run(ctx, L, NULL, x_len, y, y_len) == BNN_E_NULL, "run x NULL");
+    CHECK(bnn_fconv2d_run(ctx, L, x, x_len, NULL, y_len) == BNN_E_NULL, "run y NULL");
+    CHECK(bnn_fconv2d_run(ctx, L, x, x_len - 1, y, y_len) == BNN_E_SIZE, "run x short");
+    CHECK(bnn_fconv2d_run(ctx, L, x, x_len, y, y_len - 1) == BNN_E_SIZE, "run y short");
+    CHECK(all_sent(y, y_len + 8), "fconv2d wrote on error");
+    CHECK(bnn_fconv2d_run(ctx, L, x, x_len, y, y_len) == BNN_OK, "run ok");
+    CHECK(all_sent(y + y_len, 8), "fconv2d wrote past y_len");
+    bnn_fconv2d_destroy(L);
+    bnn_fconv2d_destroy(NULL);
+    CHECK(bnn_fconv2d_input_len(NULL) == 0 && bnn_fconv2d_output_len(NULL) == 0, "len of NULL layer");
+
+    /* pools and xnor_scale: out 6x5 pixels of 3 channels (1 word / 1 scale) */
+    uint32_t xb[6 * 5], yb[6 * 5 + 8];
+    for (int i = 0; i < 30; i++) xb[i] = (uint32_t)check_rand_u64() & 7u;
+    size_t py_len = 6 * 5 * 3;
+    for (int op = 0; op < 4; op++) {
+        const char *nm = op == 0 ? "maxpool" : op == 1 ? "avgpool" : op == 2 ? "xnor_scale" : "bmaxpool";
+        size_t need = op == 2 ? k_len : py_len;
+#define CALL(c, wp, xp, xl, yp, yl)                                              \
+    (op == 0   ? bnn_maxpool2d(c, wp, xp, xl, yp, yl)                            \
+     : op == 1 ? bnn_avgpool2d(c, wp, 0, xp, xl, yp, yl)                         \
+               : bnn_xnor_scale(c, wp, xp, xl, yp, yl))
+        if (op == 3) {
+            for (int i = 0; i < 38; i++) yb[i] = SENT_U;
+            CHECK(bnn_bmaxpool2d(NULL, &w, xb, 30, yb, 30) == BNN_E_NULL, "bmaxpool ctx NULL");
+            CHECK(bnn_bmaxpool2d(ctx, NULL, xb, 30, yb, 30) == BNN_E_NULL, "bmaxpool win NULL");
+            CHECK(bnn_bmaxpool2d(ctx, &w, NULL, 30, yb, 30) == BNN_E_NULL, "bmaxpool x NULL");
+            CHECK(bnn_bmaxpool2d(ctx, &w, xb, 30, NULL, 30) == BNN_E_NULL, "bmaxpool y NULL");
+            CHECK(bnn_bmaxpool2d(ctx, &w, xb, 29, yb, 30) == BNN_E_SIZE, "bmaxpool x short");
+            CHECK(bnn_bmaxpool2d(ctx, &w, xb, 30, yb, 29) == BNN_E_SIZE, "bmaxpool y short");
+            for (int i = 0; i < 8; i++)
+                if (i != 3) CHECK(bnn_bmaxpool2d(ctx, &bw[i], xb, 30, yb, 30) == BNN_E_SHAPE, "bmaxpool bad shape %d", i);
+            int untouched = 1;
+            for (int i = 0; i < 38; i++) untouched &= yb[i] == SENT_U;
+            CHECK(untouched, "bmaxpool wrote on error");
+            CHECK(bnn_bmaxpool2d(ctx, &w, xb, 30, yb, 30) == BNN_OK, "bmaxpool ok");
+            for (int i = 30; i < 38; i++) untouched &= yb[i] == SENT_U;
+            CHECK(untouched, "bmaxpool wrote past y_len");
+            continue;
+        }
+        ffill(y, need + 8, SENT);
+        CHECK(CALL(NULL, &w, x, x_len, y, need) == BNN_E_NULL, "%s ctx NULL", nm);
+        CHECK(CALL(ctx, NULL, x, x_len, y, need) == BNN_E_NULL, "%s win NULL", nm);
+        CHECK(CALL(ctx, &w, NULL, x_len, y, need) == BNN_E_NULL, "%s x NULL", nm);
+        CHECK(CALL(ctx, &w, x, x_len, NULL, need) == BNN_E_NULL, "%s y NULL", nm);
+        CHECK(CALL(ctx, &w, x, x_len - 1, y, need) == BNN_E_SIZE, "%s x short", nm);
+        CHECK(CALL(ctx, &w, x, x_len, y, need - 1) == BNN_E_SIZE, "%s y short", nm);
+        for (int i = 0; i < 8; i++)
+            if (i != 3) CHECK(CALL(ctx, &bw[i], x, x_len, y, need) == BNN_E_SHAPE, "%s bad shape %d", nm, i);
+        CHECK(all_sent(y, need + 8), "%s wrote on error", nm);
+        CHECK(CALL(ctx, &bw[3], x, x_len, y, need) == BNN_OK, "%s ignores out_c", nm);
+        CHECK(all_sent(y + need, 8), "%s wrote past y_len", nm);
+#undef CALL
+    }
+    ffill(y, py_len, SENT);
+    CHECK(bnn_avgpool2d(ctx, &w, 2, x, x_len, y, py_len) == BNN_E_SHAPE, "avgpool count_include_pad 2");
+    CHECK(bnn_avgpool2d(ctx, &w, -1, x, x_len, y, py_len) == BNN_E_SHAPE, "avgpool count_include_pad -1");
+    CHECK(bnn_avgpool2d(NULL, &w, 2, x, x_len, y, py_len) == BNN_E_NULL, "avgpool NULL before bad flag");
+    CHECK(all_sent(y, py_len), "avgpool wrote on error");
+
+    /* add */
+    float a[10], b[10], s[12];
+    frand(a, 10);
+    frand(b, 10);
+    ffill(s, 12, SENT);
+    CHECK(bnn_add_f32(NULL, a, 10, b, 10, s, 10, 10) == BNN_E_NULL, "add ctx NULL");
+    CHECK(bnn_add_f32(ctx, NULL, 10, b, 10, s, 10, 10) == BNN_E_NULL, "add a NULL");
+    CHECK(bnn_add_f32(ctx, a, 10, NULL, 10, s, 10, 10) == BNN_E_NULL, "add b NULL");
+    CHECK(bnn_add_f32(ctx, a, 10, b, 10, NULL, 10, 10) == BNN_E_NULL, "add y NULL");
+    CHECK(bnn_add_f32(ctx, a, 9, b, 10, s, 10, 10) == BNN_E_SIZE, "add a short");
+    CHECK(bnn_add_f32(ctx, a, 10, b, 9, s, 10, 10) == BNN_E_SIZE, "add b short");
+    CHECK(bnn_add_f32(ctx, a, 10, b, 10, s, 9, 10) == BNN_E_SIZE, "add y short");
+    CHECK(all_sent(s, 12), "add wrote on error");
+    CHECK(bnn_add_f32(ctx, a, 10, b, 10, s, 12, 10) == BNN_OK && all_sent(s + 10, 2), "add wrote past n");
+}
+
+int main(void) {
+    check_seed(20240611);
+    for (int t = 0; t < 3; t++) {
+        int rc = bnn_ctx_create(&ctxs[t], t + 1);
+        CHECK(rc == BNN_OK, "ctx create %d threads: %d", t + 1, rc);
+        if (rc != BNN_OK) return check_summary("test_float_ops");
+    }
+    printf("paths:");
+    for (int p = BNN_PATH_PORTABLE; p <= BNN_PATH_AVX512; p++)
+        if (bnn_path_available(p)) printf(" %s", bnn_path_name(p));
+    printf("\n");
+    test_bad_args();
+    test_add();
+    test_pools();
+    test_fconv();
+    for (int t = 0; t < 3; t++) bnn_ctx_destroy(ctxs[t]);
+    return check_summary("test_float_ops");
+}
