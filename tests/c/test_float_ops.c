@@ -337,7 +337,7 @@ static void test_bad_args(void) {
     bnn_window bw[8];
     for (int i = 0; i < 8; i++) bw[i] = w;
     bw[0].kernel_h = 0;
-    bw[1].stride_w = 9;
+    bw[1].stride_w = 1 << 17; /* conv: 1..8, pools: 1..65536 */
     bw[2].pad_left = 3;        /* pad >= kernel */
     bw[3].out_c = 0;           /* conv needs out_c */
     bw[4].in_h = 0;

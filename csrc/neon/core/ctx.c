@@ -254,7 +254,8 @@ int bnn_window_check(const bnn_window *w, int is_conv, int32_t *out_h, int32_t *
     if (is_conv && (w->out_c < 1 || w->out_c > (1 << 20))) return BNN_E_SHAPE;
     const int32_t kmax = is_conv ? 15 : (1 << 16); /* pools: up to the whole image (global pooling) */
     if (w->kernel_h < 1 || w->kernel_h > kmax || w->kernel_w < 1 || w->kernel_w > kmax) return BNN_E_SHAPE;
-    if (w->stride_h < 1 || w->stride_h > 8 || w->stride_w < 1 || w->stride_w > 8) return BNN_E_SHAPE;
+    const int32_t smax = is_conv ? 8 : (1 << 16);
+    if (w->stride_h < 1 || w->stride_h > smax || w->stride_w < 1 || w->stride_w > smax) return BNN_E_SHAPE;
     if (w->pad_top < 0 || w->pad_bottom < 0 || w->pad_left < 0 || w->pad_right < 0) return BNN_E_SHAPE;
     if (w->pad_top >= w->kernel_h || w->pad_bottom >= w->kernel_h || w->pad_left >= w->kernel_w
         || w->pad_right >= w->kernel_w)

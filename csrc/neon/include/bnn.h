@@ -96,7 +96,7 @@ typedef struct {
     int32_t n, in_h, in_w, in_c;
     int32_t out_c;                  /* convolutions only; pools: ignored (out_c = in_c) */
     int32_t kernel_h, kernel_w;     /* convolutions 1 .. 15; pools 1 .. 65536 */
-    int32_t stride_h, stride_w;     /* 1 .. 8 */
+    int32_t stride_h, stride_w;     /* convolutions 1 .. 8; pools 1 .. 65536 */
     int32_t pad_top, pad_left, pad_bottom, pad_right; /* 0 .. kernel - 1 */
 } bnn_window;
 /* Fills *out_h, *out_w; BNN_E_SHAPE when the geometry is invalid. */

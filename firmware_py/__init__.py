@@ -1,0 +1,59 @@
+"""firmware_py: a binarized-neural-network (XNOR-Net) runtime for the Raspberry Pi.
+
+Runs on the device with only numpy and cffi: the prebuilt C library
+(firmware_py/_lib/<arch>/libbnn.so, or $BNN_LIBRARY) is opened in cffi ABI mode the
+first time an op needs it, so ``import firmware_py`` works even where it is missing.
+"""
+
+__version__ = "0.1.0"
+
+from ._native import (  # noqa: F401
+    BnnError,
+    BnnLibraryError,
+    BnnPathError,
+    BnnShapeError,
+    BnnSizeError,
+)
+from .ops import (  # noqa: F401
+    BConv2d,
+    Context,
+    FConv2d,
+    add,
+    available_paths,
+    avgpool2d,
+    bitpack,
+    bmaxpool2d,
+    default_context,
+    global_avgpool,
+    library_version,
+    maxpool2d,
+    packed_words,
+    pads_for,
+    unpack,
+    xnor_scale,
+)
+
+__all__ = [
+    "__version__",
+    "BnnError",
+    "BnnLibraryError",
+    "BnnPathError",
+    "BnnShapeError",
+    "BnnSizeError",
+    "BConv2d",
+    "Context",
+    "FConv2d",
+    "add",
+    "available_paths",
+    "avgpool2d",
+    "bitpack",
+    "bmaxpool2d",
+    "default_context",
+    "global_avgpool",
+    "library_version",
+    "maxpool2d",
+    "packed_words",
+    "pads_for",
+    "unpack",
+    "xnor_scale",
+]

@@ -1,0 +1,187 @@
+"""Benchmarks (scripts, not tests): ``python -m firmware_py.bench conv``.
+
+``conv``: binary convolution (this runtime, packed input -> float output) against
+onnxruntime's fp32 Conv of the same shape and thread count, for the layer shapes of
+XNOR-Net's speedup figure.  Prints a table, or one JSON object per row with ``--json``.
+
+``conv --arch aarch64`` (or ``armhf``): cross-builds the static benchmark program
+(csrc/bench/bench_bconv.c) and counts the guest instructions of one convolution under
+qemu-user with ../shared/tools/arm-icount (exact and repeatable, unlike qemu's wall time):
+``instructions_per_binary_mac`` per row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CROSS = {
+    "aarch64": ("aarch64-linux-gnu-gcc", ["-march=armv8-a", "-mtune=cortex-a72"], "qemu-aarch64",
+                "/usr/aarch64-linux-gnu"),
+    "armhf": ("arm-linux-gnueabihf-gcc",
+              ["-march=armv7-a", "-mfpu=neon-vfpv4", "-mfloat-abi=hard", "-mtune=cortex-a53"], "qemu-arm",
+              "/usr/arm-linux-gnueabihf"),
+}
+
+
+def _median_ms(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def _ort_conv(cin: int, cout: int, k: int, h: int, w: int, threads: int, weight: np.ndarray):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    pad = k // 2
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[pad] * 4)
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def bench_conv_host(channels, kernels, size, threads_list, reps):
+    from . import ops
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for threads in threads_list:
+        ctx = ops.Context(num_threads=threads)
+        for c in channels:
+            for k in kernels:
+                h = w = size
+                weight = rng.standard_normal((c, c, k, k)).astype(np.float32)
+                x = np.sign(rng.standard_normal((1, c, h, w))).astype(np.float32)
+                x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                alpha = np.abs(weight).mean(axis=(1, 2, 3)).astype(np.float32)
+                layer = ops.BConv2d(weight, (1, h, w, c), padding="same", output="float", mul=alpha,
+                                    add=np.zeros(c, np.float32))
+                xb = ops.bitpack(x_nhwc, ctx=ctx)
+                ms_bin = _median_ms(lambda: layer.run(xb, ctx=ctx), reps)
+                ms_pack = _median_ms(lambda: ops.bitpack(x_nhwc, ctx=ctx), reps)
+                sess = _ort_conv(c, c, k, h, w, threads, np.sign(weight) * alpha[:, None, None, None])
+                ms_ort = _median_ms(lambda: sess.run(None, {"x": x}), reps)
+                macs = h * w * c * c * k * k
+                rows.append({
+                    "cin": c, "cout": c, "k": k, "h": h, "w": w, "threads": ctx.num_threads, "path": ctx.path,
+                    "ms_binary": round(ms_bin, 4), "ms_bitpack_input": round(ms_pack, 4),
+                    "ms_onnxruntime": round(ms_ort, 4), "speedup": round(ms_ort / ms_bin, 2),
+                    "gops_binary": round(2 * macs / ms_bin / 1e6, 1), "gops_onnxruntime": round(2 * macs / ms_ort / 1e6, 1),
+                })
+        ctx.close()
+    return rows
+
+
+def _icount_plugin() -> Path:
+    plugin = ROOT / "build" / "tools" / "libicount.so"
+    if plugin.exists():
+        return plugin
+    tool = ROOT.parent / "shared" / "tools" / "arm-icount" / "build.sh"
+    if not tool.exists():
+        sys.exit(f"--arch needs ../shared/tools/arm-icount (not found at {tool})")
+    plugin.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["bash", str(tool), str(plugin)], check=True, stdout=subprocess.DEVNULL)
+    return plugin
+
+
+def build_static_bench(arch: str) -> Path:
+    cc, flags, _, _ = CROSS[arch]
+    if not shutil.which(cc):
+        sys.exit(f"{cc} not found: run ./build.sh {arch} first (it installs the cross compiler)")
+    out = ROOT / "build" / arch / "bench_bconv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    srcs = [str(p) for p in sorted((ROOT / "csrc" / "neon").rglob("*.c"))] + [str(ROOT / "csrc/bench/bench_bconv.c")]
+    subprocess.run([cc, "-std=c11", "-O3", "-ffp-contract=off", *flags, "-static", f"-I{ROOT}/csrc/neon/include",
+                    *srcs, "-lm", "-lpthread", "-o", str(out)], check=True)
+    return out
+
+
+def _guest_instructions(arch: str, exe: Path, plugin: Path, args) -> int:
+    _, _, qemu, _ = CROSS[arch]
+    res = subprocess.run(["env", "-i", qemu, "-plugin", str(plugin), "-d", "plugin", str(exe), *map(str, args)],
+                         capture_output=True, text=True, check=True)
+    m = re.search(r"icount total (\d+)", res.stdout + res.stderr)
+    if not m:
+        raise RuntimeError(f"no icount in output: {res.stderr[-500:]}")
+    return int(m.group(1))
+
+
+def bench_conv_icount(arch, channels, kernels, size, paths=("neon", "portable")):
+    exe = build_static_bench(arch)
+    plugin = _icount_plugin()
+    path_ids = {"portable": 1, "neon": 2}
+    rows = []
+    for c in channels:
+        for k in kernels:
+            macs = size * size * c * c * k * k
+            for path in paths:
+                # the program runs one warm-up convolution, then REPS more: the difference of
+                # the totals for REPS=1 and REPS=0 is exactly one convolution
+                base = [c, c, k, size, size]
+                n0 = _guest_instructions(arch, exe, plugin, base + [0, 1, path_ids[path]])
+                n1 = _guest_instructions(arch, exe, plugin, base + [1, 1, path_ids[path]])
+                rows.append({"arch": arch, "path": path, "cin": c, "cout": c, "k": k, "h": size, "w": size,
+                             "threads": 1, "binary_macs": macs, "instructions": n1 - n0,
+                             "instructions_per_binary_mac": round((n1 - n0) / macs, 4)})
+    return rows
+
+
+def _print_table(rows, keys):
+    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+    for r in rows:
+        print("  ".join(str(r[k]).rjust(w) for k, w in zip(keys, widths)))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m firmware_py.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["conv"])
+    ap.add_argument("--channels", default="64,128,256,512")
+    ap.add_argument("--kernels", default="1,3")
+    ap.add_argument("--size", type=int, default=28)
+    ap.add_argument("--threads", default="1", help="comma list; 0 = all cores")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--arch", choices=sorted(CROSS), help="count ARM guest instructions under qemu instead")
+    ap.add_argument("--json", action="store_true", help="one JSON object per row")
+    a = ap.parse_args(argv)
+    channels = [int(v) for v in a.channels.split(",")]
+    kernels = [int(v) for v in a.kernels.split(",")]
+    if a.arch:
+        rows = bench_conv_icount(a.arch, channels, kernels, a.size)
+        keys = ["arch", "path", "cin", "cout", "k", "h", "w", "instructions", "instructions_per_binary_mac"]
+    else:
+        threads = [int(v) if int(v) > 0 else (os.cpu_count() or 1) for v in a.threads.split(",")]
+        rows = bench_conv_host(channels, kernels, a.size, threads, a.reps)
+        keys = ["cin", "cout", "k", "h", "w", "threads", "path", "ms_binary", "ms_onnxruntime", "speedup",
+                "gops_binary", "gops_onnxruntime", "ms_bitpack_input"]
+    if a.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        _print_table(rows, keys)
+
+
+if __name__ == "__main__":
+    main()
