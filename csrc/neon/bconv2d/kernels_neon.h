@@ -18,7 +18,9 @@
                                            const uint32_t *w, int32_t *pop) {                  \
         uint16x8_t acc[P][4];                                                                  \
         uint32x4_t tot[P][4];                                                                  \
+        _Pragma("GCC unroll 16")                                                               \
         for (int p = 0; p < P; p++)                                                            \
+            _Pragma("GCC unroll 16")                                                           \
             for (int v = 0; v < 4; v++) {                                                      \
                 acc[p][v] = vdupq_n_u16(0);                                                    \
                 tot[p][v] = vdupq_n_u32(0);                                                    \
@@ -28,16 +30,20 @@
         for (int ky = 0; ky < g->kh; ky++)                                                     \
             for (int kx = 0; kx < g->kw; kx++) {                                               \
                 const uint32_t *xr[P];                                                         \
+                _Pragma("GCC unroll 16")                                                          \
                 for (int p = 0; p < P; p++) xr[p] = x + ky * g->row_stride + kx * g->cw + p * ps; \
                 const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
                 for (int c0 = 0; c0 < g->cw;) {                                                \
                     int n = g->cw - c0 < BNN_NEON_FLUSH - steps ? g->cw - c0 : BNN_NEON_FLUSH - steps; \
                     for (int c = 0; c < n; c++) {                                              \
                         uint32x4_t wv[4];                                                      \
+                        _Pragma("GCC unroll 16")                                               \
                         for (int v = 0; v < 4; v++) wv[v] = vld1q_u32(wk + 4 * v);             \
                         wk += 16;                                                              \
+                        _Pragma("GCC unroll 16")                                               \
                         for (int p = 0; p < P; p++) {                                          \
                             uint32x4_t a = vld1q_dup_u32(xr[p]++);                             \
+                            _Pragma("GCC unroll 16")                                           \
                             for (int v = 0; v < 4; v++)                                        \
                                 acc[p][v] = vpadalq_u8(                                        \
                                     acc[p][v], vcntq_u8(vreinterpretq_u8_u32(veorq_u32(a, wv[v])))); \
@@ -46,7 +52,9 @@
                     c0 += n;                                                                   \
                     steps += n;                                                                \
                     if (steps == BNN_NEON_FLUSH) {                                             \
+                        _Pragma("GCC unroll 16")                                               \
                         for (int p = 0; p < P; p++)                                            \
+                            _Pragma("GCC unroll 16")                                           \
                             for (int v = 0; v < 4; v++) {                                      \
                                 tot[p][v] = vpadalq_u16(tot[p][v], acc[p][v]);                 \
                                 acc[p][v] = vdupq_n_u16(0);                                    \
@@ -55,7 +63,9 @@
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
+        _Pragma("GCC unroll 16")                                                               \
         for (int p = 0; p < P; p++)                                                            \
+            _Pragma("GCC unroll 16")                                                           \
             for (int v = 0; v < 4; v++) {                                                      \
                 tot[p][v] = vpadalq_u16(tot[p][v], acc[p][v]);                                 \
                 vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(tot[p][v])); \

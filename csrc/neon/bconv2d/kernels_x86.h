@@ -15,7 +15,9 @@
     BNN_AVX512 void bnn_tile512_##P##_##NB(const bnn_bconv_geom *g, const uint32_t *x,         \
                                            const uint32_t *w, int32_t *pop) {                  \
         __m512i acc[P][NB];                                                                    \
+        _Pragma("GCC unroll 16")                                                               \
         for (int p = 0; p < P; p++)                                                            \
+            _Pragma("GCC unroll 16")                                                           \
             for (int b = 0; b < NB; b++) acc[p][b] = _mm512_setzero_si512();                   \
         const ptrdiff_t ps = g->pix_stride, wbs = g->wblock_stride;                            \
         for (int ky = 0; ky < g->kh; ky++)                                                     \
@@ -24,16 +26,21 @@
                 const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
                 for (int c = 0; c < g->cw; c++) {                                              \
                     __m512i wv[NB];                                                            \
+                    _Pragma("GCC unroll 16")                                                        \
                     for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_si512(wk + b * wbs + 16 * c); \
+                    _Pragma("GCC unroll 16")                                                   \
                     for (int p = 0; p < P; p++) {                                              \
                         __m512i a = _mm512_set1_epi32((int)xr[p * ps + c]);                    \
+                        _Pragma("GCC unroll 16")                                               \
                         for (int b = 0; b < NB; b++)                                           \
                             acc[p][b] = _mm512_add_epi32(                                      \
                                 acc[p][b], _mm512_popcnt_epi32(_mm512_xor_si512(a, wv[b])));  \
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
+        _Pragma("GCC unroll 16")                                                               \
         for (int p = 0; p < P; p++)                                                            \
+            _Pragma("GCC unroll 16")                                                           \
             for (int b = 0; b < NB; b++)                                                       \
                 _mm512_storeu_si512(pop + p * BNN_BCONV_POP_STRIDE + 16 * b, acc[p][b]);       \
     }
@@ -91,7 +98,9 @@ BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32
         const __m256i m4 = _mm256_set1_epi8(0x0f), ones8 = _mm256_set1_epi8(1);                 \
         const __m256i ones16 = _mm256_set1_epi16(1);                                            \
         __m256i acc[P][2], tot[P][2];                                                          \
+        _Pragma("GCC unroll 16")                                                               \
         for (int p = 0; p < P; p++)                                                            \
+            _Pragma("GCC unroll 16")                                                           \
             for (int v = 0; v < 2; v++) acc[p][v] = tot[p][v] = _mm256_setzero_si256();        \
         int steps = 0;                                                                         \
         const ptrdiff_t ps = g->pix_stride;                                                    \
@@ -101,7 +110,9 @@ BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32
                 const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
                 for (int c = 0; c < g->cw; c++) {                                              \
                     if (++steps == BNN_AVX2_FLUSH) {                                           \
+                        _Pragma("GCC unroll 16")                                               \
                         for (int p = 0; p < P; p++)                                            \
+                            _Pragma("GCC unroll 16")                                           \
                             for (int v = 0; v < 2; v++) {                                      \
                                 tot[p][v] = _mm256_add_epi32(tot[p][v],                        \
                                                              _mm256_madd_epi16(acc[p][v], ones16)); \
@@ -111,8 +122,10 @@ BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32
                     }                                                                          \
                     __m256i wv0 = _mm256_loadu_si256((const __m256i *)(wk + 16 * c));           \
                     __m256i wv1 = _mm256_loadu_si256((const __m256i *)(wk + 16 * c + 8));       \
+                    _Pragma("GCC unroll 16")                                                   \
                     for (int p = 0; p < P; p++) {                                              \
                         __m256i a = _mm256_set1_epi32((int)xr[p * ps + c]);                    \
+                        _Pragma("GCC unroll 16")                                               \
                         for (int v = 0; v < 2; v++) {                                          \
                             __m256i t = _mm256_xor_si256(a, v ? wv1 : wv0);                    \
                             __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(t, m4));    \
@@ -124,7 +137,9 @@ BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
+        _Pragma("GCC unroll 16")                                                               \
         for (int p = 0; p < P; p++)                                                            \
+            _Pragma("GCC unroll 16")                                                           \
             for (int v = 0; v < 2; v++) {                                                      \
                 tot[p][v] = _mm256_add_epi32(tot[p][v], _mm256_madd_epi16(acc[p][v], ones16)); \
                 _mm256_storeu_si256((__m256i *)(pop + p * BNN_BCONV_POP_STRIDE + 8 * v), tot[p][v]); \
