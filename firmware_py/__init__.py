@@ -14,6 +14,8 @@ from ._native import (  # noqa: F401
     BnnShapeError,
     BnnSizeError,
 )
+from .model_format import ModelFormatError  # noqa: F401
+from .executor import Model, load  # noqa: F401
 from .ops import (  # noqa: F401
     BConv2d,
     Context,
@@ -40,6 +42,9 @@ __all__ = [
     "BnnPathError",
     "BnnShapeError",
     "BnnSizeError",
+    "ModelFormatError",
+    "Model",
+    "load",
     "BConv2d",
     "Context",
     "FConv2d",

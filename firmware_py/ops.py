@@ -308,6 +308,20 @@ def _f32_param(name, v, length):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _out(out, shape, dtype, *inputs):
+    """The output array: a new one, or ``out`` after checking it (dtype, shape,
+    C-contiguous, writable, not overlapping an input)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    _arr("out", out, (dtype,), writable=True)
+    if out.shape != tuple(shape):
+        raise ValueError("out must have shape %s, got %s" % (tuple(shape), out.shape))
+    for a in inputs:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError("out must not overlap an input array")
+    return out
+
+
 # ---- padding ---------------------------------------------------------------------------------------
 def pads_for(in_size_hw, kernel_hw, stride_hw, padding):
     """Explicit (top, left, bottom, right) pads for a padding spec.
@@ -379,12 +393,12 @@ def _window(n, h, w, c, out_c, kernel, stride, padding, stride_default=None, poo
 
 
 # ---- bit packing ------------------------------------------------------------------------------
-def bitpack(x, threshold=0, ctx=None):
+def bitpack(x, threshold=0, ctx=None, out=None):
     """Packs the last axis of x into bits: bit = x < threshold (1 means -1).
 
     x: float32, uint8 or int8, channels last, any leading dims (>= 1-D).  For the int
     types ``threshold`` is the zero point (an int).  Returns uint32 of shape
-    x.shape[:-1] + (packed_words(c),).
+    x.shape[:-1] + (packed_words(c),) (written into ``out`` when given).
     """
     x = _arr("x", x, (np.float32, np.uint8, np.int8), min_ndim=1)
     c = x.shape[-1]
@@ -403,7 +417,7 @@ def bitpack(x, threshold=0, ctx=None):
             threshold = int(threshold)
         thr = _int("threshold", threshold, _INT32_MIN, _INT32_MAX)
     words = packed_words(c)
-    out = np.empty(x.shape[:-1] + (words,), dtype=np.uint32)
+    out = _out(out, x.shape[:-1] + (words,), np.uint32, x)
     if pixels == 0:
         return out
     cx = _ctx(ctx)
@@ -421,8 +435,9 @@ def bitpack(x, threshold=0, ctx=None):
     return out
 
 
-def unpack(bits, c):
-    """The inverse of bitpack: float32 +1 / -1 of shape bits.shape[:-1] + (c,)."""
+def unpack(bits, c, out=None):
+    """The inverse of bitpack: float32 +1 / -1 of shape bits.shape[:-1] + (c,)
+    (written into ``out`` when given)."""
     c = _int("c", c, 1, _INT32_MAX)
     bits = _arr("bits", bits, (np.uint32,), min_ndim=1)
     words = packed_words(c)
@@ -434,7 +449,7 @@ def unpack(bits, c):
     pixels = int(np.prod(bits.shape[:-1], dtype=np.int64))
     if pixels > _INT32_MAX:
         raise ValueError("bits has too many pixels (%d > 2**31 - 1)" % pixels)
-    out = np.empty(bits.shape[:-1] + (c,), dtype=np.float32)
+    out = _out(out, bits.shape[:-1] + (c,), np.float32, bits)
     if pixels == 0:
         return out
     check(
@@ -592,10 +607,11 @@ class BConv2d:
             raise ValueError("this BConv2d is closed")
         return self._ptr
 
-    def run(self, x_bits, k_scale=None, ctx=None):
+    def run(self, x_bits, k_scale=None, ctx=None, out=None):
         """x_bits: packed input uint32 (n, h, w, words(c)).  k_scale: optional float32
         (n, out_h, out_w) from xnor_scale (output='float' only).  Returns int32 / float32
-        (n, oh, ow, out_c), or packed uint32 (n, oh, ow, words(out_c)) for output='bits'."""
+        (n, oh, ow, out_c), or packed uint32 (n, oh, ow, words(out_c)) for output='bits'
+        (written into ``out`` when given: that dtype and shape, C-contiguous)."""
         layer = self._handle()
         n, h, w, c = self.in_shape
         x = _packed_input("x_bits", x_bits, n, h, w, c)
@@ -608,7 +624,7 @@ class BConv2d:
             if k.shape != want:
                 raise ValueError("k_scale must have shape %s, got %s" % (want, k.shape))
             k_ptr, k_len = _buf("float", k), k.size
-        y = np.empty(self._y_shape, dtype=self._y_dtype)
+        y = _out(out, self._y_shape, self._y_dtype, x, k_scale)
         cx = _ctx(ctx)
         with cx._lock:
             check(
@@ -637,13 +653,13 @@ class BConv2d:
             self.in_shape, self.out_shape, self.kernel, self.stride, self.pads, self.output)
 
 
-def xnor_scale(x, kernel, stride=1, padding="valid", ctx=None):
+def xnor_scale(x, kernel, stride=1, padding="valid", ctx=None, out=None):
     """XNOR-Net input scaling K: mean over channels of |x| (float32 NHWC), box-filtered
     with the kernel, stride and zero padding.  Returns float32 (n, out_h, out_w)."""
     x = _arr("x", x, (np.float32,), ndim=4)
     n, h, w, c = x.shape
     win, oh, ow = _window(n, h, w, c, 1, kernel, stride, padding)
-    k = np.empty((n, oh, ow), dtype=np.float32)
+    k = _out(out, (n, oh, ow), np.float32, x)
     cx = _ctx(ctx)
     with cx._lock:
         check(
@@ -655,7 +671,7 @@ def xnor_scale(x, kernel, stride=1, padding="valid", ctx=None):
 
 
 # ---- pooling -------------------------------------------------------------------------------------
-def bmaxpool2d(x_bits, c, kernel, stride=None, padding="valid", ctx=None):
+def bmaxpool2d(x_bits, c, kernel, stride=None, padding="valid", ctx=None, out=None):
     """Max pooling on packed +-1 bits (AND of the words; padding ignored).
     x_bits: uint32 (n, h, w, words(c)); stride defaults to the kernel."""
     c = _int("c", c, 1, _INT32_MAX)
@@ -667,7 +683,7 @@ def bmaxpool2d(x_bits, c, kernel, stride=None, padding="valid", ctx=None):
             % (packed_words(c), c, x.shape)
         )
     win, oh, ow = _window(n, h, w, c, c, kernel, stride, padding, stride_default=kernel, pool=True)
-    y = np.empty((n, oh, ow, words), dtype=np.uint32)
+    y = _out(out, (n, oh, ow, words), np.uint32, x)
     cx = _ctx(ctx)
     with cx._lock:
         check(
@@ -678,12 +694,12 @@ def bmaxpool2d(x_bits, c, kernel, stride=None, padding="valid", ctx=None):
     return y
 
 
-def maxpool2d(x, kernel, stride=None, padding="valid", ctx=None):
+def maxpool2d(x, kernel, stride=None, padding="valid", ctx=None, out=None):
     """Float max pooling, NHWC float32 (padding ignored); stride defaults to the kernel."""
     x = _arr("x", x, (np.float32,), ndim=4)
     n, h, w, c = x.shape
     win, oh, ow = _window(n, h, w, c, c, kernel, stride, padding, stride_default=kernel, pool=True)
-    y = np.empty((n, oh, ow, c), dtype=np.float32)
+    y = _out(out, (n, oh, ow, c), np.float32, x)
     cx = _ctx(ctx)
     with cx._lock:
         check(
@@ -694,12 +710,13 @@ def maxpool2d(x, kernel, stride=None, padding="valid", ctx=None):
     return y
 
 
-def avgpool2d(x, kernel, stride=None, padding="valid", count_include_pad=False, ctx=None):
+def avgpool2d(x, kernel, stride=None, padding="valid", count_include_pad=False, ctx=None,
+              out=None):
     """Float average pooling, NHWC float32, as ONNX AveragePool; stride defaults to the kernel."""
     x = _arr("x", x, (np.float32,), ndim=4)
     n, h, w, c = x.shape
     win, oh, ow = _window(n, h, w, c, c, kernel, stride, padding, stride_default=kernel, pool=True)
-    y = np.empty((n, oh, ow, c), dtype=np.float32)
+    y = _out(out, (n, oh, ow, c), np.float32, x)
     cx = _ctx(ctx)
     with cx._lock:
         check(
@@ -710,7 +727,7 @@ def avgpool2d(x, kernel, stride=None, padding="valid", count_include_pad=False, 
     return y
 
 
-def global_avgpool(x, ctx=None):
+def global_avgpool(x, ctx=None, out=None):
     """Mean over H and W of NHWC float32 x -> (n, 1, 1, c) float32.
 
     bnn_avgpool2d with the kernel the size of the image."""
@@ -718,7 +735,8 @@ def global_avgpool(x, ctx=None):
     n, h, w, c = x.shape
     if min(x.shape) < 1:
         raise ValueError("x must not have an empty dimension, got shape %s" % (x.shape,))
-    return avgpool2d(x, (h, w), stride=1, padding="valid", count_include_pad=False, ctx=ctx)
+    return avgpool2d(x, (h, w), stride=1, padding="valid", count_include_pad=False, ctx=ctx,
+                     out=out)
 
 
 # ---- float convolution -------------------------------------------------------------------------
@@ -768,13 +786,15 @@ class FConv2d:
     def out_shape(self):
         return (self.in_shape[0], self._out_hw[0], self._out_hw[1], self.out_c)
 
-    def run(self, x, ctx=None):
+    def run(self, x, ctx=None, out=None):
+        """x: float32 NHWC in_shape -> float32 NHWC out_shape (written into ``out``
+        when given: float32, that shape, C-contiguous)."""
         if self._ptr is None:
             raise ValueError("this FConv2d is closed")
         x = _arr("x", x, (np.float32,), ndim=4)
         if x.shape != self.in_shape:
             raise ValueError("x must have shape %s (NHWC), got %s" % (self.in_shape, x.shape))
-        y = np.empty(self.out_shape, dtype=np.float32)
+        y = _out(out, self.out_shape, np.float32, x)
         cx = _ctx(ctx)
         with cx._lock:
             check(

@@ -1,0 +1,76 @@
+"""python -m firmware_py convert model.onnx [model.bnn] [--check] [--report]
+python -m firmware_py info model.bnn [--profile]"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _shape_arg(text):
+    try:
+        name, dims = text.split("=", 1)
+        return name, tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected NAME=D0,D1,..., got %r" % text) from None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m firmware_py")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="convert an ONNX model to the runtime's model file")
+    c.add_argument("src", help="model.onnx (external data next to it is read too)")
+    c.add_argument("dst", nargs="?", help="output file (default: src with .bnn)")
+    c.add_argument("--check", action="store_true", help="compare against onnxruntime on random inputs")
+    c.add_argument("--check-data", help=".npy array of real inputs (NCHW float32) for --check")
+    c.add_argument("--report", action="store_true", help="print a per-layer table")
+    c.add_argument("--input-shape", action="append", type=_shape_arg, default=[],
+                   help="NAME=1,3,224,224 for inputs with dynamic dimensions")
+    i = sub.add_parser("info", help="validate a model file and print its layers")
+    i.add_argument("path")
+    i.add_argument("--profile", action="store_true", help="time each layer on a random input")
+    i.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+
+    if a.cmd == "convert":
+        import numpy as np
+
+        from .convert import ConvertError, convert
+        check_inputs = None
+        if a.check_data:
+            check_inputs = np.load(a.check_data, allow_pickle=False)
+        try:
+            res = convert(a.src, a.dst, input_shapes=dict(a.input_shape) or None, check=a.check or bool(a.check_data),
+                          check_inputs=check_inputs)
+        except ConvertError as e:
+            print("error: %s" % e, file=sys.stderr)
+            return 1
+        if a.report:
+            print(res.report())
+        else:
+            print("wrote %s (%d bytes)" % (res.path, res.file_bytes))
+            for note in res.notes:
+                print("note: " + note)
+            if res.check:
+                print("check: " + res.check["summary"])
+        return 0
+    if a.cmd == "info":
+        import numpy as np
+
+        from . import load
+        from .model_format import ModelFormatError
+        try:
+            m = load(a.path, num_threads=a.threads)
+        except (ModelFormatError, OSError) as e:
+            print("error: %s" % e, file=sys.stderr)
+            return 1
+        print(m.summary())
+        if a.profile:
+            x = [np.random.default_rng(0).random(tuple(s["shape"]), dtype=np.float32) for s in m.inputs]
+            for row in m.profile(x[0] if len(x) == 1 else x):
+                print(row)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,643 @@
+"""ONNX nodes -> binarized graph nodes.
+
+Each ONNX value is represented by a ``Rep``: a float tensor, a binary tensor (packed
++-scale), a constant, or one of the intermediate forms of XNOR-Net's K (|x|, mean|x|,
+K itself) that only make sense together.  Layouts: 4-D values are NCHW in ONNX and NHWC
+in the runtime; shapes in a Rep are ONNX's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConvertError
+from .ir import IR, pack_bits
+
+SUPPORTED_OPS = sorted([
+    "Conv", "BatchNormalization", "Sign", "Relu", "PRelu", "LeakyRelu", "Clip", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "Add", "Sub", "Mul", "Div", "Concat", "Flatten",
+    "Reshape", "Gemm", "MatMul", "Resize", "Upsample", "Sigmoid", "Identity", "Dropout", "Pad", "Abs",
+    "BipolarQuant",
+])
+
+
+@dataclass
+class Rep:
+    kind: str            # float | bits | const | abs | absmean | kscale
+    value: str = ""      # IR value name
+    shape: tuple = ()    # ONNX (NCHW / NC) shape
+    scale: float = 1.0   # bits: the tensor is scale * (+-1)
+    const: np.ndarray = None
+    src: "Rep" = None    # abs / absmean: the float tensor they come from
+
+
+def nhwc(shape):
+    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
+
+
+def _ints(v, n, name, node):
+    v = list(v)
+    if len(v) != n:
+        raise ConvertError.at(node, "%s must have %d entries, got %s" % (name, n, v))
+    return [int(x) for x in v]
+
+
+def window_attrs(node, in_hw, kernel, kind):
+    """(stride, pads[t, l, b, r]) from ONNX Conv / pool attributes, checked."""
+    a = node.attrs
+    s = _ints(a.get("strides", [1, 1]), 2, "strides", node)
+    d = _ints(a.get("dilations", [1, 1]), 2, "dilations", node)
+    if d != [1, 1]:
+        raise ConvertError.at(node, "dilations %s are not supported" % d, "use dilation 1")
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        p = _ints(a.get("pads", [0, 0, 0, 0]), 4, "pads", node)
+        pads = [p[0], p[1], p[2], p[3]]
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for i in range(2):
+            out = -(-in_hw[i] // s[i])
+            tot = max(0, (out - 1) * s[i] + kernel[i] - in_hw[i])
+            lo = tot // 2 if auto == "SAME_UPPER" else tot - tot // 2
+            pads[i], pads[i + 2] = lo, tot - lo
+    else:
+        raise ConvertError.at(node, "auto_pad %r is not supported" % auto)
+    if a.get("ceil_mode", 0):
+        if kind == "conv":
+            raise ConvertError.at(node, "ceil_mode on a convolution")
+        for i in range(2):
+            span = in_hw[i] + pads[i] + pads[i + 2] - kernel[i]
+            out_floor = span // s[i] + 1
+            out_ceil = -(-span // s[i]) + 1
+            if (out_ceil - 1) * s[i] >= in_hw[i] + pads[i]:
+                out_ceil -= 1  # ONNX: the last window must start inside the input or left pad
+            pads[i + 2] += (out_ceil - out_floor) * s[i]
+    for i in range(2):
+        if pads[i] >= kernel[i] or pads[i + 2] >= kernel[i]:
+            raise ConvertError.at(node, "pads %s must be smaller than the kernel %s" % (pads, kernel))
+    if kernel[0] > 15 or kernel[1] > 15:
+        if kind == "conv":
+            raise ConvertError.at(node, "kernel %s larger than 15" % (kernel,))
+    if s[0] > 8 or s[1] > 8:
+        if kind == "conv":
+            raise ConvertError.at(node, "strides %s larger than 8" % (s,))
+    return s, pads
+
+
+def out_hw(in_hw, kernel, stride, pads):
+    return ((in_hw[0] + pads[0] + pads[2] - kernel[0]) // stride[0] + 1,
+            (in_hw[1] + pads[1] + pads[3] - kernel[1]) // stride[1] + 1)
+
+
+def binary_alpha(w: np.ndarray):
+    """alpha [out] when every output filter of w is +-alpha (a binarised weight after
+    folding), else None."""
+    w = np.asarray(w, dtype=np.float32)
+    a = np.abs(w.reshape(w.shape[0], -1))
+    amax = a.max(axis=1)
+    amin = a.min(axis=1)
+    if not np.all(amax - amin <= 1e-6 * np.maximum(amax, 1e-30)):
+        return None
+    return a.mean(axis=1).astype(np.float32)
+
+
+def per_channel(const, shape, node, what):
+    """A constant that broadcasts over `shape` and varies only along the channel axis
+    (axis 1) -> vector [C]."""
+    c = np.asarray(const, dtype=np.float32)
+    try:
+        b = np.broadcast_to(c, shape)
+    except ValueError:
+        raise ConvertError.at(node, "%s of shape %s does not broadcast to %s" % (what, c.shape, shape)) from None
+    if c.ndim > len(shape):
+        raise ConvertError.at(node, "%s has more dimensions than the tensor" % what)
+    idx = tuple(slice(None) if i == 1 else slice(0, 1) for i in range(len(shape)))
+    ref = b[idx]
+    if not np.array_equal(np.broadcast_to(ref, shape), b):
+        raise ConvertError.at(node, "%s varies along axes other than the channels" % what,
+                              "only per-channel (or scalar) constants are supported")
+    return np.ascontiguousarray(ref.reshape(shape[1]))
+
+
+class Lowering:
+    def __init__(self, graph):
+        self.g = graph
+        self.ir = IR()
+        self.reps: dict[str, Rep] = {}
+        self._float_of_bits: dict[str, Rep] = {}
+        self._bits_of_float: dict[str, Rep] = {}
+        self.notes: list[str] = []
+        self.consumers: dict[str, int] = {}
+        for n in graph.nodes:
+            for i in n.inputs:
+                if i:
+                    self.consumers[i] = self.consumers.get(i, 0) + 1
+        for o in graph.outputs:
+            self.consumers[o] = self.consumers.get(o, 0) + 1
+
+    # ---- representation helpers -----------------------------------------------------------
+    def rep(self, name, node):
+        if name in self.g.consts:
+            return Rep("const", shape=tuple(self.g.consts[name].shape), const=self.g.consts[name])
+        if name not in self.reps:
+            raise ConvertError.at(node, "input %r is not produced by any supported node" % name)
+        return self.reps[name]
+
+    def const(self, name, node, what):
+        if not name:
+            return None
+        if name not in self.g.consts:
+            raise ConvertError.at(node, "%s (%r) must be a constant" % (what, name),
+                                  "only constant weights and parameters are supported")
+        return self.g.consts[name]
+
+    def new_float(self, base, shape):
+        return Rep("float", self.ir.value(base, "float", nhwc(shape)), tuple(shape))
+
+    def as_float(self, r: Rep, node) -> Rep:
+        if r.kind == "float":
+            return r
+        if r.kind == "bits":
+            key = (r.value, r.scale)
+            if key not in self._float_of_bits:
+                out = self.new_float(r.value + ".float", r.shape)
+                self.ir.add("unpack", r.value + ".unpack", [r.value], [out.value])
+                if r.scale != 1.0:
+                    scaled = self.new_float(r.value + ".scaled", r.shape)
+                    c = r.shape[1]
+                    self.ir.add("affine", r.value + ".scale", [out.value], [scaled.value], params={
+                        "scale": self.ir.tensor(r.value + ".scale", np.full(c, r.scale, np.float32)),
+                        "bias": self.ir.tensor(r.value + ".bias", np.zeros(c, np.float32))})
+                    out = scaled
+                self._float_of_bits[key] = out
+            return self._float_of_bits[key]
+        if r.kind == "const":
+            raise ConvertError.at(node, "a constant where a computed tensor is expected",
+                                  "the graph computes on constants only; fold it before export")
+        raise ConvertError.at(node, "consumes an intermediate of XNOR-Net's K scaling (%s) in an "
+                                    "unsupported way" % r.kind,
+                              "K must be Conv(ReduceMean(Abs(x), axis=1), box) multiplied into a binary conv")
+
+    def as_bits(self, r: Rep, node, threshold=0.0) -> Rep:
+        if r.kind == "bits":
+            return Rep("bits", r.value, r.shape, 1.0)
+        f = self.as_float(r, node)
+        key = (f.value, threshold)
+        if key not in self._bits_of_float:
+            out = self.ir.value(f.value + ".bits", "bits", nhwc(f.shape))
+            self.ir.add("bitpack", f.value + ".bitpack", [f.value], [out], {"threshold": float(threshold)})
+            self._bits_of_float[key] = Rep("bits", out, f.shape, 1.0)
+        return self._bits_of_float[key]
+
+    def shape_of(self, name, fallback):
+        return tuple(self.g.shapes.get(name, fallback))
+
+    # ---- driver ---------------------------------------------------------------------------------
+    def run(self):
+        for name, shape in self.g.inputs:
+            if len(shape) not in (2, 4):
+                raise ConvertError("input %r has rank %d; inputs must be NCHW (4-D) or NC (2-D)"
+                                   % (name, len(shape)))
+            kind_shape = nhwc(shape)
+            self.ir._names.add(name)
+            self.ir.values[name] = {"name": name, "kind": "float", "shape": list(kind_shape)}
+            self.reps[name] = Rep("float", name, tuple(shape))
+        for node in self.g.nodes:
+            if node.domain not in ("", "ai.onnx") and node.op != "BipolarQuant":
+                raise ConvertError.at(node, "operator domain %r is not supported" % node.domain)
+            fn = getattr(self, "op_" + node.op, None)
+            if fn is None:
+                raise ConvertError.at(node, "unsupported operator %s" % node.op,
+                                      "supported: %s" % ", ".join(SUPPORTED_OPS))
+            out = fn(node)
+            if out is not None:
+                self.reps[node.outputs[0]] = out
+        outputs = []
+        for name in self.g.outputs:
+            if name in self.g.consts:
+                raise ConvertError("graph output %r is a constant" % name)
+            r = self.as_float(self.reps[name], type("N", (), {"op": "output", "name": name})())
+            outputs.append((name, r))
+        return outputs
+
+    # ---- ops ------------------------------------------------------------------------------------
+    def op_Identity(self, node):
+        return self.rep(node.inputs[0], node)
+
+    op_Dropout = op_Identity
+
+    def op_Sign(self, node):
+        r = self.rep(node.inputs[0], node)
+        if r.kind == "const":
+            self.g.consts[node.outputs[0]] = np.sign(r.const)
+            return None
+        return self.as_bits(r, node)
+
+    def op_BipolarQuant(self, node):
+        r = self.rep(node.inputs[0], node)
+        s = np.asarray(self.const(node.inputs[1], node, "scale"), np.float32)
+        if s.size != 1 or not float(s.reshape(-1)[0]) > 0:
+            raise ConvertError.at(node, "scale must be one positive number, got shape %s" % (s.shape,))
+        if r.kind == "const":  # binarised weights (QONNX: +1 for x >= 0)
+            self.g.consts[node.outputs[0]] = np.where(r.const >= 0, 1.0, -1.0).astype(np.float32) * s.reshape(-1)[0]
+            return None
+        b = self.as_bits(r, node)
+        return Rep("bits", b.value, b.shape, float(s.reshape(-1)[0]))
+
+    def op_Abs(self, node):
+        r = self.rep(node.inputs[0], node)
+        if r.kind != "float" or len(r.shape) != 4:
+            raise ConvertError.at(node, "Abs is supported only as part of XNOR-Net's K scaling of a float tensor")
+        return Rep("abs", shape=r.shape, src=r)
+
+    def _axes(self, node):
+        if "axes" in node.attrs:
+            return [int(a) for a in node.attrs["axes"]]
+        if len(node.inputs) > 1 and node.inputs[1]:
+            return [int(a) for a in np.asarray(self.const(node.inputs[1], node, "axes")).reshape(-1)]
+        return None
+
+    def op_ReduceMean(self, node):
+        r = self.rep(node.inputs[0], node)
+        axes = self._axes(node)
+        keep = int(node.attrs.get("keepdims", 1))
+        rank = len(r.shape)
+        axes = sorted(a % rank for a in axes) if axes is not None else list(range(rank))
+        if r.kind == "abs" and axes == [1] and keep:
+            return Rep("absmean", shape=(r.shape[0], 1) + tuple(r.shape[2:]), src=r.src)
+        if rank == 4 and axes == [2, 3]:
+            g = self._global_pool(node, r, "avg")
+            if keep:
+                return g
+            return self._flatten(node, g)
+        raise ConvertError.at(node, "ReduceMean over axes %s (keepdims=%d) is not supported" % (axes, keep),
+                              "supported: global average pooling (axes 2,3) and mean|x| over channels for K")
+
+    def op_Conv(self, node):
+        x = self.rep(node.inputs[0], node)
+        w = np.asarray(self.const(node.inputs[1], node, "weights"), np.float32)
+        b = self.const(node.inputs[2], node, "bias") if len(node.inputs) > 2 else None
+        if int(node.attrs.get("group", 1)) != 1:
+            raise ConvertError.at(node, "group=%d convolutions are not supported" % node.attrs["group"],
+                                  "use groups=1")
+        if w.ndim != 4 or len(x.shape) != 4:
+            raise ConvertError.at(node, "only 2-D convolutions are supported (weights %s)" % (w.shape,))
+        k = (w.shape[2], w.shape[3])
+        in_hw = x.shape[2:]
+        s, pads = window_attrs(node, in_hw, k, "conv")
+        oh, ow = out_hw(in_hw, k, s, pads)
+        out_shape = (x.shape[0], w.shape[0], oh, ow)
+        attrs = {"kernel": list(k), "stride": s, "pads": pads}
+        if x.kind == "absmean":
+            box = np.full(w.shape, 1.0 / (k[0] * k[1]), np.float32)
+            if w.shape[:2] != (1, 1) or b is not None or not np.allclose(w, box, rtol=1e-5, atol=0):
+                raise ConvertError.at(node, "a convolution of mean|x| that is not XNOR-Net's box filter")
+            kv = self.ir.value(node.outputs[0], "float", (out_shape[0], oh, ow))
+            self.ir.add("xnor_scale", node.name, [x.src.value], [kv], attrs)
+            return Rep("kscale", kv, out_shape)
+        if x.kind not in ("float", "bits"):
+            self.as_float(x, node)  # raises the right message
+        if w.shape[1] != x.shape[1]:
+            raise ConvertError.at(node, "weights have %d input channels, input has %d" % (w.shape[1], x.shape[1]))
+        bias = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32).reshape(-1)
+        alpha = binary_alpha(w) if x.kind == "bits" else None
+        out = self.new_float(node.outputs[0], out_shape)
+        if alpha is not None:
+            wt = pack_bits(w.transpose(0, 2, 3, 1))
+            self.ir.add("bconv2d", node.name, [x.value], [out.value],
+                        dict(attrs, pad_mode="zero", output="float"),
+                        {"weights": self.ir.tensor(node.name + ".weights", wt),
+                         "mul": self.ir.tensor(node.name + ".mul", (alpha * np.float32(x.scale)).astype(np.float32)),
+                         "add": self.ir.tensor(node.name + ".add", bias)})
+        else:
+            if x.kind == "bits":
+                self.notes.append("%s: weights are not +-alpha per filter; runs as a float convolution on the "
+                                  "binary input" % node.name)
+            xf = self.as_float(x, node)
+            params = {"weights": self.ir.tensor(node.name + ".weights", np.ascontiguousarray(w.transpose(0, 2, 3, 1)))}
+            if b is not None:
+                params["bias"] = self.ir.tensor(node.name + ".bias", bias)
+            self.ir.add("fconv2d", node.name, [xf.value], [out.value], attrs, params)
+        return out
+
+    def _affine(self, node, x, scale, bias):
+        xf = self.as_float(x, node)
+        out = self.new_float(node.outputs[0], xf.shape)
+        self.ir.add("affine", node.name, [xf.value], [out.value], params={
+            "scale": self.ir.tensor(node.name + ".scale", np.asarray(scale, np.float32)),
+            "bias": self.ir.tensor(node.name + ".bias", np.asarray(bias, np.float32))})
+        return out
+
+    def op_BatchNormalization(self, node):
+        if int(node.attrs.get("training_mode", 0)):
+            raise ConvertError.at(node, "training_mode=1", "export the model in eval mode")
+        x = self.rep(node.inputs[0], node)
+        gamma, beta, mean, var = (np.asarray(self.const(n, node, w), np.float64).reshape(-1)
+                                  for n, w in zip(node.inputs[1:5], ("scale", "bias", "mean", "var")))
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        s = gamma / np.sqrt(var + eps)
+        return self._affine(node, x, s.astype(np.float32), (beta - mean * s).astype(np.float32))
+
+    def _binary_const(self, node):
+        a, b = node.inputs[0], node.inputs[1]
+        ra, rb = self.rep(a, node), self.rep(b, node)
+        if ra.kind == "const" and rb.kind != "const":
+            return rb, ra.const, True
+        if rb.kind == "const":
+            return ra, rb.const, False
+        return None
+
+    def op_Mul(self, node):
+        ra, rb = self.rep(node.inputs[0], node), self.rep(node.inputs[1], node)
+        for x, k in ((ra, rb), (rb, ra)):
+            if k.kind == "kscale" and x.kind == "float":
+                return self._attach_k(node, x, k)
+        rc = self._binary_const(node)
+        if rc is None:
+            raise ConvertError.at(node, "multiplication of two computed tensors is not supported",
+                                  "only per-channel constants and XNOR-Net's K")
+        x, c, _ = rc
+        v = per_channel(c, x.shape, node, "multiplier")
+        return self._affine(node, x, v, np.zeros_like(v))
+
+    def _attach_k(self, node, x, k):
+        prod = self.ir.producer(x.value)
+        if (prod is None or prod["op"] != "bconv2d" or len(prod["inputs"]) != 1
+                or self.consumers.get(node.inputs[0], 0) + self.consumers.get(node.inputs[1], 0) > 2
+                or np.any(self.ir.param(prod, "add") != 0)):
+            raise ConvertError.at(node, "XNOR-Net's K must multiply the output of a binary convolution without "
+                                        "bias, used nowhere else")
+        if tuple(k.shape[2:]) != tuple(x.shape[2:]):
+            raise ConvertError.at(node, "K has spatial shape %s, the convolution %s" % (k.shape[2:], x.shape[2:]))
+        prod["inputs"].append(k.value)
+        kp = self.ir.producer(k.value)  # K must be computed before the convolution reads it
+        if self.ir.nodes.index(kp) > self.ir.nodes.index(prod):
+            self.ir.nodes.remove(kp)
+            self.ir.nodes.insert(self.ir.nodes.index(prod), kp)
+        return x
+
+    def op_Div(self, node):
+        rc = self._binary_const(node)
+        if rc is None or rc[2]:
+            raise ConvertError.at(node, "only division by a constant is supported")
+        x, c, _ = rc
+        v = per_channel(c, x.shape, node, "divisor")
+        return self._affine(node, x, (1.0 / v.astype(np.float64)).astype(np.float32), np.zeros_like(v))
+
+    def op_Add(self, node):
+        rc = self._binary_const(node)
+        if rc is None:
+            a = self.as_float(self.rep(node.inputs[0], node), node)
+            b = self.as_float(self.rep(node.inputs[1], node), node)
+            if tuple(a.shape) != tuple(b.shape):
+                raise ConvertError.at(node, "adding tensors of shapes %s and %s (broadcasting is not supported)"
+                                      % (a.shape, b.shape))
+            out = self.new_float(node.outputs[0], a.shape)
+            self.ir.add("add", node.name, [a.value, b.value], [out.value])
+            return out
+        x, c, _ = rc
+        v = per_channel(c, x.shape, node, "addend")
+        return self._affine(node, x, np.ones_like(v), v)
+
+    def op_Sub(self, node):
+        rc = self._binary_const(node)
+        if rc is None:
+            raise ConvertError.at(node, "subtraction of two computed tensors is not supported")
+        x, c, const_first = rc
+        v = per_channel(c, x.shape, node, "subtrahend")
+        if const_first:  # c - x
+            return self._affine(node, x, -np.ones_like(v), v)
+        return self._affine(node, x, np.ones_like(v), -v)
+
+    def _unary(self, node, op, attrs=None, params=None):
+        x = self.as_float(self.rep(node.inputs[0], node), node)
+        out = self.new_float(node.outputs[0], x.shape)
+        self.ir.add(op, node.name, [x.value], [out.value], attrs, params)
+        return out
+
+    def op_Relu(self, node):
+        return self._unary(node, "relu")
+
+    def op_Sigmoid(self, node):
+        return self._unary(node, "sigmoid")
+
+    def op_LeakyRelu(self, node):
+        return self._unary(node, "leaky_relu", {"alpha": float(node.attrs.get("alpha", 0.01))})
+
+    def op_PRelu(self, node):
+        x = self.rep(node.inputs[0], node)
+        slope = np.asarray(self.const(node.inputs[1], node, "slope"), np.float32)
+        v = slope.reshape(1) if slope.size == 1 else per_channel(slope, x.shape, node, "slope")
+        return self._unary(node, "prelu", params={"slope": self.ir.tensor(node.name + ".slope", v)})
+
+    def op_Clip(self, node):
+        lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
+        if len(node.inputs) > 1 and node.inputs[1]:
+            lo = float(np.asarray(self.const(node.inputs[1], node, "min")))
+        if len(node.inputs) > 2 and node.inputs[2]:
+            hi = float(np.asarray(self.const(node.inputs[2], node, "max")))
+        return self._unary(node, "clip", {"min": float(max(lo, -3.0e38)), "max": float(min(hi, 3.0e38))})
+
+    def _pool_common(self, node, x):
+        k = _ints(node.attrs["kernel_shape"], 2, "kernel_shape", node)
+        s, pads = window_attrs(node, x.shape[2:], k, "pool")
+        oh, ow = out_hw(x.shape[2:], k, s, pads)
+        return {"kernel": k, "stride": s, "pads": pads}, (x.shape[0], x.shape[1], oh, ow)
+
+    def op_MaxPool(self, node):
+        if len(node.outputs) > 1 and node.outputs[1]:
+            raise ConvertError.at(node, "MaxPool with an Indices output")
+        x = self.rep(node.inputs[0], node)
+        attrs, shape = self._pool_common(node, x)
+        if x.kind == "bits":
+            out = self.ir.value(node.outputs[0], "bits", nhwc(shape))
+            self.ir.add("bmaxpool2d", node.name, [x.value], [out], attrs)
+            return Rep("bits", out, shape, x.scale)
+        xf = self.as_float(x, node)
+        out = self.new_float(node.outputs[0], shape)
+        self.ir.add("maxpool2d", node.name, [xf.value], [out.value], attrs)
+        return out
+
+    def op_AveragePool(self, node):
+        x = self.as_float(self.rep(node.inputs[0], node), node)
+        attrs, shape = self._pool_common(node, x)
+        cip = int(node.attrs.get("count_include_pad", 0))
+        if cip and node.attrs.get("ceil_mode", 0):
+            raise ConvertError.at(node, "ceil_mode with count_include_pad=1 is not supported")
+        out = self.new_float(node.outputs[0], shape)
+        self.ir.add("avgpool2d", node.name, [x.value], [out.value], dict(attrs, count_include_pad=cip))
+        return out
+
+    def _global_pool(self, node, x, kind):
+        xf = self.as_float(x, node)
+        shape = (xf.shape[0], xf.shape[1], 1, 1)
+        out = self.new_float(node.outputs[0], shape)
+        if kind == "avg":
+            self.ir.add("global_avgpool", node.name, [xf.value], [out.value])
+        else:
+            h, w = xf.shape[2:]
+            self.ir.add("maxpool2d", node.name, [xf.value], [out.value],
+                        {"kernel": [h, w], "stride": [1, 1], "pads": [0, 0, 0, 0]})
+        return out
+
+    def op_GlobalAveragePool(self, node):
+        return self._global_pool(node, self.rep(node.inputs[0], node), "avg")
+
+    def op_GlobalMaxPool(self, node):
+        return self._global_pool(node, self.rep(node.inputs[0], node), "max")
+
+    def _flatten(self, node, x):
+        if len(x.shape) == 2:
+            return x
+        shape = (x.shape[0], int(np.prod(x.shape[1:])))
+        if x.kind == "bits":
+            out = self.ir.value(node.outputs[0], "bits", shape)
+            self.ir.add("flatten", node.name, [x.value], [out])
+            return Rep("bits", out, shape, x.scale)
+        xf = self.as_float(x, node)
+        out = self.new_float(node.outputs[0], shape)
+        self.ir.add("flatten", node.name, [xf.value], [out.value])
+        return out
+
+    def op_Flatten(self, node):
+        if int(node.attrs.get("axis", 1)) != 1:
+            raise ConvertError.at(node, "Flatten with axis=%d" % node.attrs["axis"], "only axis=1")
+        return self._flatten(node, self.rep(node.inputs[0], node))
+
+    def op_Reshape(self, node):
+        x = self.rep(node.inputs[0], node)
+        target = self.shape_of(node.outputs[0], ())
+        if len(target) == 2 and target[0] == x.shape[0] and int(np.prod(target)) == int(np.prod(x.shape)):
+            return self._flatten(node, x)
+        if tuple(target) == tuple(x.shape):
+            return x
+        raise ConvertError.at(node, "Reshape from %s to %s is not supported" % (x.shape, target),
+                              "only flattening to (batch, features)")
+
+    def _dense(self, node, x, w, bias):
+        """w: [out, f] float; x: 2-D rep."""
+        if len(x.shape) != 2:
+            raise ConvertError.at(node, "input must be 2-D (batch, features), got %s" % (x.shape,))
+        if w.shape[1] != x.shape[1]:
+            raise ConvertError.at(node, "weights take %d features, input has %d" % (w.shape[1], x.shape[1]))
+        out = self.new_float(node.outputs[0], (x.shape[0], w.shape[0]))
+        alpha = binary_alpha(w) if x.kind == "bits" else None
+        b = np.zeros(w.shape[0], np.float32) if bias is None else bias
+        if alpha is not None:
+            self.ir.add("bdense", node.name, [x.value], [out.value], params={
+                "weights": self.ir.tensor(node.name + ".weights", pack_bits(w)),
+                "mul": self.ir.tensor(node.name + ".mul", (alpha * np.float32(x.scale)).astype(np.float32)),
+                "add": self.ir.tensor(node.name + ".add", b)})
+        else:
+            xf = self.as_float(x, node)
+            params = {"weights": self.ir.tensor(node.name + ".weights", np.ascontiguousarray(w, np.float32))}
+            if bias is not None:
+                params["bias"] = self.ir.tensor(node.name + ".bias", b)
+            self.ir.add("dense", node.name, [xf.value], [out.value], params=params)
+        return out
+
+    def op_Gemm(self, node):
+        a = node.attrs
+        if int(a.get("transA", 0)):
+            raise ConvertError.at(node, "transA=1 is not supported")
+        x = self.rep(node.inputs[0], node)
+        bmat = np.asarray(self.const(node.inputs[1], node, "B (weights)"), np.float32)
+        w = bmat if int(a.get("transB", 0)) else bmat.T
+        w = (w * np.float32(a.get("alpha", 1.0))).astype(np.float32)
+        bias = None
+        if len(node.inputs) > 2 and node.inputs[2]:
+            c = np.asarray(self.const(node.inputs[2], node, "C (bias)"), np.float32) * np.float32(a.get("beta", 1.0))
+            bias = np.broadcast_to(c.reshape(-1) if c.size == w.shape[0] else c, (w.shape[0],)).astype(np.float32)
+        return self._dense(node, x, np.ascontiguousarray(w), bias)
+
+    def op_MatMul(self, node):
+        x = self.rep(node.inputs[0], node)
+        bmat = np.asarray(self.const(node.inputs[1], node, "B (weights)"), np.float32)
+        if bmat.ndim != 2:
+            raise ConvertError.at(node, "MatMul weights must be 2-D")
+        return self._dense(node, x, np.ascontiguousarray(bmat.T), None)
+
+    def op_Concat(self, node):
+        reps = [self.as_float(self.rep(i, node), node) for i in node.inputs]
+        rank = len(reps[0].shape)
+        axis = int(node.attrs.get("axis", 1)) % rank
+        if axis != 1:
+            raise ConvertError.at(node, "Concat along axis %d; only the channel axis (1)" % axis)
+        shape = list(reps[0].shape)
+        for r in reps[1:]:
+            if len(r.shape) != rank or [d for i, d in enumerate(r.shape) if i != 1] != \
+                    [d for i, d in enumerate(shape) if i != 1]:
+                raise ConvertError.at(node, "Concat of shapes %s" % [r.shape for r in reps])
+        shape[1] = sum(r.shape[1] for r in reps)
+        out = self.new_float(node.outputs[0], tuple(shape))
+        self.ir.add("concat", node.name, [r.value for r in reps], [out.value], {"axis": 3 if rank == 4 else 1})
+        return out
+
+    def _resize(self, node, x, scales):
+        if len(x.shape) != 4 or len(scales) != 4 or scales[0] != 1 or scales[1] != 1:
+            raise ConvertError.at(node, "only spatial resizing of NCHW tensors (scales %s)" % (scales,))
+        sh, sw = scales[2], scales[3]
+        if sh != int(sh) or sw != int(sw) or sh < 1 or sw < 1:
+            raise ConvertError.at(node, "scales %s must be positive integers" % (scales,), "nearest upsampling by 2, 3, ...")
+        shape = (x.shape[0], x.shape[1], x.shape[2] * int(sh), x.shape[3] * int(sw))
+        attrs = {"scale": [int(sh), int(sw)]}
+        if x.kind == "bits":
+            out = self.ir.value(node.outputs[0], "bits", nhwc(shape))
+            self.ir.add("resize_nearest", node.name, [x.value], [out], attrs)
+            return Rep("bits", out, shape, x.scale)
+        xf = self.as_float(x, node)
+        out = self.new_float(node.outputs[0], shape)
+        self.ir.add("resize_nearest", node.name, [xf.value], [out.value], attrs)
+        return out
+
+    def op_Resize(self, node):
+        mode = node.attrs.get("mode", "nearest")
+        if mode != "nearest":
+            raise ConvertError.at(node, "mode %r" % mode, "only nearest")
+        x = self.rep(node.inputs[0], node)
+        scales = None
+        if len(node.inputs) > 2 and node.inputs[2]:
+            sc = np.asarray(self.const(node.inputs[2], node, "scales"), np.float64).reshape(-1)
+            if sc.size:
+                scales = list(sc)
+        if scales is None and len(node.inputs) > 3 and node.inputs[3]:
+            sizes = np.asarray(self.const(node.inputs[3], node, "sizes"), np.int64).reshape(-1)
+            scales = [s / d for s, d in zip(sizes, x.shape)]
+        if scales is None:
+            raise ConvertError.at(node, "Resize without constant scales or sizes")
+        return self._resize(node, x, scales)
+
+    def op_Upsample(self, node):
+        if node.attrs.get("mode", "nearest") != "nearest":
+            raise ConvertError.at(node, "mode %r" % node.attrs.get("mode"), "only nearest")
+        x = self.rep(node.inputs[0], node)
+        sc = node.attrs.get("scales")
+        if sc is None:
+            sc = np.asarray(self.const(node.inputs[1], node, "scales"), np.float64).reshape(-1)
+        return self._resize(node, x, list(sc))
+
+    def op_Pad(self, node):
+        mode = node.attrs.get("mode", "constant")
+        if mode != "constant":
+            raise ConvertError.at(node, "mode %r" % mode, "only constant padding")
+        x = self.as_float(self.rep(node.inputs[0], node), node)
+        if "pads" in node.attrs:
+            p = [int(v) for v in node.attrs["pads"]]
+            value = float(node.attrs.get("value", 0.0))
+        else:
+            p = [int(v) for v in np.asarray(self.const(node.inputs[1], node, "pads")).reshape(-1)]
+            value = 0.0
+            if len(node.inputs) > 2 and node.inputs[2]:
+                value = float(np.asarray(self.const(node.inputs[2], node, "constant_value")).reshape(-1)[0])
+        if len(node.inputs) > 3 and node.inputs[3]:
+            raise ConvertError.at(node, "Pad with axes is not supported")
+        if len(x.shape) != 4 or len(p) != 8 or p[0] or p[1] or p[4] or p[5] or min(p) < 0:
+            raise ConvertError.at(node, "pads %s: only non-negative spatial padding of NCHW tensors" % p)
+        pads = [p[2], p[3], p[6], p[7]]
+        shape = (x.shape[0], x.shape[1], x.shape[2] + p[2] + p[6], x.shape[3] + p[3] + p[7])
+        out = self.new_float(node.outputs[0], shape)
+        self.ir.add("pad", node.name, [x.value], [out.value], {"pads": pads, "value": value})
+        return out

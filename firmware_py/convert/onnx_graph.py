@@ -1,0 +1,212 @@
+"""ONNX intake: load (with external data), fix the input shapes, fold constants with
+onnx's reference evaluator, and give every remaining node its static input shapes."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConvertError
+
+# Ops evaluated on constants only when all their inputs are constant; anything the
+# reference evaluator knows works, this set just documents the usual ones.
+_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+
+
+@dataclass
+class Node:
+    op: str
+    name: str
+    inputs: list
+    outputs: list
+    attrs: dict
+    domain: str = ""
+    proto: object = None
+
+
+@dataclass
+class Graph:
+    nodes: list
+    consts: dict            # name -> np.ndarray
+    shapes: dict            # value name -> tuple (static)
+    inputs: list            # [(name, shape)]
+    outputs: list           # [name]
+    metadata: dict = field(default_factory=dict)
+    opset: int = 0
+    source_bytes: int = 0
+
+
+def _attrs(node) -> dict:
+    import onnx
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif a.type == onnx.AttributeProto.TENSOR:
+            from onnx import numpy_helper
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, (list, tuple)):
+            v = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+def _dims(vi):
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def load_model(src):
+    """onnx.ModelProto from a path (external data next to it) or a ModelProto."""
+    import onnx
+
+    if isinstance(src, onnx.ModelProto):
+        return src, 0
+    path = os.fspath(src)
+    if not os.path.exists(path):
+        raise ConvertError("input file not found: %s" % path)
+    from onnx.external_data_helper import load_external_data_for_model
+
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        model = onnx.load(path, load_external_data=False)
+        # external data files count toward the source size
+        size = os.path.getsize(path)
+        for loc in sorted({kv.value for init in model.graph.initializer for kv in init.external_data
+                           if kv.key == "location"}):
+            p = os.path.join(base, loc)
+            if not os.path.exists(p):
+                raise ConvertError("external data file %r of %s not found" % (loc, path))
+            size += os.path.getsize(p)
+        load_external_data_for_model(model, base)
+    except ConvertError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnx raises many kinds
+        raise ConvertError("cannot read ONNX file %s: %s" % (path, e)) from None
+    return model, size
+
+
+def import_graph(src, input_shapes=None) -> Graph:
+    """Loads, fixes shapes, folds constants.  input_shapes: {name: shape} for inputs
+    with dynamic dimensions (a dynamic batch dimension alone defaults to 1)."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model, size = load_model(src)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    g = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    input_shapes = dict(input_shapes or {})
+
+    # fix input shapes
+    inputs = []
+    for vi in g.input:
+        if vi.name in consts:
+            continue
+        dims = _dims(vi)
+        if vi.name in input_shapes:
+            shape = tuple(int(d) for d in input_shapes.pop(vi.name))
+        else:
+            if dims is None:
+                raise ConvertError("input %r has no shape; pass input_shapes={%r: (...)}" % (vi.name, vi.name))
+            shape = list(dims)
+            if shape and not isinstance(shape[0], int) or (shape and shape[0] == 0):
+                shape[0] = 1  # dynamic batch -> 1
+            bad = [i for i, d in enumerate(shape) if not isinstance(d, int) or d <= 0]
+            if bad:
+                raise ConvertError(
+                    "input %r has dynamic dimensions %s (shape %s): the converter needs static shapes; "
+                    "pass input_shapes={%r: (n, c, h, w)} (--input-shape %s=1,3,224,224)"
+                    % (vi.name, bad, dims, vi.name, vi.name))
+            shape = tuple(shape)
+        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ConvertError("input %r has element type %s; only float32 inputs are supported"
+                               % (vi.name, onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)))
+        inputs.append((vi.name, shape))
+    if input_shapes:
+        raise ConvertError("input_shapes names unknown inputs %s" % sorted(input_shapes))
+
+    # re-run shape inference with the fixed input shapes
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(model)
+    for vi in m2.graph.input:
+        for name, shape in inputs:
+            if vi.name == name:
+                dims = vi.type.tensor_type.shape.dim
+                del dims[:]
+                for d in shape:
+                    dims.add().dim_value = d
+    del m2.graph.value_info[:]
+    for o in m2.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        m2 = shape_inference.infer_shapes(m2, data_prop=True)
+    except Exception as e:  # noqa: BLE001
+        raise ConvertError("ONNX shape inference failed: %s" % e) from None
+    shapes = {name: tuple(shape) for name, shape in inputs}
+    for vi in list(m2.graph.value_info) + list(m2.graph.output):
+        d = _dims(vi)
+        if d is not None and all(isinstance(x, int) and x > 0 for x in d):
+            shapes[vi.name] = tuple(d)
+    for k, v in consts.items():
+        shapes[k] = tuple(v.shape)
+
+    nodes = []
+    for i, n in enumerate(m2.graph.node):
+        nodes.append(Node(n.op_type, n.name or "%s_%d" % (n.op_type, i), list(n.input), list(n.output), _attrs(n),
+                          n.domain, n))
+    nodes = _fold(nodes, consts, shapes, opset)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    return Graph(nodes, consts, shapes, inputs, [o.name for o in g.output], metadata, opset, size)
+
+
+def _fold(nodes, consts, shapes, opset):
+    """Evaluates every node whose inputs are all constant (and Shape of a static value)."""
+    from onnx.reference import ReferenceEvaluator
+
+    kept = []
+    for n in nodes:
+        if n.op == "Constant":
+            a = n.attrs
+            if "value" in a:
+                consts[n.outputs[0]] = np.asarray(a["value"])
+            elif "value_float" in a:
+                consts[n.outputs[0]] = np.array(a["value_float"], np.float32)
+            elif "value_floats" in a:
+                consts[n.outputs[0]] = np.array(a["value_floats"], np.float32)
+            elif "value_int" in a:
+                consts[n.outputs[0]] = np.array(a["value_int"], np.int64)
+            elif "value_ints" in a:
+                consts[n.outputs[0]] = np.array(a["value_ints"], np.int64)
+            else:
+                raise ConvertError("Constant node %r: unsupported value attribute %s" % (n.name, sorted(a)))
+            shapes[n.outputs[0]] = consts[n.outputs[0]].shape
+            continue
+        if n.op == "Shape" and n.domain in ("", "ai.onnx") and n.inputs[0] in shapes:
+            s = np.array(shapes[n.inputs[0]], np.int64)
+            start, end = n.attrs.get("start", 0), n.attrs.get("end", None)
+            consts[n.outputs[0]] = s[start:end]
+            shapes[n.outputs[0]] = consts[n.outputs[0]].shape
+            continue
+        ins = [i for i in n.inputs if i]
+        if (n.domain in ("", "ai.onnx") and n.op not in _NEVER_FOLD and ins and all(i in consts for i in ins)):
+            try:
+                ev = ReferenceEvaluator(n.proto, opsets={"": opset or 17})
+                outs = ev.run(None, {i: consts[i] for i in ins})
+            except Exception as e:  # noqa: BLE001
+                raise ConvertError("constant folding failed for %s node %r: %s" % (n.op, n.name, e)) from None
+            for name, v in zip(n.outputs, outs):
+                consts[name] = np.asarray(v)
+                shapes[name] = consts[name].shape
+            continue
+        if n.op in ("Identity", "Dropout") and n.inputs[0] in consts:
+            consts[n.outputs[0]] = consts[n.inputs[0]]
+            continue
+        kept.append(n)
+    return kept

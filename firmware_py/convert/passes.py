@@ -1,0 +1,133 @@
+"""Rewrites of the binarized graph that keep its meaning and save work:
+
+* fold_affine: a per-channel affine (folded BatchNorm, Mul/Add by constants) after a
+  convolution or dense layer moves into that layer's output transform / weights;
+* sign_before_maxpool: MaxPool then Sign == Sign then max-pool on bits (a threshold is
+  monotone), so the pool runs on packed words;
+* fuse_thresholds: a binary conv whose float output only feeds a Sign produces the bits
+  directly, with per-channel integer thresholds (direction from the sign of the scale).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ir import IR
+
+
+def _single_use(ir: IR, value: str, outputs) -> bool:
+    return value not in outputs and len(ir.consumers(value)) == 1
+
+
+def fold_affine(ir: IR, outputs):
+    changed = True
+    while changed:
+        changed = False
+        for node in list(ir.nodes):
+            if node["op"] != "affine":
+                continue
+            src = node["inputs"][0]
+            prod = ir.producer(src)
+            if prod is None or not _single_use(ir, src, outputs):
+                continue
+            s = ir.param(node, "scale").astype(np.float32)
+            b = ir.param(node, "bias").astype(np.float32)
+            op = prod["op"]
+            if op in ("bconv2d", "bdense") and prod["attrs"].get("output", "float") == "float":
+                ir.set_param(prod, "mul", ir.param(prod, "mul") * s)
+                ir.set_param(prod, "add", ir.param(prod, "add") * s + b)
+            elif op in ("fconv2d", "dense"):
+                w = ir.param(prod, "weights")
+                ir.set_param(prod, "weights", (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32))
+                old_b = ir.param(prod, "bias") if "bias" in prod["params"] else np.zeros_like(s)
+                ir.set_param(prod, "bias", (old_b * s + b).astype(np.float32))
+            elif op == "affine":
+                ps, pb = ir.param(prod, "scale"), ir.param(prod, "bias")
+                ir.set_param(prod, "scale", ps * s)
+                ir.set_param(prod, "bias", pb * s + b)
+            else:
+                continue
+            prod["outputs"] = list(node["outputs"])
+            ir.nodes.remove(node)
+            changed = True
+
+
+def sign_before_maxpool(ir: IR, outputs):
+    for node in list(ir.nodes):
+        if node["op"] != "bitpack":
+            continue
+        src = node["inputs"][0]
+        pool = ir.producer(src)
+        if pool is None or pool["op"] != "maxpool2d" or not _single_use(ir, src, outputs):
+            continue
+        x = pool["inputs"][0]
+        xs = ir.values[x]["shape"]
+        bits_in = ir.value(x + ".bits", "bits", xs)
+        # bitpack(x) -> bmaxpool2d -> (the old bitpack output)
+        node["inputs"] = [x]
+        old_out = node["outputs"][0]
+        node["outputs"] = [bits_in]
+        pool["op"] = "bmaxpool2d"
+        pool["inputs"] = [bits_in]
+        pool["outputs"] = [old_out]
+        # order: the bitpack must come before the pool
+        ir.nodes.remove(node)
+        ir.nodes.insert(ir.nodes.index(pool), node)
+
+
+def thresholds(mul: np.ndarray, add: np.ndarray, n: int, threshold: float = 0.0):
+    """Integer thresholds so that, for every integer d in [-n, n],
+    (float32(d) * mul + add < threshold)  ==  (flip ? d > t : d < t)."""
+    d = np.arange(-n, n + 1, dtype=np.int64)
+    df = d.astype(np.float32)
+    thr = np.empty(mul.shape[0], np.int32)
+    flip = np.zeros(mul.shape[0], np.uint8)
+    i32 = np.iinfo(np.int32)
+    for o in range(mul.shape[0]):
+        y = df * np.float32(mul[o]) + np.float32(add[o])
+        neg = y < np.float32(threshold)
+        if mul[o] > 0:          # neg for small d: bit = d < t, t = first d not neg
+            idx = np.flatnonzero(~neg)
+            thr[o] = d[idx[0]] if idx.size else n + 1
+        elif mul[o] < 0:        # neg for large d: bit = d > t, t = last d not neg
+            idx = np.flatnonzero(~neg)
+            thr[o] = d[idx[-1]] if idx.size else -n - 1
+            flip[o] = 1
+        else:
+            thr[o] = i32.max if neg[0] else i32.min
+        # the rule must reproduce the float comparison on every d
+        rule = (d > thr[o]) if flip[o] else (d < thr[o])
+        if not np.array_equal(rule, neg):
+            raise AssertionError("non-monotone output transform in channel %d" % o)
+    return thr, flip
+
+
+def fuse_thresholds(ir: IR, outputs):
+    for node in list(ir.nodes):
+        if node["op"] != "bitpack":
+            continue
+        src = node["inputs"][0]
+        prod = ir.producer(src)
+        if (prod is None or prod["op"] != "bconv2d" or len(prod["inputs"]) != 1
+                or prod["attrs"].get("output", "float") != "float" or not _single_use(ir, src, outputs)):
+            continue
+        kh, kw = prod["attrs"]["kernel"]
+        n = kh * kw * ir.values[prod["inputs"][0]]["shape"][3]
+        thr, flip = thresholds(ir.param(prod, "mul"), ir.param(prod, "add"), n, node["attrs"]["threshold"])
+        for k in ("mul", "add"):
+            ir.tensors.pop(prod["params"].pop(k))
+        prod["params"]["threshold"] = ir.tensor(prod["name"] + ".threshold", thr)
+        prod["params"]["flip"] = ir.tensor(prod["name"] + ".flip", flip)
+        prod["attrs"]["output"] = "bits"
+        prod["outputs"] = list(node["outputs"])
+        ir.nodes.remove(node)
+
+
+def optimize(ir: IR, outputs):
+    fold_affine(ir, outputs)
+    sign_before_maxpool(ir, outputs)
+    fuse_thresholds(ir, outputs)
+    used_v, used_t = ir.remove_unused(outputs)
+    for v in [v for v in ir.values if v not in used_v]:
+        del ir.values[v]
+    for t in [t for t in ir.tensors if t not in used_t]:
+        del ir.tensors[t]

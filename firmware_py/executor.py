@@ -1,0 +1,606 @@
+"""Runs a ``.bnn`` model (docs/model-format.md) with the C runtime and numpy.
+
+    model = firmware_py.load("model.bnn", num_threads=4)
+    y = model.run(x)            # x: float32 NCHW, exactly model.inputs[0].shape
+
+Everything that can be done once is done at load: the file is validated
+(model_format.read_model), every C layer (BConv2d / FConv2d; ``dense`` is an FConv2d
+1x1 on a 1x1 image, ``bdense`` a BConv2d 1x1 on a 1x1 image) is created, and every
+intermediate array is allocated by a buffer planner that lets values whose lifetimes do
+not overlap share memory.  A run only copies the inputs in (NCHW -> NHWC), calls the
+nodes in order writing into the planned buffers, and copies the outputs out.
+
+Inputs: float32 only, exactly the shape of ``inputs[i].shape`` (NCHW for layout
+``NCHW``); another dtype (float64 included) is refused with a ValueError naming the
+input, never converted silently -- call ``x.astype(np.float32)``.
+
+Outputs: in the layout of ``outputs[i].layout`` (NCHW transposed back from the internal
+NHWC; ``bits`` values unpacked to +-1 float32).  The arrays returned are fresh copies:
+they stay valid after later runs.
+
+Threads: a Model owns one ops.Context (``num_threads`` workers) and its buffers; runs of
+one Model are serialised by a lock (a Model is meant to be used by one thread at a time;
+load one Model per thread to run in parallel).  Different Models are independent.
+"""
+
+import collections
+import statistics
+import tempfile
+import threading
+import time
+import os
+
+import numpy as np
+
+from . import ops
+from .model_format import read_model, validate_graph, write_model, _check_tensor_data, DTYPES
+
+__all__ = ["load", "Model", "IOSpec", "Profile", "overhead_report"]
+
+IOSpec = collections.namedtuple("IOSpec", "name shape layout")
+
+
+def load(path, num_threads=None):
+    """Loads and validates a model file; builds its layers and buffers.
+
+    num_threads: worker threads of the model's ops.Context (None: one per CPU)."""
+    graph, tensors = read_model(path, mmap=True)
+    return Model(graph, tensors, num_threads=num_threads, _validated=True)
+
+
+def _unpack_weights(wbits, c):
+    """Packed uint32 [..., words(c)] -> float32 +-1 [..., c] (bit 1 = -1)."""
+    w = np.ascontiguousarray(wbits, dtype="<u4")
+    b = np.unpackbits(w.view(np.uint8).reshape(w.shape[:-1] + (w.shape[-1] * 4,)), axis=-1,
+                      bitorder="little")[..., :c]
+    return (1.0 - 2.0 * b).astype(np.float32)
+
+
+def _f32(a):
+    return None if a is None else np.array(a, dtype=np.float32)  # a private copy
+
+
+class _Planner:
+    """Assigns values to shared byte buffers by lifetime (best fit, growing if needed)."""
+
+    def __init__(self):
+        self.sizes = []
+        self.free = []
+        self.assign = {}  # value -> (buffer id, nbytes)
+
+    def alloc(self, name, nbytes):
+        nbytes = max(int(nbytes), 1)
+        fits = [b for b in self.free if self.sizes[b] >= nbytes]
+        if fits:
+            b = min(fits, key=lambda i: self.sizes[i])
+        elif self.free:
+            b = max(self.free, key=lambda i: self.sizes[i])
+            self.sizes[b] = nbytes
+        else:
+            b = len(self.sizes)
+            self.sizes.append(nbytes)
+            self.assign[name] = (b, nbytes)
+            return
+        self.free.remove(b)
+        self.assign[name] = (b, nbytes)
+
+    def release(self, name):
+        self.free.append(self.assign[name][0])
+
+    def materialise(self):
+        raws = [np.empty((s + 7) // 8, dtype=np.uint64).view(np.uint8) for s in self.sizes]
+        return raws
+
+
+class Profile(list):
+    """Model.profile's result: a list of per-node dicts {name, op, ms, out_shape} (ms:
+    median over the repeats), with ``total_ms`` (median of whole runs, input and output
+    copies included) and ``nodes_ms`` (the sum of the node medians)."""
+
+    total_ms = 0.0
+    nodes_ms = 0.0
+
+    def __str__(self):
+        lines = ["%-28s %-15s %10s  %s" % ("node", "op", "ms", "out_shape")]
+        for d in self:
+            lines.append("%-28s %-15s %10.3f  %s" % (d["name"][:28], d["op"], d["ms"],
+                                                      list(d["out_shape"])))
+        lines.append("%-28s %-15s %10.3f" % ("(sum of nodes)", "", self.nodes_ms))
+        lines.append("%-28s %-15s %10.3f" % ("(total run)", "", self.total_ms))
+        return "\n".join(lines)
+
+
+class Model:
+    """A loaded model; see the module docstring.  Build it with :func:`load`."""
+
+    def __init__(self, graph, tensors, num_threads=None, _validated=False):
+        if not _validated:
+            validate_graph(graph, None)
+            for t in graph["tensors"]:
+                a = tensors.get(t["name"])
+                if not isinstance(a, np.ndarray) or a.dtype != DTYPES[t["dtype"]] \
+                        or list(a.shape) != t["shape"]:
+                    raise ValueError("tensor %r does not match the graph's tensor table" % t["name"])
+            _check_tensor_data(graph, tensors)
+        self._lock = threading.Lock()
+        self._ctx = ops.Context(num_threads)
+        self.inputs = [IOSpec(i["name"], tuple(i["shape"]), i["layout"]) for i in graph["inputs"]]
+        self.outputs = [IOSpec(o["name"], tuple(o["shape"]), o["layout"]) for o in graph["outputs"]]
+        self.metadata = graph.get("metadata", {})
+        self.producer = graph.get("producer", "")
+        self._values = {v["name"]: (v["kind"], tuple(v["shape"])) for v in graph["values"]}
+        self._nodes = graph["nodes"]
+        self._layers = []
+        self._plan_buffers()
+        self._steps = [self._build(node, tensors) for node in self._nodes]
+        self._feeds = [self._feed_fn(spec) for spec in self.inputs]
+        self._collects = [self._collect_fn(spec) for spec in self.outputs]
+
+    # ---- planning ---------------------------------------------------------------------------
+    def _nbytes(self, name):
+        kind, shape = self._values[name]
+        if kind == "bits":
+            return int(np.prod(shape[:-1])) * ops.packed_words(shape[-1]) * 4
+        return int(np.prod(shape)) * 4
+
+    def _plan_buffers(self):
+        last = {}
+        for i, node in enumerate(self._nodes):
+            for nm in node["inputs"]:
+                last[nm] = i
+        keep = {o.name for o in self.outputs}
+        p = _Planner()
+        for spec in self.inputs:
+            p.alloc(spec.name, self._nbytes(spec.name))
+        for spec in self.inputs:
+            if spec.name not in keep and spec.name not in last:
+                p.release(spec.name)
+        for i, node in enumerate(self._nodes):
+            out = node["outputs"][0]
+            p.alloc(out, self._nbytes(out))
+            dying = [nm for nm in set(node["inputs"]) if last.get(nm) == i and nm not in keep]
+            if out not in last and out not in keep:
+                dying.append(out)
+            for nm in dying:
+                p.release(nm)
+        raws = p.materialise()
+        self._buf = {}
+        for name, (b, nbytes) in p.assign.items():
+            kind, shape = self._values[name]
+            if kind == "bits":
+                dt, shp = np.uint32, shape[:-1] + (ops.packed_words(shape[-1]),)
+            else:
+                dt, shp = np.float32, shape
+            self._buf[name] = raws[b][:nbytes].view(dt).reshape(shp)
+        self.buffer_bytes = sum(r.nbytes for r in raws)
+        self.value_bytes = sum(self._nbytes(n) for n in self._values)
+
+    # ---- layers -----------------------------------------------------------------------------
+    def _build(self, node, tensors):
+        op, name = node["op"], node["name"]
+        attrs, params = node.get("attrs", {}), node.get("params", {})
+        xs = [self._buf[n] for n in node["inputs"]]
+        x = xs[0]
+        y = self._buf[node["outputs"][0]]
+        in_kind, in_shape = self._values[node["inputs"][0]]
+        ctx = self._ctx
+
+        def P(key, conv=None):
+            if key not in params:
+                return None
+            a = tensors[params[key]]
+            return conv(a) if conv else a
+
+        win = {}
+        if "kernel" in attrs:
+            win = dict(kernel=tuple(attrs["kernel"]), stride=tuple(attrs["stride"]),
+                       padding=tuple(attrs["pads"]))
+
+        if op == "bitpack":
+            thr = float(attrs.get("threshold", 0.0))
+            fn = lambda: ops.bitpack(x, thr, ctx=ctx, out=y)  # noqa: E731
+        elif op == "unpack":
+            c = in_shape[-1]
+            fn = lambda: ops.unpack(x, c, out=y)  # noqa: E731
+        elif op in ("bconv2d", "bdense"):
+            c = in_shape[-1]
+            w = _unpack_weights(P("weights"), c)
+            if op == "bconv2d":
+                w_oihw = np.ascontiguousarray(w.transpose(0, 3, 1, 2))
+                lin = in_shape
+                mode = attrs["output"]
+                layer = ops.BConv2d(w_oihw, lin, stride=win["stride"], padding=win["padding"],
+                                    pad_mode=attrs.get("pad_mode", "zero"), output=mode,
+                                    mul=P("mul", _f32), add=P("add", _f32),
+                                    threshold=P("threshold", np.array), flip=P("flip", np.array))
+                xv, yv = x, y
+            else:
+                w_oihw = np.ascontiguousarray(w[:, :, None, None])
+                n = in_shape[0]
+                layer = ops.BConv2d(w_oihw, (n, 1, 1, c), output="float",
+                                    mul=P("mul", _f32), add=P("add", _f32))
+                xv, yv = x.reshape(n, 1, 1, x.shape[-1]), y.reshape(n, 1, 1, y.shape[-1])
+            self._layers.append(layer)
+            k = xs[1] if len(xs) > 1 else None
+            run = layer.run
+            fn = lambda: run(xv, k, ctx=ctx, out=yv)  # noqa: E731
+        elif op == "xnor_scale":
+            fn = lambda: ops.xnor_scale(x, ctx=ctx, out=y, **win)  # noqa: E731
+        elif op in ("fconv2d", "dense"):
+            wt = P("weights")
+            if op == "fconv2d":
+                w_oihw = np.ascontiguousarray(wt.transpose(0, 3, 1, 2), dtype=np.float32)
+                layer = ops.FConv2d(w_oihw, in_shape, bias=P("bias", _f32), stride=win["stride"],
+                                    padding=win["padding"])
+                xv, yv = x, y
+            else:
+                n, f = in_shape
+                w_oihw = np.ascontiguousarray(wt[:, :, None, None], dtype=np.float32)
+                layer = ops.FConv2d(w_oihw, (n, 1, 1, f), bias=P("bias", _f32))
+                xv, yv = x.reshape(n, 1, 1, f), y.reshape(n, 1, 1, y.shape[-1])
+            self._layers.append(layer)
+            run = layer.run
+            fn = lambda: run(xv, ctx=ctx, out=yv)  # noqa: E731
+        elif op == "maxpool2d":
+            fn = lambda: ops.maxpool2d(x, ctx=ctx, out=y, **win)  # noqa: E731
+        elif op == "bmaxpool2d":
+            c = in_shape[-1]
+            fn = lambda: ops.bmaxpool2d(x, c, ctx=ctx, out=y, **win)  # noqa: E731
+        elif op == "avgpool2d":
+            cip = bool(attrs.get("count_include_pad", 0))
+            fn = lambda: ops.avgpool2d(x, count_include_pad=cip, ctx=ctx, out=y, **win)  # noqa: E731
+        elif op == "global_avgpool":
+            fn = lambda: ops.global_avgpool(x, ctx=ctx, out=y)  # noqa: E731
+        elif op == "add":
+            b = xs[1]
+            fn = lambda: ops.add(x, b, out=y, ctx=ctx)  # noqa: E731
+        elif op == "affine":
+            scale, bias = P("scale", _f32), P("bias", _f32)
+
+            def fn():
+                np.multiply(x, scale, out=y)
+                np.add(y, bias, out=y)
+        elif op == "relu":
+            fn = lambda: np.maximum(x, np.float32(0), out=y)  # noqa: E731
+        elif op == "sigmoid":
+            half = np.float32(0.5)
+
+            def fn():  # 0.5 * tanh(0.5 x) + 0.5: no overflow for any x
+                np.multiply(x, half, out=y)
+                np.tanh(y, out=y)
+                np.multiply(y, half, out=y)
+                np.add(y, half, out=y)
+        elif op == "leaky_relu":
+            alpha = np.float32(attrs["alpha"])
+            pick = np.maximum if alpha <= 1 else np.minimum  # max(x, a x) for a <= 1
+
+            def fn():
+                np.multiply(x, alpha, out=y)
+                pick(x, y, out=y)
+        elif op == "prelu":
+            slope = P("slope", _f32)
+            mask = np.empty(x.shape, dtype=bool)
+
+            def fn():
+                np.greater_equal(x, np.float32(0), out=mask)
+                np.multiply(x, slope, out=y)
+                np.copyto(y, x, where=mask)
+        elif op == "clip":
+            lo = np.float32(attrs["min"]) if "min" in attrs else None
+            hi = np.float32(attrs["max"]) if "max" in attrs else None
+            if lo is None and hi is None:
+                fn = lambda: np.copyto(y, x)  # noqa: E731
+            elif hi is None:
+                fn = lambda: np.maximum(x, lo, out=y)  # noqa: E731
+            elif lo is None:
+                fn = lambda: np.minimum(x, hi, out=y)  # noqa: E731
+            else:
+                fn = lambda: np.clip(x, lo, hi, out=y)  # noqa: E731
+        elif op == "concat":
+            axis = int(attrs["axis"])
+            fn = lambda: np.concatenate(xs, axis=axis, out=y)  # noqa: E731
+        elif op == "resize_nearest":
+            sh, sw = attrs["scale"]
+            n, h, w = x.shape[:3]
+            y6 = y.reshape(n, h, sh, w, sw, x.shape[3])
+            x6 = x[:, :, None, :, None, :]
+            fn = lambda: np.copyto(y6, x6)  # noqa: E731
+        elif op == "pad":
+            pt, pl, pb, pr = attrs["pads"]
+            value = np.float32(attrs.get("value", 0.0))
+            n, h, w, c = in_shape
+            inner = y[:, pt:pt + h, pl:pl + w, :]
+
+            def fn():
+                y.fill(value)
+                np.copyto(inner, x)
+        elif op == "flatten":
+            n, h, w, c = in_shape
+            out_kind = self._values[node["outputs"][0]][0]
+            if in_kind == "float":
+                y4 = y.reshape(n, c, h, w)
+                xt = x.transpose(0, 3, 1, 2)
+                fn = lambda: np.copyto(y4, xt)  # noqa: E731
+            else:
+                tmp = np.empty((n, h, w, c), dtype=np.float32)
+                tmpt = tmp.transpose(0, 3, 1, 2)
+                if out_kind == "float":
+                    y4 = y.reshape(n, c, h, w)
+
+                    def fn():
+                        ops.unpack(x, c, out=tmp)
+                        np.copyto(y4, tmpt)
+                else:
+                    flat = np.empty((n, c * h * w), dtype=np.float32)
+                    flat4 = flat.reshape(n, c, h, w)
+
+                    def fn():
+                        ops.unpack(x, c, out=tmp)
+                        np.copyto(flat4, tmpt)
+                        ops.bitpack(flat, 0.0, ctx=ctx, out=y)
+        else:  # pragma: no cover - the reader refuses unknown ops
+            raise ValueError("node %r: op %r is not supported by this executor" % (name, op))
+        return (name, op, fn, self._values[node["outputs"][0]][1])
+
+    # ---- boundary ----------------------------------------------------------------------------
+    def _feed_fn(self, spec):
+        buf = self._buf[spec.name]
+        src_shape = spec.shape
+        if spec.layout == "NCHW":
+            def feed(x):
+                np.copyto(buf, x.transpose(0, 2, 3, 1))
+        else:
+            def feed(x):
+                np.copyto(buf, x)
+        return src_shape, feed
+
+    def _collect_fn(self, spec):
+        kind, shape = self._values[spec.name]
+        buf = self._buf[spec.name]
+        nchw = spec.layout == "NCHW"
+        if kind == "bits":
+            c = shape[-1]
+            if nchw:
+                return lambda: np.ascontiguousarray(ops.unpack(buf, c).transpose(0, 3, 1, 2))
+            return lambda: ops.unpack(buf, c)
+        if nchw:
+            return lambda: np.ascontiguousarray(buf.transpose(0, 3, 1, 2))
+        return lambda: buf.copy()
+
+    def _check_inputs(self, x):
+        specs = self.inputs
+        if isinstance(x, dict):
+            missing = [s.name for s in specs if s.name not in x]
+            if missing:
+                raise ValueError("missing input(s) %s (the model's inputs: %s)"
+                                 % (missing, [s.name for s in specs]))
+            extra = sorted(str(k) for k in x if k not in {s.name for s in specs})
+            if extra:
+                raise ValueError("unknown input(s) %s (the model's inputs: %s)"
+                                 % (extra, [s.name for s in specs]))
+            xs = [x[s.name] for s in specs]
+        elif isinstance(x, (list, tuple)):
+            if len(x) != len(specs):
+                raise ValueError("the model takes %d input(s) %s, got %d"
+                                 % (len(specs), [s.name for s in specs], len(x)))
+            xs = list(x)
+        else:
+            if len(specs) != 1:
+                raise ValueError("the model takes %d inputs %s: pass a list or a dict"
+                                 % (len(specs), [s.name for s in specs]))
+            xs = [x]
+        for s, a in zip(specs, xs):
+            if not isinstance(a, np.ndarray):
+                raise ValueError("input %r must be a float32 numpy.ndarray of shape %s (%s), got %s"
+                                 % (s.name, list(s.shape), s.layout, type(a).__name__))
+            if a.dtype != np.float32:
+                raise ValueError("input %r must be float32, got %s: other dtypes are not converted "
+                                 "(use x.astype(np.float32))" % (s.name, a.dtype))
+            if a.shape != s.shape:
+                raise ValueError("input %r must have shape %s (%s), got %s"
+                                 % (s.name, list(s.shape), s.layout, list(a.shape)))
+        return xs
+
+    # ---- running -------------------------------------------------------------------------------
+    def run(self, x):
+        """x: a float32 array (one input), or a list (in order) / dict (by name) of them.
+        Returns one array, or a list when the model has several outputs (fresh copies)."""
+        xs = self._check_inputs(x)
+        with self._lock:
+            self._check_open()
+            for (_, feed), a in zip(self._feeds, xs):
+                feed(a)
+            for step in self._steps:
+                step[2]()
+            outs = [c() for c in self._collects]
+        return outs[0] if len(outs) == 1 else outs
+
+    __call__ = run
+
+    def profile(self, x, repeat=10):
+        """Runs ``repeat`` times timing every node; returns a :class:`Profile`."""
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise ValueError("repeat must be a positive int, got %r" % (repeat,))
+        xs = self._check_inputs(x)
+        per = [[] for _ in self._steps]
+        totals = []
+        clock = time.perf_counter
+        with self._lock:
+            self._check_open()
+            for _ in range(repeat):
+                t0 = clock()
+                for (_, feed), a in zip(self._feeds, xs):
+                    feed(a)
+                for i, step in enumerate(self._steps):
+                    t = clock()
+                    step[2]()
+                    per[i].append(clock() - t)
+                [c() for c in self._collects]
+                totals.append(clock() - t0)
+        prof = Profile({"name": s[0], "op": s[1], "ms": statistics.median(t) * 1e3,
+                        "out_shape": s[3]} for s, t in zip(self._steps, per))
+        prof.total_ms = statistics.median(totals) * 1e3
+        prof.nodes_ms = sum(d["ms"] for d in prof)
+        return prof
+
+    def summary(self):
+        """A text table of the graph: nodes, ops, output kinds and shapes, memory."""
+        lines = ["firmware_py model (%s), %d nodes, context: %d threads, %s path"
+                 % (self.producer or "unknown producer", len(self._steps),
+                    self._ctx.num_threads, self._ctx.path)]
+        for s in self.inputs:
+            lines.append("  input  %-24s %s %s" % (s.name, list(s.shape), s.layout))
+        for s in self.outputs:
+            lines.append("  output %-24s %s %s" % (s.name, list(s.shape), s.layout))
+        lines.append("  %-4s %-24s %-15s %-5s %s" % ("#", "node", "op", "kind", "out (internal)"))
+        for i, node in enumerate(self._nodes):
+            kind, shape = self._values[node["outputs"][0]]
+            lines.append("  %-4d %-24s %-15s %-5s %s" % (i, node["name"][:24], node["op"], kind,
+                                                       list(shape)))
+        lines.append("  activation buffers: %.1f KiB planned (%.1f KiB without sharing)"
+                     % (self.buffer_bytes / 1024, self.value_bytes / 1024))
+        return "\n".join(lines)
+
+    def _check_open(self):
+        if self._ctx is None:
+            raise ValueError("this Model is closed")
+
+    def close(self):
+        """Frees the C layers and the context (the Model cannot run afterwards)."""
+        with self._lock:
+            for layer in self._layers:
+                layer.close()
+            self._layers = []
+            if self._ctx is not None:
+                self._ctx.close()
+                self._ctx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return "<firmware_py.Model inputs=%s outputs=%s nodes=%d>" % (
+            [(s.name, list(s.shape)) for s in self.inputs],
+            [(s.name, list(s.shape)) for s in self.outputs], len(self._steps))
+
+
+# ---- overhead measurement ----------------------------------------------------------------------------
+def _tiny_chain(op, n_nodes):
+    """A graph of n_nodes tiny layers (1x1 image, 32 channels) and its tensors."""
+    c = 32
+    values = [{"name": "x", "kind": "float", "shape": [1, 1, 1, c]}]
+    nodes, tensors = [], {}
+    prev = "x"
+    if op == "bconv2d":
+        values.append({"name": "b0", "kind": "bits", "shape": [1, 1, 1, c]})
+        nodes.append({"op": "bitpack", "name": "pack", "inputs": ["x"], "outputs": ["b0"],
+                      "attrs": {"threshold": 0.0}})
+        prev = "b0"
+        tensors["w"] = np.full((c, 1, 1, 1), 0x5555AAAA, dtype=np.uint32)
+        tensors["t"] = np.zeros(c, dtype=np.int32)
+    for i in range(n_nodes):
+        nm = "v%d" % i
+        if op == "bconv2d":
+            values.append({"name": nm, "kind": "bits", "shape": [1, 1, 1, c]})
+            nodes.append({"op": "bconv2d", "name": "n%d" % i, "inputs": [prev], "outputs": [nm],
+                          "attrs": {"kernel": [1, 1], "stride": [1, 1], "pads": [0, 0, 0, 0],
+                                    "pad_mode": "zero", "output": "bits"},
+                          "params": {"weights": "w", "threshold": "t"}})
+        else:
+            values.append({"name": nm, "kind": "float", "shape": [1, 1, 1, c]})
+            nodes.append({"op": op, "name": "n%d" % i, "inputs": [prev], "outputs": [nm]})
+        prev = nm
+    out = prev
+    if op == "bconv2d":
+        values.append({"name": "y", "kind": "float", "shape": [1, 1, 1, c]})
+        nodes.append({"op": "unpack", "name": "unpack", "inputs": [prev], "outputs": ["y"]})
+        out = "y"
+    graph = {"format": "bnn-graph", "producer": "overhead_report", "metadata": {},
+             "inputs": [{"name": "x", "shape": [1, c, 1, 1], "layout": "NCHW"}],
+             "outputs": [{"name": out, "shape": [1, c, 1, 1], "layout": "NCHW"}],
+             "values": values, "nodes": nodes}
+    return graph, tensors
+
+
+def _median_time(fn, repeat):
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def overhead_report(model, x, repeat=20, n_tiny=64):
+    """Measures the executor's Python overhead.
+
+    * On ``model`` with input ``x``: the median run time, the sum of the per-node
+      medians and the boundary (input/output copies and loop) time.
+    * On a chain of ``n_tiny`` tiny layers (1x1 image, 32 channels; the C work is a
+      fraction of a microsecond): the time per node for a C-backed node (bconv2d) and a
+      numpy node (relu) -- almost all of it Python overhead -- and the bare C call
+      (bnn_bconv2d_run through cffi with prepared pointers) for comparison.
+    Returns a dict (times in ms and us) and puts a readable text in d["text"].
+    """
+    prof = model.profile(x, repeat=repeat)
+    run_ms = statistics.median(
+        [_median_time(lambda: model.run(x), 1) for _ in range(repeat)]) * 1e3
+    per_node = {}
+    with tempfile.TemporaryDirectory() as d:
+        for op in ("bconv2d", "relu"):
+            g, t = _tiny_chain(op, n_tiny)
+            path = os.path.join(d, op + ".bnn")
+            write_model(path, g, t)
+            small = load(path, num_threads=model._ctx.num_threads)
+            xs = np.ones((1, 32, 1, 1), dtype=np.float32)
+            small.run(xs)
+            prof_small = small.profile(xs, repeat=repeat)
+            ms = [p["ms"] for p in prof_small if p["op"] == op]
+            per_node[op] = statistics.median(ms) * 1e3  # us
+            if op == "bconv2d":
+                step = [s for s in small._steps if s[1] == "bconv2d"][0]
+                layer = small._layers[0]
+                xb = small._buf["b0"]
+                yb = small._buf["v0"]
+                lib = ops.lib()
+                px = ops.ffi.from_buffer("uint32_t[]", xb)
+                py = ops.ffi.from_buffer(yb, require_writable=True)
+                cptr, lptr = small._ctx._handle(), layer._ptr
+                nul = ops.ffi.NULL
+
+                def raw():
+                    lib.bnn_bconv2d_run(cptr, lptr, px, xb.size, nul, 0, py, yb.size)
+
+                for _ in range(100):
+                    raw()
+                c_us = _median_time(lambda: [raw() for _ in range(100)], repeat) * 1e4
+                step_us = _median_time(lambda: [step[2]() for _ in range(100)], repeat) * 1e4
+                per_node["bconv2d_step_loop"] = step_us
+            small.close()
+    report = {
+        "run_ms": run_ms,
+        "profile_total_ms": prof.total_ms,
+        "nodes_ms": prof.nodes_ms,
+        "boundary_ms": max(prof.total_ms - prof.nodes_ms, 0.0),
+        "n_nodes": len(prof),
+        "tiny_bconv2d_node_us": per_node["bconv2d"],
+        "tiny_bconv2d_step_us": per_node["bconv2d_step_loop"],
+        "tiny_relu_node_us": per_node["relu"],
+        "bare_c_call_us": c_us,
+        "python_overhead_per_c_node_us": per_node["bconv2d_step_loop"] - c_us,
+    }
+    report["estimated_overhead_ms"] = (
+        report["python_overhead_per_c_node_us"] * report["n_nodes"] / 1e3)
+    report["text"] = (
+        "model: run %.3f ms (profiled %.3f ms; nodes %.3f ms over %d nodes; boundary %.3f ms)\n"
+        "per-node overhead (tiny layers): C-backed node %.1f us (bare C call %.1f us -> "
+        "Python overhead %.1f us); numpy node (relu) %.1f us\n"
+        "estimated Python overhead in this model: ~%.3f ms"
+        % (run_ms, prof.total_ms, prof.nodes_ms, len(prof), report["boundary_ms"],
+           report["tiny_bconv2d_step_us"], c_us, report["python_overhead_per_c_node_us"],
+           report["tiny_relu_node_us"], report["estimated_overhead_ms"]))
+    return report

@@ -1,0 +1,837 @@
+"""The ``.bnn`` model file (docs/model-format.md): write it, read and validate it.
+
+A model file is data only: a 64-byte header, the graph as UTF-8 JSON, zero padding and
+the tensor data, every tensor on a 64-byte boundary of the file so that it can be
+memory-mapped.  No serialized Python objects, no code, nothing executed on load.
+
+``read_model`` validates everything before anything uses it -- sizes, offsets,
+checksums, the JSON, every tensor, value and node (per op: inputs, outputs, attributes,
+parameters and the shapes they imply) -- and raises :class:`ModelFormatError` (a
+``ValueError``) naming the field, node or tensor that is wrong.  I/O problems (a
+missing file, no permission) raise ``OSError`` as usual.
+
+Only numpy and the standard library are used here (no native library).
+"""
+
+import json
+import math
+import mmap as _mmap
+import os
+import struct
+import tempfile
+import zlib
+
+import numpy as np
+
+__all__ = [
+    "ModelFormatError",
+    "MAGIC",
+    "VERSION_MAJOR",
+    "VERSION_MINOR",
+    "HEADER_SIZE",
+    "ALIGN",
+    "MAX_GRAPH_SIZE",
+    "DTYPES",
+    "OPS",
+    "write_model",
+    "read_model",
+    "validate_graph",
+    "packed_words",
+]
+
+
+class ModelFormatError(ValueError):
+    """A model file (or a graph given to write_model) is malformed, truncated or corrupt."""
+
+
+MAGIC = b"BNNMODEL"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+HEADER_SIZE = 64
+ALIGN = 64
+MAX_GRAPH_SIZE = 16 * 1024 * 1024
+_HEADER = struct.Struct("<8sHHIQQQQIIII")
+assert _HEADER.size == HEADER_SIZE
+
+DTYPES = {
+    "float32": np.dtype("<f4"),
+    "int32": np.dtype("<i4"),
+    "uint32": np.dtype("<u4"),
+    "uint8": np.dtype("u1"),
+    "int8": np.dtype("i1"),
+}
+
+_MAX_ELEMENTS = 2**31 - 1  # per tensor and per value (the C library counts in int32)
+_MAX_NDIM = 8
+_MAX_CONV_KERNEL = 15
+_MAX_CONV_STRIDE = 8
+_MAX_POOL = 1 << 16
+_MAX_RESIZE = 64
+_MAX_PAD = 1 << 16
+
+_GRAPH_KEYS = {"format", "producer", "metadata", "inputs", "outputs", "values", "tensors", "nodes"}
+_GRAPH_REQUIRED = ("format", "inputs", "outputs", "values", "tensors", "nodes")
+_NODE_KEYS = {"op", "name", "inputs", "outputs", "attrs", "params"}
+
+# op -> (attrs, params) it may have; see _check_node for the rules.
+_WIN = ("kernel", "stride", "pads")
+OPS = {
+    "bitpack": (("threshold",), ()),
+    "unpack": ((), ()),
+    "bconv2d": (_WIN + ("pad_mode", "output"), ("weights", "mul", "add", "threshold", "flip")),
+    "xnor_scale": (_WIN, ()),
+    "fconv2d": (_WIN, ("weights", "bias")),
+    "dense": ((), ("weights", "bias")),
+    "bdense": ((), ("weights", "mul", "add")),
+    "maxpool2d": (_WIN, ()),
+    "bmaxpool2d": (_WIN, ()),
+    "avgpool2d": (_WIN + ("count_include_pad",), ()),
+    "global_avgpool": ((), ()),
+    "add": ((), ()),
+    "affine": ((), ("scale", "bias")),
+    "relu": ((), ()),
+    "sigmoid": ((), ()),
+    "leaky_relu": (("alpha",), ()),
+    "prelu": ((), ("slope",)),
+    "clip": (("min", "max"), ()),
+    "concat": (("axis",), ()),
+    "resize_nearest": (("scale",), ()),
+    "pad": (("pads", "value"), ()),
+    "flatten": ((), ()),
+}
+
+
+def packed_words(c):
+    """32-bit words holding c channels."""
+    return (int(c) + 31) // 32
+
+
+def _fail(msg, *args):
+    raise ModelFormatError(msg % args if args else msg)
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _prod(shape):
+    p = 1
+    for s in shape:
+        p *= s
+    return p
+
+
+# ---- graph validation -----------------------------------------------------------------------------
+class _Graph:
+    """What validation learns about a graph (used by the reader, writer and executor)."""
+
+    def __init__(self):
+        self.tensors = {}  # name -> (dtype name, shape tuple, offset, nbytes)
+        self.values = {}  # name -> (kind, shape tuple)
+
+
+def _where_node(i, node):
+    name = node.get("name") if isinstance(node, dict) else None
+    op = node.get("op") if isinstance(node, dict) else None
+    return "node %r (nodes[%d], op %r)" % (name, i, op)
+
+
+def _check_keys(where, d, allowed, required=()):
+    if not isinstance(d, dict):
+        _fail("%s must be a JSON object, got %s", where, type(d).__name__)
+    for k in required:
+        if k not in d:
+            _fail("%s: missing required key %r", where, k)
+    extra = sorted(str(k) for k in d if k not in allowed)
+    if extra:
+        _fail("%s: unknown key(s) %s (allowed: %s)", where, extra, sorted(allowed))
+
+
+def _shape(where, s, positive, min_ndim=0, max_ndim=_MAX_NDIM):
+    if not isinstance(s, list):
+        _fail("%s must be a list of ints, got %s", where, type(s).__name__)
+    if not (min_ndim <= len(s) <= max_ndim):
+        _fail("%s must have %d..%d dimensions, got %d", where, min_ndim, max_ndim, len(s))
+    lo = 1 if positive else 0
+    for d in s:
+        if not _is_int(d) or d < lo:
+            _fail("%s must hold %s ints, got %r", where, "positive" if positive else "non-negative", s)
+        if d > _MAX_ELEMENTS:
+            _fail("%s: dimension %d is too large (> %d)", where, d, _MAX_ELEMENTS)
+    if _prod(s) > _MAX_ELEMENTS:
+        _fail("%s: %r has more than %d elements", where, s, _MAX_ELEMENTS)
+    return tuple(s)
+
+
+def _check_tensors(graph, data_size, g):
+    tensors = graph["tensors"]
+    if not isinstance(tensors, list):
+        _fail("graph 'tensors' must be a list, got %s", type(tensors).__name__)
+    spans = []
+    for i, t in enumerate(tensors):
+        where = "tensors[%d]" % i
+        _check_keys(where, t, {"name", "dtype", "shape", "offset", "nbytes"},
+                    ("name", "dtype", "shape", "offset", "nbytes"))
+        name = t["name"]
+        if not isinstance(name, str) or not name:
+            _fail("%s: 'name' must be a non-empty string, got %r", where, name)
+        where = "tensor %r (tensors[%d])" % (name, i)
+        if name in g.tensors:
+            _fail("%s: duplicate tensor name", where)
+        dt = t["dtype"]
+        if not isinstance(dt, str) or dt not in DTYPES:
+            _fail("%s: dtype %r is not one of %s", where, dt, sorted(DTYPES))
+        shape = _shape(where + " shape", t["shape"], positive=False)
+        off, nb = t["offset"], t["nbytes"]
+        if not _is_int(off) or off < 0:
+            _fail("%s: offset must be a non-negative int, got %r", where, off)
+        if not _is_int(nb) or nb < 0:
+            _fail("%s: nbytes must be a non-negative int, got %r", where, nb)
+        if off % ALIGN:
+            _fail("%s: offset %d is not a multiple of %d", where, off, ALIGN)
+        want = _prod(shape) * DTYPES[dt].itemsize
+        if nb != want:
+            _fail("%s: nbytes %d != product(shape %s) * itemsize %d = %d",
+                  where, nb, list(shape), DTYPES[dt].itemsize, want)
+        if data_size is not None and off + nb > data_size:
+            _fail("%s: bytes [%d, %d) lie outside the data section (%d bytes)",
+                  where, off, off + nb, data_size)
+        g.tensors[name] = (dt, shape, off, nb)
+        if nb:
+            spans.append((off, off + nb, name))
+    spans.sort()
+    for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+        if b0 < a1:
+            _fail("tensors %r [%d, %d) and %r [%d, %d) overlap", an, a0, a1, bn, b0, b1)
+
+
+def _check_values(graph, g):
+    values = graph["values"]
+    if not isinstance(values, list):
+        _fail("graph 'values' must be a list, got %s", type(values).__name__)
+    for i, v in enumerate(values):
+        where = "values[%d]" % i
+        _check_keys(where, v, {"name", "kind", "shape"}, ("name", "kind", "shape"))
+        name = v["name"]
+        if not isinstance(name, str) or not name:
+            _fail("%s: 'name' must be a non-empty string, got %r", where, name)
+        where = "value %r (values[%d])" % (name, i)
+        if name in g.values:
+            _fail("%s: duplicate value name", where)
+        kind = v["kind"]
+        if kind not in ("float", "bits"):
+            _fail("%s: kind must be 'float' or 'bits', got %r", where, kind)
+        shape = _shape(where + " shape", v["shape"], positive=True, min_ndim=2, max_ndim=4)
+        if len(shape) == 3 and kind != "float":
+            _fail("%s: a 3-D value (an xnor_scale output [n, oh, ow]) must be float", where)
+        if kind == "bits" and _prod(shape[:-1]) * packed_words(shape[-1]) > _MAX_ELEMENTS:
+            _fail("%s: too large", where)
+        g.values[name] = (kind, shape)
+
+
+def _check_io(graph, key, g):
+    items = graph[key]
+    if not isinstance(items, list) or not items:
+        _fail("graph %r must be a non-empty list", key)
+    seen = set()
+    for i, it in enumerate(items):
+        where = "%s[%d]" % (key, i)
+        _check_keys(where, it, {"name", "shape", "layout"}, ("name", "shape", "layout"))
+        name = it["name"]
+        if not isinstance(name, str) or name not in g.values:
+            _fail("%s: name %r is not a value of the graph", where, name)
+        where = "%s[%d] %r" % (key, i, name)
+        if name in seen:
+            _fail("%s: listed twice", where)
+        seen.add(name)
+        kind, vshape = g.values[name]
+        shape = _shape(where + " shape", it["shape"], positive=True, min_ndim=2, max_ndim=4)
+        layout = it["layout"]
+        if layout == "NCHW":
+            if len(vshape) != 4:
+                _fail("%s: layout NCHW needs a 4-D value, the value is %s", where, list(vshape))
+            want = (vshape[0], vshape[3], vshape[1], vshape[2])
+        elif layout == "NC":
+            if len(vshape) != 2:
+                _fail("%s: layout NC needs a 2-D value, the value is %s", where, list(vshape))
+            want = vshape
+        else:
+            _fail("%s: layout must be 'NCHW' or 'NC', got %r", where, layout)
+        if shape != want:
+            _fail("%s: shape %s does not match the value's shape %s (internal layout) for "
+                  "layout %s: expected %s", where, list(shape), list(vshape), layout, list(want))
+        if key == "inputs" and kind != "float":
+            _fail("%s: a graph input must be a float value, got %r", where, kind)
+
+
+def _pair(where, v, lo, hi):
+    if not isinstance(v, list) or len(v) != 2 or not all(_is_int(x) for x in v):
+        _fail("%s must be a list of 2 ints, got %r", where, v)
+    for x in v:
+        if not lo <= x <= hi:
+            _fail("%s must hold ints in %d..%d, got %r", where, lo, hi, v)
+    return tuple(v)
+
+
+def _pads4(where, v, hi):
+    if not isinstance(v, list) or len(v) != 4 or not all(_is_int(x) for x in v):
+        _fail("%s must be a list of 4 ints [top, left, bottom, right], got %r", where, v)
+    for x in v:
+        if not 0 <= x <= hi:
+            _fail("%s must hold ints in 0..%d, got %r", where, hi, v)
+    return tuple(v)
+
+
+def _number(where, v):
+    if not _is_num(v):
+        _fail("%s must be a finite number, got %r", where, v)
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        _fail("%s must be a finite number, got %r", where, v)
+    return f
+
+
+def _window(where, attrs, in_hw, conv):
+    """Checks kernel / stride / pads; returns (kernel, stride, pads, (oh, ow))."""
+    kmax = _MAX_CONV_KERNEL if conv else _MAX_POOL
+    smax = _MAX_CONV_STRIDE if conv else _MAX_POOL
+    for k in _WIN:
+        if k not in attrs:
+            _fail("%s: missing attribute %r", where, k)
+    kh, kw = _pair(where + " attrs.kernel", attrs["kernel"], 1, kmax)
+    sh, sw = _pair(where + " attrs.stride", attrs["stride"], 1, smax)
+    pads = _pads4(where + " attrs.pads", attrs["pads"], _MAX_POOL)
+    pt, pl, pb, pr = pads
+    if pt >= kh or pb >= kh or pl >= kw or pr >= kw:
+        _fail("%s: attrs.pads %r: each pad must be smaller than the kernel %r", where,
+              list(pads), [kh, kw])
+    h, w = in_hw
+    if h + pt + pb < kh or w + pl + pr < kw:
+        _fail("%s: kernel %r is larger than the padded input %r", where, [kh, kw],
+              [h + pt + pb, w + pl + pr])
+    oh = (h + pt + pb - kh) // sh + 1
+    ow = (w + pl + pr - kw) // sw + 1
+    return (kh, kw), (sh, sw), pads, (oh, ow)
+
+
+def _check_node(i, node, g, written):
+    where0 = "nodes[%d]" % i
+    _check_keys(where0, node, _NODE_KEYS, ("op", "name", "inputs", "outputs"))
+    op = node["op"]
+    if not isinstance(op, str) or op not in OPS:
+        _fail("%s (name %r): unknown op %r (this reader, format %d.%d, knows %s)", where0,
+              node.get("name"), op, VERSION_MAJOR, VERSION_MINOR, sorted(OPS))
+    name = node["name"]
+    if not isinstance(name, str) or not name:
+        _fail("%s (op %r): 'name' must be a non-empty string, got %r", where0, op, name)
+    where = _where_node(i, node)
+    allowed_attrs, allowed_params = OPS[op]
+    attrs = node.get("attrs", {})
+    params = node.get("params", {})
+    _check_keys(where + " attrs", attrs, set(allowed_attrs))
+    _check_keys(where + " params", params, set(allowed_params))
+
+    ins, outs = node["inputs"], node["outputs"]
+    for key, lst in (("inputs", ins), ("outputs", outs)):
+        if not isinstance(lst, list) or not all(isinstance(s, str) for s in lst):
+            _fail("%s: %r must be a list of value names", where, key)
+    n_in = {"bconv2d": (1, 2), "add": (2, 2), "concat": (1, 1 << 16)}.get(op, (1, 1))
+    if not n_in[0] <= len(ins) <= n_in[1]:
+        _fail("%s: takes %s input(s), got %d", where,
+              n_in[0] if n_in[0] == n_in[1] else "%d..%d" % n_in, len(ins))
+    if len(outs) != 1:
+        _fail("%s: must have exactly 1 output, got %d", where, len(outs))
+    in_vals = []
+    for j, nm in enumerate(ins):
+        if nm not in g.values:
+            _fail("%s: input %r is not a value of the graph", where, nm)
+        if nm not in written:
+            _fail("%s: input %r is read before it is written (by a graph input or an "
+                  "earlier node)", where, nm)
+        in_vals.append(g.values[nm])
+    out_name = outs[0]
+    if out_name not in g.values:
+        _fail("%s: output %r is not a value of the graph", where, out_name)
+    if out_name in written:
+        _fail("%s: output %r is already written (%s)", where, out_name, written[out_name])
+    out_kind, out_shape = g.values[out_name]
+
+    def need_in(j, kinds, ndims):
+        kind, shape = in_vals[j]
+        if kind not in kinds or len(shape) not in ndims:
+            _fail("%s: input %r must be a %s value of %s dimensions, got %s %s", where, ins[j],
+                  "/".join(kinds), "/".join(map(str, ndims)), kind, list(shape))
+        return shape
+
+    def tensor(pname, dtype, shape, required=True):
+        if pname not in params:
+            if required:
+                _fail("%s: missing parameter %r", where, pname)
+            return None
+        tn = params[pname]
+        if not isinstance(tn, str) or tn not in g.tensors:
+            _fail("%s: parameter %r names tensor %r, which is not in 'tensors'", where, pname, tn)
+        tdt, tshape = g.tensors[tn][:2]
+        if tdt != dtype:
+            _fail("%s: parameter %r (tensor %r) must be %s, got %s", where, pname, tn, dtype, tdt)
+        shapes = shape if isinstance(shape, list) else [shape]
+        if tshape not in [tuple(s) for s in shapes]:
+            _fail("%s: parameter %r (tensor %r) must have shape %s, got %s", where, pname, tn,
+                  " or ".join(str(list(s)) for s in shapes), list(tshape))
+        return tn
+
+    def no_params(*names):
+        for p in names:
+            if p in params:
+                _fail("%s: parameter %r is not used with these attributes", where, p)
+
+    kinds_out = "float"
+    if op == "bitpack":
+        shape = need_in(0, ("float",), (2, 4))
+        if "threshold" in attrs:
+            _number(where + " attrs.threshold", attrs["threshold"])
+        want, kinds_out = shape, "bits"
+    elif op == "unpack":
+        want = need_in(0, ("bits",), (2, 4))
+    elif op in ("bconv2d", "xnor_scale", "fconv2d"):
+        n, h, w, c = need_in(0, ("bits",) if op == "bconv2d" else ("float",), (4,))
+        k, s, pads, (oh, ow) = _window(where, attrs, (h, w), conv=True)
+        if op == "xnor_scale":
+            want = (n, oh, ow)
+        else:
+            if len(out_shape) != 4:
+                _fail("%s: output %r must be 4-D NHWC, got %s", where, out_name, list(out_shape))
+            oc = out_shape[3]
+            want = (n, oh, ow, oc)
+            if op == "fconv2d":
+                tensor("weights", "float32", (oc, k[0], k[1], c))
+                tensor("bias", "float32", (oc,), required=False)
+            else:
+                mode = attrs.get("output")
+                if mode not in ("float", "bits"):
+                    _fail("%s: attrs.output must be 'float' or 'bits', got %r", where, mode)
+                pm = attrs.get("pad_mode", "zero")
+                if pm not in ("zero", "one"):
+                    _fail("%s: attrs.pad_mode must be 'zero' or 'one', got %r", where, pm)
+                tensor("weights", "uint32", (oc, k[0], k[1], packed_words(c)))
+                if mode == "float":
+                    no_params("threshold", "flip")
+                    tensor("mul", "float32", (oc,), required=False)
+                    tensor("add", "float32", (oc,), required=False)
+                    if len(ins) == 2:
+                        kshape = need_in(1, ("float",), (3,))
+                        if kshape != (n, oh, ow):
+                            _fail("%s: the K input %r must have shape %s, got %s", where, ins[1],
+                                  [n, oh, ow], list(kshape))
+                else:
+                    no_params("mul", "add")
+                    if len(ins) == 2:
+                        _fail("%s: the K input is only used with attrs.output 'float'", where)
+                    tensor("threshold", "int32", (oc,))
+                    tensor("flip", "uint8", (oc,), required=False)
+                    kinds_out = "bits"
+    elif op in ("dense", "bdense"):
+        n, f = need_in(0, ("float",) if op == "dense" else ("bits",), (2,))
+        if len(out_shape) != 2:
+            _fail("%s: output %r must be 2-D [n, out], got %s", where, out_name, list(out_shape))
+        oc = out_shape[1]
+        want = (n, oc)
+        if op == "dense":
+            tensor("weights", "float32", (oc, f))
+            tensor("bias", "float32", (oc,), required=False)
+        else:
+            tensor("weights", "uint32", (oc, packed_words(f)))
+            tensor("mul", "float32", (oc,), required=False)
+            tensor("add", "float32", (oc,), required=False)
+    elif op in ("maxpool2d", "bmaxpool2d", "avgpool2d"):
+        bits = op == "bmaxpool2d"
+        n, h, w, c = need_in(0, ("bits",) if bits else ("float",), (4,))
+        _, _, _, (oh, ow) = _window(where, attrs, (h, w), conv=False)
+        want = (n, oh, ow, c)
+        if bits:
+            kinds_out = "bits"
+        if op == "avgpool2d" and "count_include_pad" in attrs:
+            cip = attrs["count_include_pad"]
+            if cip not in (0, 1) or not isinstance(cip, (int, bool)):
+                _fail("%s: attrs.count_include_pad must be 0 or 1, got %r", where, cip)
+    elif op == "global_avgpool":
+        n, h, w, c = need_in(0, ("float",), (4,))
+        want = (n, 1, 1, c)
+    elif op == "add":
+        a = need_in(0, ("float",), (2, 3, 4))
+        b = need_in(1, ("float",), (2, 3, 4))
+        if a != b:
+            _fail("%s: inputs %r %s and %r %s must have the same shape", where, ins[0], list(a),
+                  ins[1], list(b))
+        want = a
+    elif op in ("affine", "relu", "sigmoid", "leaky_relu", "prelu", "clip"):
+        want = need_in(0, ("float",), (2, 4))
+        c = want[-1]
+        if op == "affine":
+            tensor("scale", "float32", (c,))
+            tensor("bias", "float32", (c,))
+        elif op == "prelu":
+            tensor("slope", "float32", [(c,), (1,)])
+        elif op == "leaky_relu":
+            if "alpha" not in attrs:
+                _fail("%s: missing attribute 'alpha'", where)
+            _number(where + " attrs.alpha", attrs["alpha"])
+        elif op == "clip":
+            lo = _number(where + " attrs.min", attrs["min"]) if "min" in attrs else None
+            hi = _number(where + " attrs.max", attrs["max"]) if "max" in attrs else None
+            if lo is not None and hi is not None and lo > hi:
+                _fail("%s: attrs.min %r > attrs.max %r", where, lo, hi)
+    elif op == "concat":
+        shapes = [need_in(j, ("float",), (2, 4)) for j in range(len(ins))]
+        axis = attrs.get("axis")
+        nd = len(shapes[0])
+        want_axis = 3 if nd == 4 else 1
+        if not _is_int(axis) or axis != want_axis:
+            _fail("%s: attrs.axis must be %d for %d-D inputs (internal layout), got %r", where,
+                  want_axis, nd, axis)
+        for j, s in enumerate(shapes):
+            if len(s) != nd or s[:axis] != shapes[0][:axis]:
+                _fail("%s: input %r %s does not match input %r %s outside axis %d", where, ins[j],
+                      list(s), ins[0], list(shapes[0]), axis)
+        want = shapes[0][:axis] + (sum(s[axis] for s in shapes),)
+    elif op == "resize_nearest":
+        n, h, w, c = need_in(0, ("float", "bits"), (4,))
+        if "scale" not in attrs:
+            _fail("%s: missing attribute 'scale'", where)
+        sh, sw = _pair(where + " attrs.scale", attrs["scale"], 1, _MAX_RESIZE)
+        want = (n, h * sh, w * sw, c)
+        kinds_out = in_vals[0][0]
+    elif op == "pad":
+        n, h, w, c = need_in(0, ("float",), (4,))
+        if "pads" not in attrs:
+            _fail("%s: missing attribute 'pads'", where)
+        pt, pl, pb, pr = _pads4(where + " attrs.pads", attrs["pads"], _MAX_PAD)
+        if "value" in attrs:
+            _number(where + " attrs.value", attrs["value"])
+        want = (n, h + pt + pb, w + pl + pr, c)
+    elif op == "flatten":
+        n, h, w, c = need_in(0, ("float", "bits"), (4,))
+        want = (n, c * h * w)
+        kinds_out = ("float", "bits") if in_vals[0][0] == "bits" else "float"
+    else:  # pragma: no cover - OPS and this function list the same ops
+        _fail("%s: op %r is not implemented by the validator", where, op)
+
+    if isinstance(kinds_out, str):
+        kinds_out = (kinds_out,)
+    if out_kind not in kinds_out:
+        _fail("%s: output %r must be a %s value, got %r", where, out_name, " or ".join(kinds_out),
+              out_kind)
+    if tuple(out_shape) != tuple(want):
+        _fail("%s: output %r has shape %s but %s gives %s", where, out_name, list(out_shape), op,
+              list(want))
+    written[out_name] = "by node %r" % name
+
+
+def validate_graph(graph, data_size=None):
+    """Validates a graph dict (as decoded from the JSON); data_size: the data section's
+    size in bytes (None: tensor bounds are not checked).  Raises ModelFormatError."""
+    if not isinstance(graph, dict):
+        _fail("the graph JSON must be an object, got %s", type(graph).__name__)
+    _check_keys("graph", graph, _GRAPH_KEYS, _GRAPH_REQUIRED)
+    if graph["format"] != "bnn-graph":
+        _fail("graph 'format' must be 'bnn-graph', got %r", graph["format"])
+    if "producer" in graph and not isinstance(graph["producer"], str):
+        _fail("graph 'producer' must be a string, got %r", graph["producer"])
+    if "metadata" in graph and not isinstance(graph["metadata"], dict):
+        _fail("graph 'metadata' must be an object, got %s", type(graph["metadata"]).__name__)
+    g = _Graph()
+    _check_tensors(graph, data_size, g)
+    _check_values(graph, g)
+    _check_io(graph, "inputs", g)
+    _check_io(graph, "outputs", g)
+    nodes = graph["nodes"]
+    if not isinstance(nodes, list):
+        _fail("graph 'nodes' must be a list, got %s", type(nodes).__name__)
+    written = {it["name"]: "as a graph input" for it in graph["inputs"]}
+    names = set()
+    for i, node in enumerate(nodes):
+        _check_node(i, node, g, written)
+        if node["name"] in names:
+            _fail("%s: duplicate node name", _where_node(i, node))
+        names.add(node["name"])
+    for v in graph["values"]:
+        if v["name"] not in written:
+            _fail("value %r is never written (neither a graph input nor a node's output)",
+                  v["name"])
+    return g
+
+
+def _check_tensor_data(graph, arrays):
+    """Checks on the tensor contents: packed weights have zero tail bits, flip is 0/1."""
+    channels = {v["name"]: v["shape"][-1] for v in graph["values"]}
+    for i, node in enumerate(graph["nodes"]):
+        params = node.get("params", {})
+        op = node["op"]
+        if op in ("bconv2d", "bdense"):
+            wname = params["weights"]
+            wt = arrays[wname]
+            # in_c is the input value's channel count
+            c = channels[node["inputs"][0]]
+            tail = c % 32
+            if tail and wt.size:
+                mask = np.uint32((0xFFFFFFFF << tail) & 0xFFFFFFFF)
+                if np.any(wt[..., -1] & mask):
+                    _fail("%s: parameter 'weights' (tensor %r) has bits set past channel %d "
+                          "(the tail bits of packed weights must be 0)", _where_node(i, node),
+                          wname, c)
+        if op == "bconv2d" and "flip" in params:
+            f = arrays[params["flip"]]
+            if f.size and f.max() > 1:
+                _fail("%s: parameter 'flip' (tensor %r) must hold only 0 and 1",
+                      _where_node(i, node), params["flip"])
+
+
+# ---- reading --------------------------------------------------------------------------------------
+def _reject_constant(s):
+    raise ValueError("non-standard JSON constant %s" % s)
+
+
+def _no_duplicates(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError("duplicate key %r" % k)
+        d[k] = v
+    return d
+
+
+def _parse_header(buf, size):
+    if size < HEADER_SIZE:
+        _fail("file too short for the header: %d bytes < %d", size, HEADER_SIZE)
+    head = bytes(buf[:HEADER_SIZE])
+    (magic, major, minor, header_size, graph_offset, graph_size, data_offset, data_size,
+     graph_crc, data_crc, reserved, header_crc) = _HEADER.unpack(head)
+    if magic != MAGIC:
+        _fail("bad magic %r: not a .bnn model file (expected %r)", magic, MAGIC)
+    if major != VERSION_MAJOR:
+        _fail("unsupported model format version %d.%d: this reader reads version %d.x "
+              "(it is %d.%d)", major, minor, VERSION_MAJOR, VERSION_MAJOR, VERSION_MINOR)
+    crc = zlib.crc32(head[:60]) & 0xFFFFFFFF
+    if crc != header_crc:
+        _fail("header CRC mismatch: stored 0x%08x, computed 0x%08x (corrupt header)",
+              header_crc, crc)
+    if header_size != HEADER_SIZE:
+        _fail("header_size is %d, expected %d", header_size, HEADER_SIZE)
+    if reserved != 0:
+        _fail("header reserved field is %d, expected 0", reserved)
+    if graph_offset != HEADER_SIZE:
+        _fail("graph_offset is %d, expected %d", graph_offset, HEADER_SIZE)
+    if not 1 <= graph_size <= MAX_GRAPH_SIZE:
+        _fail("graph_size %d is out of range 1..%d", graph_size, MAX_GRAPH_SIZE)
+    if data_offset % ALIGN:
+        _fail("data_offset %d is not a multiple of %d", data_offset, ALIGN)
+    if data_offset < graph_offset + graph_size:
+        _fail("data_offset %d lies inside the graph JSON (which ends at %d)", data_offset,
+              graph_offset + graph_size)
+    if data_offset > size:
+        _fail("data_offset %d is past the end of the file (%d bytes; truncated?)", data_offset,
+              size)
+    if data_offset + data_size != size:
+        _fail("file size mismatch: data_offset %d + data_size %d = %d, but the file has %d "
+              "bytes (truncated or extended?)", data_offset, data_size, data_offset + data_size,
+              size)
+    return graph_offset, graph_size, data_offset, data_size, graph_crc, data_crc
+
+
+def _parse(buf, size):
+    """Validates buf (a memoryview of the whole file); returns (graph, data_offset, data_size)."""
+    graph_offset, graph_size, data_offset, data_size, graph_crc, data_crc = _parse_header(buf, size)
+    gend = graph_offset + graph_size
+    if bytes(buf[gend:data_offset]).count(0) != data_offset - gend:
+        _fail("the padding between the graph JSON and data_offset is not zero")
+    graph_bytes = bytes(buf[graph_offset:gend])
+    crc = zlib.crc32(graph_bytes) & 0xFFFFFFFF
+    if crc != graph_crc:
+        _fail("graph CRC mismatch: stored 0x%08x, computed 0x%08x (corrupt graph JSON)",
+              graph_crc, crc)
+    crc = zlib.crc32(buf[data_offset:size]) & 0xFFFFFFFF
+    if crc != data_crc:
+        _fail("data CRC mismatch: stored 0x%08x, computed 0x%08x (corrupt tensor data)",
+              data_crc, crc)
+    try:
+        text = graph_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _fail("the graph is not valid UTF-8: %s", e)
+    try:
+        graph = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except RecursionError:
+        _fail("the graph JSON is nested too deeply")
+    except ValueError as e:
+        _fail("the graph is not valid JSON: %s", e)
+    if not isinstance(graph, dict):
+        _fail("the graph JSON must be an object, got %s", type(graph).__name__)
+    try:
+        validate_graph(graph, data_size)
+    except RecursionError:
+        _fail("the graph JSON is nested too deeply")
+    return graph, data_offset, data_size
+
+
+def _arrays(graph, source, data_offset):
+    out = {}
+    for t in graph["tensors"]:
+        dt = DTYPES[t["dtype"]]
+        count = t["nbytes"] // dt.itemsize
+        a = np.frombuffer(source, dtype=dt, count=count, offset=data_offset + t["offset"])
+        a = a.reshape(t["shape"])
+        if a.flags.writeable:
+            a.flags.writeable = False
+        out[t["name"]] = a
+    return out
+
+
+def read_model(path_or_bytes, mmap=True):
+    """Reads and validates a model: returns (graph dict, {tensor name: numpy array}).
+
+    path_or_bytes: a path (str / os.PathLike) or the file's bytes (bytes, bytearray,
+    memoryview).  With a path and mmap=True the arrays are read-only views into a
+    read-only memory map of the file (nothing is copied; the map lives as long as an
+    array does); mmap=False reads the file into memory.  The arrays are always read-only.
+    Raises ModelFormatError for anything malformed, OSError for I/O errors.
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        try:
+            mv = memoryview(path_or_bytes).cast("B")
+        except TypeError as e:
+            raise TypeError("path_or_bytes: a non-contiguous buffer: %s" % e) from None
+        mv = mv.toreadonly()
+        graph, data_offset, _ = _parse(mv, len(mv))
+        arrays = _arrays(graph, mv, data_offset)
+        _check_tensor_data(graph, arrays)
+        return graph, arrays
+    if not isinstance(path_or_bytes, (str, os.PathLike)):
+        raise TypeError("path_or_bytes must be a path or bytes, got %s"
+                        % type(path_or_bytes).__name__)
+    with open(path_or_bytes, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not mmap:
+            data = f.read()
+            if len(data) != size:
+                _fail("the file changed size while being read")
+            return read_model(data)
+        if size < HEADER_SIZE:
+            _fail("file too short for the header: %d bytes < %d", size, HEADER_SIZE)
+        mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+    try:
+        with memoryview(mm) as mv:
+            graph, data_offset, _ = _parse(mv, len(mm))
+    except BaseException:
+        try:
+            mm.close()
+        except BufferError:  # pragma: no cover - a view still alive
+            pass
+        raise
+    arrays = _arrays(graph, mm, data_offset)
+    _check_tensor_data(graph, arrays)
+    return graph, arrays
+
+
+# ---- writing --------------------------------------------------------------------------------------
+def _as_tensor(name, a):
+    if not isinstance(name, str) or not name:
+        _fail("tensor names must be non-empty strings, got %r", name)
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiu" or a.dtype.name not in DTYPES:
+        _fail("tensor %r: dtype %s is not one of %s", name, a.dtype, sorted(DTYPES))
+    dt = DTYPES[a.dtype.name]
+    return np.ascontiguousarray(a.astype(dt, copy=False))
+
+
+def _align(n):
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def write_model(path, graph, tensors, minor=VERSION_MINOR):
+    """Writes a model file.
+
+    graph: the graph dict without its tensor table: ``graph["tensors"]`` is (re)filled
+    here, in the caller's dict, from ``tensors`` (a {name: array} dict, in its order;
+    dtypes float32 / int32 / uint32 / uint8 / int8; written as C-contiguous
+    little-endian copies, each on a 64-byte boundary).  The graph is validated exactly
+    as read_model would (ModelFormatError) before anything is written.  The file is
+    written atomically: a temporary file in the same folder, fsync, os.replace; on any
+    error nothing is left behind.  Returns the path.
+    """
+    if not isinstance(graph, dict):
+        _fail("graph must be a dict, got %s", type(graph).__name__)
+    if not isinstance(tensors, dict):
+        _fail("tensors must be a dict of name -> numpy array, got %s", type(tensors).__name__)
+    arrays = [(n, _as_tensor(n, a)) for n, a in tensors.items()]
+    table, off = [], 0
+    for name, a in arrays:
+        table.append({"name": name, "dtype": a.dtype.name, "shape": [int(s) for s in a.shape],
+                      "offset": off, "nbytes": int(a.nbytes)})
+        off = _align(off + a.nbytes)
+    data_size = arrays and table[-1]["offset"] + table[-1]["nbytes"] or 0
+    graph["tensors"] = table
+    try:
+        text = json.dumps(graph, separators=(",", ":"), sort_keys=True, allow_nan=False,
+                          ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        _fail("the graph cannot be written as JSON: %s", e)
+    graph_bytes = text.encode("utf-8")
+    # Validate what a reader will see (the JSON round trip), then the tensor contents.
+    check = json.loads(text)
+    validate_graph(check, data_size)
+    _check_tensor_data(check, {n: a for n, a in arrays})
+    if not 1 <= len(graph_bytes) <= MAX_GRAPH_SIZE:
+        _fail("the graph JSON is %d bytes (the limit is %d)", len(graph_bytes), MAX_GRAPH_SIZE)
+
+    data_offset = _align(HEADER_SIZE + len(graph_bytes))
+    data_crc = 0
+    pos = 0
+    chunks = []
+    for (name, a), t in zip(arrays, table):
+        if t["offset"] > pos:
+            chunks.append(bytes(t["offset"] - pos))
+        chunks.append(memoryview(a).cast("B") if a.nbytes else b"")
+        pos = t["offset"] + a.nbytes
+    for ch in chunks:
+        data_crc = zlib.crc32(ch, data_crc)
+    head = _HEADER.pack(MAGIC, VERSION_MAJOR, int(minor), HEADER_SIZE, HEADER_SIZE,
+                        len(graph_bytes), data_offset, data_size,
+                        zlib.crc32(graph_bytes) & 0xFFFFFFFF, data_crc & 0xFFFFFFFF, 0, 0)
+    head = head[:60] + struct.pack("<I", zlib.crc32(head[:60]) & 0xFFFFFFFF)
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            f.write(graph_bytes)
+            f.write(bytes(data_offset - HEADER_SIZE - len(graph_bytes)))
+            for ch in chunks:
+                f.write(ch)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename durable (best effort: not every filesystem allows it)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path

@@ -1,0 +1,1 @@
+"""Training-time code (PyTorch): binary layers, recipes, the model zoo."""
