@@ -16,7 +16,7 @@ from .ir import IR, pack_bits
 
 SUPPORTED_OPS = sorted([
     "Conv", "BatchNormalization", "Sign", "Relu", "PRelu", "LeakyRelu", "Clip", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "Add", "Sub", "Mul", "Div", "Concat", "Flatten",
+    "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Add", "Sub", "Mul", "Div", "Concat", "Flatten",
     "Reshape", "Gemm", "MatMul", "Resize", "Upsample", "Sigmoid", "Identity", "Dropout", "Pad", "Abs",
     "BipolarQuant",
 ])
@@ -74,7 +74,8 @@ def window_attrs(node, in_hw, kernel, kind):
             out_ceil = -(-span // s[i]) + 1
             if (out_ceil - 1) * s[i] >= in_hw[i] + pads[i]:
                 out_ceil -= 1  # ONNX: the last window must start inside the input or left pad
-            pads[i + 2] += (out_ceil - out_floor) * s[i]
+            if out_ceil > out_floor:  # extend the end so the last (partial) window exists
+                pads[i + 2] += max(0, (out_ceil - 1) * s[i] + kernel[i] - (in_hw[i] + pads[i] + pads[i + 2]))
     for i in range(2):
         if pads[i] >= kernel[i] or pads[i + 2] >= kernel[i]:
             raise ConvertError.at(node, "pads %s must be smaller than the kernel %s" % (pads, kernel))
@@ -275,6 +276,17 @@ class Lowering:
             return self._flatten(node, g)
         raise ConvertError.at(node, "ReduceMean over axes %s (keepdims=%d) is not supported" % (axes, keep),
                               "supported: global average pooling (axes 2,3) and mean|x| over channels for K")
+
+    def op_ReduceMax(self, node):
+        r = self.rep(node.inputs[0], node)
+        rank = len(r.shape)
+        axes = self._axes(node)
+        axes = sorted(a % rank for a in axes) if axes is not None else list(range(rank))
+        if rank == 4 and axes == [2, 3]:
+            g = self._global_pool(node, r, "max")
+            return g if int(node.attrs.get("keepdims", 1)) else self._flatten(node, g)
+        raise ConvertError.at(node, "ReduceMax over axes %s is not supported" % axes,
+                              "supported: global max pooling (axes 2,3)")
 
     def op_Conv(self, node):
         x = self.rep(node.inputs[0], node)
