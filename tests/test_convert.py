@@ -20,6 +20,7 @@ onnx = pytest.importorskip("onnx", reason="test_convert needs onnx (pip install 
 pytest.importorskip("onnxruntime", reason="test_convert needs onnxruntime (pip install onnxruntime)")
 
 import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import firmware_py as fp  # noqa: E402
@@ -650,3 +651,36 @@ def test_cli_convert(tmp_path, wide_models):
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert "error:" in p.stderr and "Softmax" in p.stderr, p.stderr
     assert not (tmp_path / "bad.bnn").exists()
+
+
+class FloatOpsNet(nn.Module):
+    """The float layers a BNN keeps around its binary core: every float op of the
+    converter's list in one graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.prelu = nn.PReLU(8)
+        self.c2 = nn.Conv2d(8, 8, 1)
+        self.head = nn.Parameter(torch.randn(8 * 5 * 5, 5) * 0.1)
+
+    def forward(self, x):
+        x = self.prelu(self.c1(x))
+        x = F.leaky_relu(x, 0.2)
+        x = F.hardtanh(x * 2.0 - 0.5)
+        x = F.pad(x, (1, 0, 1, 0))                      # Pad -> pad
+        x = F.avg_pool2d(x, 2, 2, padding=1, count_include_pad=False)
+        x = torch.sigmoid(self.c2(x)) / 3.0
+        x = F.relu(x + 0.1) + x
+        x = x.flatten(1)
+        return x @ self.head                            # MatMul
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_float_ops(tmp_path, exporter):
+    torch.manual_seed(3)
+    res = roundtrip(FloatOpsNet(), (1, 3, 7, 7), tmp_path, exporter)
+    got = set(ops(res))
+    assert {"fconv2d", "prelu", "leaky_relu", "clip", "pad", "avgpool2d", "sigmoid", "relu", "add",
+            "flatten", "dense"} <= got, got
+    assert not got & {"bconv2d", "bitpack"}

@@ -1,0 +1,96 @@
+"""The seed's accuracy table on real data, PyTorch and the runtime side by side:
+
+    python -m models.table --dataset fashion-mnist            # trains what is missing (resumable)
+
+For every variant (fp, naive, bwn, xnor, xnor_k): test accuracy in PyTorch and of the
+converted model run by firmware_py on the same test set, model sizes, and the runtime's
+latency (batch 1, 1 thread, median).  Writes models/zoo/<dataset>/table.md and table.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+from . import data
+from .nets import TRAINED, VARIANTS
+from .progress import Progress
+from .train import ZOO, evaluate_torch, export, load_trained, train
+
+EPOCHS = {"fashion-mnist": 10, "mnist": 3, "cifar10": 30}
+
+
+def evaluate_runtime(bnn_path, x_u8, y, threads=1):
+    import firmware_py
+    model = firmware_py.load(str(bnn_path), num_threads=threads)
+    correct = 0
+    bar = Progress(len(x_u8), "runtime %s" % bnn_path.name)
+    for i in range(len(x_u8)):
+        out = model.run(x_u8[i:i + 1].astype(np.float32) / np.float32(255))
+        correct += int(out.argmax() == y[i])
+        if i % 500 == 499 or i == len(x_u8) - 1:
+            bar.update(500 if i % 500 == 499 else (i % 500) + 1)
+    bar.close()
+    x1 = x_u8[:1].astype(np.float32) / np.float32(255)
+    for _ in range(10):
+        model.run(x1)
+    times = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        model.run(x1)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return 100.0 * correct / len(x_u8), float(np.median(times))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m models.table", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=data.DATASETS, required=True)
+    ap.add_argument("--epochs", type=int, default=None, help="default: %s" % EPOCHS)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    a = ap.parse_args(argv)
+    epochs = a.epochs or EPOCHS[a.dataset]
+    variants = a.variants.split(",")
+    _, _, x_te, y_te = data.load(a.dataset)
+    rows = []
+    for v in variants:
+        if v in TRAINED:
+            train(a.dataset, v, epochs, a.seed, quiet=True)  # no-op when the checkpoint is complete
+        if v == "naive" and "fp" not in variants:
+            train(a.dataset, "fp", epochs, a.seed, quiet=True)
+        model = load_trained(a.dataset, v, epochs, a.seed)
+        acc_torch = evaluate_torch(model, x_te, y_te)
+        onnx_path = export(model, a.dataset, v)
+        bnn_path = onnx_path.with_suffix(".bnn")
+        acc_rt, ms = evaluate_runtime(bnn_path, x_te, y_te)
+        rows.append({"variant": v, "acc_pytorch": round(acc_torch, 2), "acc_runtime": round(acc_rt, 2),
+                     "onnx_bytes": onnx_path.stat().st_size, "bnn_bytes": bnn_path.stat().st_size,
+                     "latency_ms_1thread": round(ms, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    out = ZOO / a.dataset
+    cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
+    meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd,
+            "test_images": int(len(x_te)), "host": platform.machine(), "python": sys.version.split()[0],
+            "rows": rows}
+    (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
+    lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
+             "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining). "
+             "Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
+             "table (%s)." % (cmd, epochs, a.seed, platform.machine()), "",
+             "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append("| %s | %.2f | %.2f | %s | %s | %.3f |" % (r["variant"], r["acc_pytorch"], r["acc_runtime"],
+                                                                f"{r['onnx_bytes']:,}", f"{r['bnn_bytes']:,}",
+                                                                r["latency_ms_1thread"]))
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
