@@ -50,8 +50,16 @@ def _metadata(meta: dict, src) -> dict:
                 out["class_names"] = names
         except ValueError:
             pass
+    if "detector" in meta:  # detection head parameters (firmware_py.detect), JSON
+        try:
+            det = json.loads(meta["detector"])
+        except ValueError:
+            raise ConvertError("metadata 'detector' is not valid JSON") from None
+        if not isinstance(det, dict):
+            raise ConvertError("metadata 'detector' must be a JSON object")
+        out["detector"] = det
     for k, v in meta.items():
-        if k != "class_names":
+        if k not in ("class_names", "detector"):
             out.setdefault("onnx:" + k, v)
     return out
 
