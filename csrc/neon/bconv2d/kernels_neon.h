@@ -11,6 +11,18 @@
 #include "kernel.h"
 
 #define BNN_NEON_FLUSH 2048
+
+/* Broadcast one activation word and advance the pointer: one LD1R with post-increment on
+ * aarch64 (compilers otherwise emit LDR + DUP with a shared index register). */
+static inline uint32x4_t bnn_ld1r_post(const uint32_t **p) {
+#if defined(__aarch64__) && defined(__GNUC__)
+    uint32x4_t a;
+    __asm__("ld1r {%0.4s}, [%1], #4" : "=w"(a), "+r"(*p) : "m"(**p));
+    return a;
+#else
+    return vld1q_dup_u32((*p)++);
+#endif
+}
 #define BNN_NEON_INLINE __attribute__((always_inline)) static inline
 
 #define BNN_DEF_TILE_NEON(P)                                                                   \
@@ -42,7 +54,7 @@
                         wk += 16;                                                              \
                         _Pragma("GCC unroll 16")                                               \
                         for (int p = 0; p < P; p++) {                                          \
-                            uint32x4_t a = vld1q_dup_u32(xr[p]++);                             \
+                            uint32x4_t a = bnn_ld1r_post(&xr[p]);                              \
                             _Pragma("GCC unroll 16")                                           \
                             for (int v = 0; v < 4; v++)                                        \
                                 acc[p][v] = vpadalq_u8(                                        \
