@@ -485,6 +485,24 @@ _OUT_MODES = {"int32": _native.BNN_OUT_INT32, "float": _native.BNN_OUT_FLOAT, "b
 _PAD_MODES = {"zero": _native.BNN_PAD_ZERO, "one": _native.BNN_PAD_ONE}
 
 
+def _weight_oihw(weight, c):
+    """Checked OIHW convolution weights for an input of c channels -> (array, out_c, kh, kw)."""
+    wt = np.asarray(weight)
+    if wt.dtype.kind not in "fiu":
+        raise ValueError("weight must be a real numeric (float) array, got dtype %s" % wt.dtype)
+    if wt.ndim != 4:
+        raise ValueError("weight must be 4-D OIHW, got %d-D with shape %s" % (wt.ndim, wt.shape))
+    out_c, w_in_c, k_h, k_w = (int(s) for s in wt.shape)
+    if out_c < 1 or k_h < 1 or k_w < 1:
+        raise ValueError("weight has an empty dimension: shape %s" % (wt.shape,))
+    if w_in_c != c:
+        raise ValueError(
+            "weight has %d input channels (OIHW shape %s) but in_shape has c = %d" % (w_in_c, wt.shape, c))
+    if k_h > _MAX_KERNEL or k_w > _MAX_KERNEL:
+        raise ValueError("weight: kernel %s is larger than %d" % ((k_h, k_w), _MAX_KERNEL))
+    return wt, out_c, k_h, k_w
+
+
 class BConv2d:
     """Binary 2-D convolution (groups 1) on packed NHWC bits.
 
@@ -500,21 +518,7 @@ class BConv2d:
                  output="int32", mul=None, add=None, threshold=None, flip=None):
         self._ptr = None
         n, h, w, c = _shape4("in_shape", in_shape)
-        wt = np.asarray(weight)
-        if wt.dtype.kind not in "fiu":
-            raise ValueError("weight must be a real numeric (float) array, got dtype %s" % wt.dtype)
-        if wt.ndim != 4:
-            raise ValueError("weight must be 4-D OIHW, got %d-D with shape %s" % (wt.ndim, wt.shape))
-        out_c, w_in_c, k_h, k_w = (int(s) for s in wt.shape)
-        if out_c < 1 or k_h < 1 or k_w < 1:
-            raise ValueError("weight has an empty dimension: shape %s" % (wt.shape,))
-        if w_in_c != c:
-            raise ValueError(
-                "weight has %d input channels (OIHW shape %s) but in_shape has c = %d"
-                % (w_in_c, wt.shape, c)
-            )
-        if k_h > _MAX_KERNEL or k_w > _MAX_KERNEL:
-            raise ValueError("weight: kernel %s is larger than %d" % ((k_h, k_w), _MAX_KERNEL))
+        wt, out_c, k_h, k_w = _weight_oihw(weight, c)
         if not isinstance(output, str) or output not in _OUT_MODES:
             raise ValueError("output must be one of %s, got %r" % (sorted(_OUT_MODES), output))
         if not isinstance(pad_mode, str) or pad_mode not in _PAD_MODES:
@@ -747,21 +751,7 @@ class FConv2d:
     def __init__(self, weight, in_shape, bias=None, stride=1, padding="valid"):
         self._ptr = None
         n, h, w, c = _shape4("in_shape", in_shape)
-        wt = np.asarray(weight)
-        if wt.dtype.kind not in "fiu":
-            raise ValueError("weight must be a real numeric (float) array, got dtype %s" % wt.dtype)
-        if wt.ndim != 4:
-            raise ValueError("weight must be 4-D OIHW, got %d-D with shape %s" % (wt.ndim, wt.shape))
-        out_c, w_in_c, k_h, k_w = (int(s) for s in wt.shape)
-        if out_c < 1 or k_h < 1 or k_w < 1:
-            raise ValueError("weight has an empty dimension: shape %s" % (wt.shape,))
-        if w_in_c != c:
-            raise ValueError(
-                "weight has %d input channels (OIHW shape %s) but in_shape has c = %d"
-                % (w_in_c, wt.shape, c)
-            )
-        if k_h > _MAX_KERNEL or k_w > _MAX_KERNEL:
-            raise ValueError("weight: kernel %s is larger than %d" % ((k_h, k_w), _MAX_KERNEL))
+        wt, out_c, k_h, k_w = _weight_oihw(weight, c)
         win, oh, ow = _window(n, h, w, c, out_c, (k_h, k_w), stride, padding)
         w_ohwi = np.ascontiguousarray(np.transpose(wt.astype(np.float32, copy=False), (0, 2, 3, 1)))
         b_ptr, b_len, b = ffi.NULL, 0, None

@@ -7,18 +7,7 @@ import re
 import numpy as np
 
 
-def packed_words(c: int) -> int:
-    return (int(c) + 31) // 32
-
-
-def pack_bits(w: np.ndarray) -> np.ndarray:
-    """Bit packing of the last axis (bit 1 = w < 0), 32 per little-endian uint32 word."""
-    c = w.shape[-1]
-    words = packed_words(c)
-    bits = np.zeros(w.shape[:-1] + (words * 32,), dtype=np.uint8)
-    bits[..., :c] = w < 0
-    packed = np.packbits(bits, axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32)
+from ..ops import _pack_np as pack_bits  # noqa: E402,F401 - one packing for weights everywhere
 
 
 class IR:
