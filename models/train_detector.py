@@ -1,0 +1,354 @@
+"""Train the person detector (models/detector.py), resumably:
+
+    python -m models.train_detector --variant fp --epochs 100 --imgsz 256
+    python -m models.train_detector --variant binary --epochs 100 --imgsz 256 --init-from fp --distill 1,1
+
+Data: ../shared/data/people (train split; val split evaluated every --val-every epochs),
+decoded once, resized (long side = imgsz) and cached in memory (--cache disk also keeps a
+uint8 .npy copy under models/.cache/det/).  Augmentation: mosaic, random scale and
+translation, HSV, horizontal flip.  Loss: YOLOv5's (CIoU box, BCE objectness and
+class, anchor-ratio matching); anchors by k-means on the training boxes.  AdamW with a
+linear warm-up and a cosine decay, an EMA of the weights (evaluated and exported),
+gradient clipping.  Device: CUDA when available (--device cpu|cuda to choose).
+
+Seeded: the order of the images and every augmentation are drawn from generators seeded
+by (seed, epoch, image), so a resumed run repeats the interrupted one.  Checkpoints
+(models/.ckpt/person/<name>.pt, our own file, read with torch.load(weights_only=True))
+are written after every epoch, every --save-every steps and when --time-limit runs out;
+running the same command again resumes (another configuration starts from scratch and
+says so).  Progress: models/progress.py; one JSON line per epoch in
+models/.ckpt/person/<name>.log.jsonl.
+
+--init-from fp starts the binary model from the trained fp twin's checkpoint (EMA
+weights); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
+the twin's probabilities, box MSE weighted by its objectness) and attention-transfer
+feature distillation from the twin on every stage output.
+
+At the end (all epochs done) the EMA model is exported: models/zoo/person/binary.onnx +
+binary.bnn (converted with --check) or models/zoo/person/fp_twin.onnx, with the ONNX
+metadata class_names = ["person"] and detector = the decoding parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import detector as D
+from .progress import Progress
+from .yolo_data import YoloDataset, sample_rng, to_tensor_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+CKPT = ROOT / "models" / ".ckpt" / "person"
+ZOO = ROOT / "models" / "zoo" / "person"
+EXPORT_NAMES = {"binary": "binary", "fp": "fp_twin"}
+
+
+# ---------------------------------------------------------------------------------------
+class ModelEMA:
+    """exponential moving average of the weights and float buffers (YOLOv5's ramp)"""
+
+    def __init__(self, model, decay=0.9999, tau=2000, updates=0):
+        self.ema = copy.deepcopy(model).eval()
+        self.decay, self.tau, self.updates = decay, tau, updates
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    def update(self, model):
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        with torch.no_grad():
+            msd = model.state_dict()
+            for k, v in self.ema.state_dict().items():
+                if v.dtype.is_floating_point:
+                    v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+                else:
+                    v.copy_(msd[k])
+
+
+class _SampleSet(torch.utils.data.Dataset):
+    def __init__(self, ds, seed, epoch):
+        self.ds, self.seed, self.epoch = ds, seed, epoch
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds.sample(i, sample_rng(self.seed, self.epoch, i))
+
+
+def _loader(ds, seed, epoch, batch, start_batch, workers, steps):
+    perm = np.random.default_rng([seed, epoch, 7919]).permutation(len(ds))
+    batches = [perm[b * batch:(b + 1) * batch].tolist() for b in range(steps)][start_batch:]
+    return torch.utils.data.DataLoader(_SampleSet(ds, seed, epoch), batch_sampler=batches, num_workers=workers,
+                                       collate_fn=to_tensor_batch, persistent_workers=False,
+                                       pin_memory=torch.cuda.is_available())
+
+
+def lr_at(step, total, warmup, lr, lrf=0.01):
+    if step < warmup:
+        return lr * (0.01 + 0.99 * step / warmup)
+    t = (step - warmup) / max(1, total - warmup)
+    return lr * (lrf + (1 - lrf) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def make_optimizer(model, variant, lr, wd):
+    decay, no_decay = [], []
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if name == "weight" and isinstance(m, torch.nn.Conv2d) and not isinstance(m, D.BinaryConv2d):
+                decay.append(p)  # float conv weights (binary latent weights: no decay)
+            else:
+                no_decay.append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.999))
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def ckpt_path(name, ckpt_dir=None) -> Path:
+    return Path(ckpt_dir or CKPT) / ("%s.pt" % name)
+
+
+def load_checkpoint_model(path, which="ema"):
+    """a trained model from one of our checkpoints (weights_only)"""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model = D.build_detector(ck["config"]["model"])
+    model.load_state_dict(ck[which] if which in ck else ck["model"])
+    return model.eval(), ck
+
+
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(model, ds, device, batch=32, conf=0.001, iou=0.6, max_det=300, limit=None):
+    """detections of a letterboxed, non-augmented data set, in original image pixels"""
+    model.eval()
+    n = len(ds) if limit is None else min(limit, len(ds))
+    s = ds.imgsz
+    preds = []
+    for b0 in range(0, n, batch):
+        ids = list(range(b0, min(n, b0 + batch)))
+        x, _ = to_tensor_batch([ds.sample(i) for i in ids])
+        outs = model(x.to(device).float().div_(255))
+        for i, (boxes, scores, cls) in zip(ids, D.postprocess(D.decode(model, outs), conf, iou, max_det)):
+            h, w = ds.index[i, 1:3]
+            h0, w0 = ds.shapes0[i]
+            top, left = (s - h) // 2, (s - w) // 2
+            bx = boxes.cpu().numpy().astype(np.float64)
+            bx[:, [0, 2]] = ((bx[:, [0, 2]] - left) / (w / w0)).clip(0, w0)
+            bx[:, [1, 3]] = ((bx[:, [1, 3]] - top) / (h / h0)).clip(0, h0)
+            preds.append((bx.astype(np.float32), scores.cpu().numpy(), cls.cpu().numpy()))
+    return preds
+
+
+def evaluate_model(model, ds, device, batch=32, limit=None):
+    from .det_metrics import evaluate
+
+    preds = predict(model, ds, device, batch, limit=limit)
+    gts = [ds.gt_boxes(i) for i in range(len(preds))]
+    return evaluate(preds, gts)
+
+
+# ---------------------------------------------------------------------------------------
+def train(a, quiet=False):
+    """a: parsed arguments (see main).  Returns (EMA model in eval mode, summary dict)."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = pick_device(a.device)
+    torch.manual_seed(a.seed)
+    name = a.name or a.variant
+    path = ckpt_path(name, a.ckpt_dir)
+    train_ds = YoloDataset(a.data, "train", a.imgsz, limit=a.limit, cache=a.cache, augment=True,
+                           hyp={"mosaic": a.mosaic}, quiet=quiet)
+    anchors = D.kmeans_anchors(train_ds.all_wh(), 6, seed=a.seed) if not a.default_anchors else None
+    mcfg = D.default_config(a.variant, a.imgsz, len(train_ds.names), anchors, arch=a.arch,
+                            downsample=a.downsample, learn_scale=a.learn_scale,
+                            **({"widths": [int(v) for v in a.widths.split(",")]} if a.widths else {}))
+    batch = a.batch
+    steps_per_epoch = max(1, len(train_ds) // batch)
+    total = a.epochs * steps_per_epoch
+    warmup = min(max(100, 3 * steps_per_epoch), total // 3) if total > 3 else 0
+    config = {"model": mcfg, "epochs": a.epochs, "seed": a.seed, "batch": batch, "lr": a.lr, "wd": a.wd,
+              "data": str(a.data), "limit": a.limit, "init_from": a.init_from, "distill": a.distill,
+              "mosaic": a.mosaic, "ema": not a.no_ema}
+    model = D.build_detector(mcfg).to(device)
+    opt = make_optimizer(model, a.variant, a.lr, a.wd)
+    ema = None if a.no_ema else ModelEMA(model)
+    step = 0
+    log_path = path.with_suffix(".log.jsonl")
+    if path.exists():
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck["config"] == config:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            if ema is not None:
+                ema.ema.load_state_dict(ck["ema"])
+                ema.updates = int(ck["ema_updates"])
+            step = int(ck["step"])
+            if not quiet:
+                print("resuming %s at step %d/%d (epoch %d)" % (path, step, total, step // steps_per_epoch))
+        elif not quiet:
+            print("checkpoint %s has another configuration; training from scratch" % path)
+    if step == 0 and a.init_from:
+        src = ckpt_path(a.init_from, a.ckpt_dir)
+        fp_model, _ = load_checkpoint_model(src)
+        missing = D.init_from_fp(model, fp_model.state_dict())
+        if ema is not None:
+            ema = ModelEMA(model)
+        if not quiet:
+            print("initialised from %s (%d keys not in it)" % (src, len(missing)))
+    teacher = None
+    w_out, w_feat = (float(v) for v in a.distill.split(","))
+    if w_out or w_feat:
+        teacher, _ = load_checkpoint_model(ckpt_path(a.teacher or "fp", a.ckpt_dir))
+        teacher = teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    loss_fn = D.YoloLoss(model)
+    val_ds = None
+    t_start = time.time()
+    stop_reason = None
+
+    def save(tag=""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                    "ema": (ema.ema if ema else model).state_dict(), "ema_updates": ema.updates if ema else 0,
+                    "step": step, "config": config}, tmp)
+        os.replace(tmp, path)
+
+    last = {}
+    while step < total and stop_reason is None:
+        epoch, b0 = divmod(step, steps_per_epoch)
+        model.train()
+        bar = None if quiet else Progress(steps_per_epoch - b0, "%s epoch %d/%d" % (name, epoch + 1, a.epochs))
+        parts_sum, nb = torch.zeros(3), 0
+        for imgs, targets in _loader(train_ds, a.seed, epoch, batch, b0, a.workers, steps_per_epoch):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, warmup, a.lr)
+            x = imgs.to(device, non_blocking=True).float().div_(255)
+            targets = targets.to(device)
+            outs, feats = model(x, feats=True)
+            loss, parts = loss_fn(model.split(outs), targets)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_outs, t_feats = teacher(x, feats=True)
+                loss = loss + D.distill_loss(outs, t_outs, feats, t_feats, model, w_out, w_feat) * x.shape[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            parts_sum += parts.cpu()
+            nb += 1
+            last = {"loss": float(loss.item()) / x.shape[0]}
+            if bar:
+                p = parts_sum / nb
+                bar.update(1, "box %.4f obj %.4f cls %.4f" % tuple(p.tolist()))
+            if a.max_steps and step >= a.max_steps:
+                stop_reason = "max-steps"
+            elif a.time_limit and time.time() - t_start > a.time_limit * 60:
+                stop_reason = "time-limit"
+            if a.save_every and step % a.save_every == 0 and step % steps_per_epoch:
+                save()
+            if stop_reason:
+                break
+        if bar:
+            bar.close()
+        save()
+        rec = {"epoch": epoch + 1, "step": step, "time_s": round(time.time() - t_start, 1),
+               "box": float(parts_sum[0] / max(nb, 1)), "obj": float(parts_sum[1] / max(nb, 1)),
+               "cls": float(parts_sum[2] / max(nb, 1))}
+        epoch_done = step % steps_per_epoch == 0
+        if epoch_done and a.val_every and ((step // steps_per_epoch) % a.val_every == 0 or step == total):
+            if val_ds is None:
+                val_ds = YoloDataset(a.data, "val", a.imgsz, limit=a.val_limit, cache=a.cache, quiet=quiet)
+            r = evaluate_model(ema.ema if ema else model, val_ds, device, limit=a.val_limit)
+            rec.update(val_map50=round(r["map50"], 4), val_map=round(r["map"], 4))
+            if not quiet:
+                print("val mAP@0.5 %.4f  mAP@0.5:0.95 %.4f" % (r["map50"], r["map"]))
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        last.update(rec)
+    final = (ema.ema if ema else model).eval()
+    summary = dict(last, step=step, total=total, done=step >= total, stopped=stop_reason, checkpoint=str(path))
+    return final, summary
+
+
+def export(model, variant, out_dir=None, class_names=("person",), check=True):
+    """ONNX (+ converted .bnn for the binary variant) in models/zoo/person/"""
+    out = Path(out_dir or ZOO)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / ("%s.onnx" % EXPORT_NAMES[variant])
+    D.export_onnx(model, onnx_path, class_names)
+    paths = [str(onnx_path)]
+    if variant == "binary":
+        from firmware_py.convert import convert
+
+        res = convert(str(onnx_path), str(onnx_path.with_suffix(".bnn")), check=check)
+        paths.append(res.path)
+    return paths
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="python -m models.train_detector", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", choices=D.VARIANTS, required=True)
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--imgsz", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--wd", type=float, default=0.05, help="AdamW weight decay of float conv weights")
+    ap.add_argument("--data", default="people", help="people, coco128 or a folder with a YOLO data yaml")
+    ap.add_argument("--arch", choices=("bireal", "plain"), default="bireal")
+    ap.add_argument("--downsample", choices=("real", "avg"), default="real")
+    ap.add_argument("--learn-scale", action="store_true", help="learnable per-channel scales of the binary convs")
+    ap.add_argument("--widths", default="", help="channel widths, 5 comma-separated (default 32,64,128,256,512)")
+    ap.add_argument("--default-anchors", action="store_true", help="fixed anchors instead of k-means on the data")
+    ap.add_argument("--mosaic", type=float, default=1.0, help="mosaic probability")
+    ap.add_argument("--init-from", default=None, help="checkpoint name to initialise from (e.g. fp)")
+    ap.add_argument("--distill", default="0,0", help="W_OUT,W_FEAT distillation weights from the teacher")
+    ap.add_argument("--teacher", default=None, help="teacher checkpoint name (default fp)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", choices=("ram", "disk"), default="ram")
+    ap.add_argument("--limit", type=int, default=None, help="use the first N training images (smoke runs)")
+    ap.add_argument("--val-limit", type=int, default=None)
+    ap.add_argument("--val-every", type=int, default=5, help="evaluate on val every N epochs (0: never)")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop (and save) after this many steps in all")
+    ap.add_argument("--time-limit", type=float, default=0, help="stop (and save) after this many minutes")
+    ap.add_argument("--save-every", type=int, default=200, help="also checkpoint every N steps")
+    ap.add_argument("--name", default=None, help="checkpoint name (default: the variant)")
+    ap.add_argument("--ckpt-dir", default=None)
+    ap.add_argument("--no-ema", action="store_true")
+    ap.add_argument("--export-dir", default=None, help="default models/zoo/person")
+    ap.add_argument("--no-export", action="store_true")
+    return ap
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    model, summary = train(a)
+    print(json.dumps(summary))
+    if summary["done"] and not a.no_export:
+        print("exported", export(model, a.variant, a.export_dir))
+        print("MACs", json.dumps(D.count_macs(model)))
+
+
+if __name__ == "__main__":
+    main()

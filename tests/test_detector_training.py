@@ -1,0 +1,138 @@
+"""The detector's training side: the YOLO data loader (labels, mosaic, box ranges), the
+loss, a 2-batch smoke training on 16 images of ../shared/data/people that resumes from
+its checkpoint, and the export of the result."""
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch not installed (training needs it)")
+pytest.importorskip("cv2", reason="OpenCV not installed (pip install opencv-python-headless)")
+
+from models import yolo_data  # noqa: E402
+
+PEOPLE = yolo_data.DATASETS["people"][0]
+needs_people = pytest.mark.skipif(not (PEOPLE / "images" / "train").is_dir(),
+                                  reason="../shared/data/people not found")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@needs_people
+def test_labels_parsed():
+    ds = yolo_data.YoloDataset("people", "train", 96, limit=8, quiet=True)
+    assert len(ds) == 8
+    for f, lab in zip(ds.files, ds.labels):
+        rows = [list(map(float, ln.split())) for ln in open(PEOPLE / "labels" / "train" / (f.stem + ".txt"))
+                if ln.strip()]
+        np.testing.assert_allclose(lab, np.array(rows, np.float32).reshape(-1, 5), atol=1e-6)
+        assert ds.image(ds.files.index(f)).shape == (96, 96, 3)
+    cls, boxes = ds.gt_boxes(0)
+    assert boxes.shape[1] == 4 and np.all(boxes >= 0) and np.all(boxes <= 288) and np.all(cls == 0)
+
+
+@needs_people
+def test_mosaic_and_augment_ranges():
+    ds = yolo_data.YoloDataset("people", "train", 96, limit=16, augment=True, quiet=True)
+    n_boxes = 0
+    for i in range(16):
+        for mosaic in (1.0, 0.0):
+            ds.hyp["mosaic"] = mosaic
+            img, lab = ds.sample(i, yolo_data.sample_rng(0, 0, i))
+            assert img.shape == (96, 96, 3) and img.dtype == np.uint8
+            assert lab.shape[1] == 5
+            assert np.all(lab[:, 1:] >= 0) and np.all(lab[:, 1:] <= 1)
+            assert np.all(lab[:, 3:] > 0)
+            assert np.all(lab[:, 1:3] - lab[:, 3:5] / 2 >= -1e-6) and np.all(lab[:, 1:3] + lab[:, 3:5] / 2 <= 1 + 1e-6)
+            n_boxes += len(lab)
+    assert n_boxes > 0
+    # same seed, same sample; another epoch, another sample
+    a = ds.sample(3, yolo_data.sample_rng(0, 0, 3))[0]
+    assert np.array_equal(a, ds.sample(3, yolo_data.sample_rng(0, 0, 3))[0])
+    assert not np.array_equal(a, ds.sample(3, yolo_data.sample_rng(0, 1, 3))[0])
+    x, t = yolo_data.to_tensor_batch([ds.sample(i, yolo_data.sample_rng(0, 0, i)) for i in range(4)])
+    assert x.shape == (4, 3, 96, 96) and x.dtype == torch.uint8 and t.shape[1] == 6
+    assert set(t[:, 0].long().tolist()) <= {0, 1, 2, 3}
+
+
+@needs_people
+def test_disk_cache_roundtrip(tmp_path, monkeypatch):
+    monkeypatch.setattr(yolo_data, "CACHE", tmp_path)
+    a = yolo_data.YoloDataset("people", "val", 64, limit=4, cache="disk", quiet=True)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    b = yolo_data.YoloDataset("people", "val", 64, limit=4, cache="disk", quiet=True)
+    for i in range(4):
+        assert np.array_equal(a.image(i), b.image(i))
+
+
+def test_loss_and_anchor_matching():
+    from models import detector as D
+
+    m = D.build_detector(D.default_config("binary", 64, widths=(16, 32, 32, 64, 64)))
+    loss_fn = D.YoloLoss(m)
+    x = torch.rand(2, 3, 64, 64)
+    t = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.6], [1, 0, 0.2, 0.3, 0.1, 0.2]])
+    outs = m(x)
+    loss, parts = loss_fn(m.split(outs), t)
+    assert loss.item() > 0 and parts.shape == (3,)
+    loss.backward()
+    assert m.stem[0].weight.grad is not None and m.stages[1][0].conv.weight.grad.abs().sum() > 0
+    tcls, tbox, indices, anch = loss_fn.build_targets(m.split(outs), t)
+    assert sum(len(b[0]) for b in indices) > 0
+    empty, _ = loss_fn(m.split(m(x)), torch.zeros(0, 6))
+    assert torch.isfinite(empty)
+
+
+def _args(tmp_path, **kw):
+    from models.train_detector import parser
+
+    a = parser().parse_args(["--variant", "binary", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--limit", "16",
+                             "--widths", "16,32,32,64,64", "--threads", "1", "--workers", "0", "--val-every", "0",
+                             "--ckpt-dir", str(tmp_path), "--name", "smoke"])
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+@needs_people
+def test_smoke_training_resumes(tmp_path):
+    from models import train_detector as T
+
+    # an interrupted run (1 step) resumed to the end (2 steps) ...
+    m1, s1 = T.train(_args(tmp_path / "a", max_steps=1), quiet=True)
+    assert s1["step"] == 1 and not s1["done"] and (tmp_path / "a" / "smoke.pt").exists()
+    ck = torch.load(tmp_path / "a" / "smoke.pt", map_location="cpu", weights_only=True)
+    assert ck["step"] == 1
+    m2, s2 = T.train(_args(tmp_path / "a"), quiet=True)
+    assert s2["step"] == 2 and s2["done"]
+    # ... equals an uninterrupted run (seeded data order and augmentation)
+    m3, s3 = T.train(_args(tmp_path / "b"), quiet=True)
+    for (k, v2), v3 in zip(m2.state_dict().items(), m3.state_dict().values()):
+        assert torch.allclose(v2, v3, atol=1e-6), k
+    assert (tmp_path / "a" / "smoke.log.jsonl").exists()
+    # a finished run exports: ONNX with the metadata, converted and checked
+    import json
+
+    import onnx
+    paths = T.export(m2, "binary", tmp_path / "zoo")
+    meta = {p.key: p.value for p in onnx.load(paths[0]).metadata_props}
+    assert json.loads(meta["class_names"]) == ["person"]
+    det = json.loads(meta["detector"])
+    assert det["strides"] == [16, 32] and det["decode"] == "yolov5" and det["input_size"] == [64, 64]
+    assert len(det["anchors"]) == 2 and len(det["anchors"][0]) == 3
+    assert os.path.exists(paths[1])
+
+
+@needs_people
+def test_init_from_fp_and_distill(tmp_path):
+    from models import train_detector as T
+
+    T.train(_args(tmp_path, variant="fp", name="fp", max_steps=1), quiet=True)
+    m, s = T.train(_args(tmp_path, name="bin", init_from="fp", distill="1,1", max_steps=1), quiet=True)
+    assert s["step"] == 1 and np.isfinite(s["loss"])
