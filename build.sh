@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the C runtime (csrc/neon/**/*.c) for the host and the Raspberry Pi targets,
-# runs the tests and packs the Pi tarball.   Usage: ./build.sh [host|aarch64|armhf|armv6|all|test|dist|clean]
+# runs the tests and packs the Pi tarball.   Usage: ./build.sh [host|aarch64|armhf|armv6|all|test|dist|demo|clean]
 #   outputs: firmware_py/_lib/<arch>/libbnn.so, build/<arch>/libbnn.a, build/<arch>/tests/test_*
 #   a C test is any tests/c/test_*.c (one standalone program, linked against libbnn.a).
 set -euo pipefail
@@ -213,6 +213,7 @@ case "${1:-host}" in
     step "Python tests (pytest)" run_pytest
     summary ;;
   dist) dist ;;
+  demo) shift; build "$HOST"; exec bash app/demo.sh "$@" ;;
   clean) rm -rf build dist firmware_py/_lib ;;
-  *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|test|dist|clean]" ;;
+  *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|test|dist|demo|clean]" ;;
 esac

@@ -1,0 +1,10 @@
+import os
+import sys
+
+if __package__ in (None, ""):  # python app/__main__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "app"
+
+from app.cli import main  # noqa: E402
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""python -m app: the headless camera app (see app/README.md)."""
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from . import DEFAULT_MODEL, ROOT
+from .report import dumps, format_line, format_summary
+
+EPILOG = """\
+sources (--source):
+  auto            the Pi camera when picamera2 sees one, else /dev/video0, else the
+                  bundled sample clip (looped, paced at its frame rate)
+  picamera2[:N]   a libcamera camera through picamera2 (camera N, default 0)
+  /dev/videoN, N  a V4L2 camera through OpenCV
+  rtsp://... http://...  a network stream (reconnects with backoff)
+  FILE            a video file (every frame is processed; --realtime paces it like a camera)
+  DIR             the images of a directory, in name order
+
+reports: a JSON line per second on stdout (a human-readable line on a terminal; see
+--format), and a summary at exit.  Power is measured (Pi 5 PMIC, INA2xx hwmon, x86 RAPL)
+or reported as null with the reason.  Exit status: 0 done / stopped by a signal, 1 the
+source or the detector failed, 2 bad arguments or no model.
+"""
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="python -m app", description="Headless camera app: binarized detector on a camera, "
+        "with per-second reports, events, snapshots, MJPEG/metrics over HTTP and MQTT.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="detector model, .bnn or .onnx (default: %s)"
+                    % os.path.relpath(DEFAULT_MODEL, ROOT))
+    ap.add_argument("--source", default="auto", help="auto | picamera2 | /dev/videoN | FILE | "
+                    "rtsp://... | DIR (default: auto)")
+    ap.add_argument("--max-frames", type=int, default=0, help="stop after N inferred frames")
+    ap.add_argument("--threads", type=int, default=None, help="inference threads "
+                    "(default: one per CPU)")
+    ap.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    ap.add_argument("--out", help="append JSON lines here: stats, detections, summary")
+    ap.add_argument("--snapshots", metavar="DIR", help="save annotated JPEGs of frames with "
+                    "detections (at most one per --snapshot-interval s)")
+    ap.add_argument("--snapshot-interval", type=float, default=1.0)
+    ap.add_argument("--snapshot-keep", type=int, default=500, help="keep the newest N files")
+    ap.add_argument("--http", metavar="HOST:PORT", help="serve /stream.mjpg, /metrics, "
+                    "/healthz (a bare PORT binds 127.0.0.1)")
+    ap.add_argument("--mqtt", metavar="HOST:PORT/TOPIC", help="publish detections (JSON) to "
+                    "TOPIC and stats to TOPIC/stats")
+    ap.add_argument("--loop", action="store_true", help="restart a file / directory at its end")
+    ap.add_argument("--realtime", action="store_true", help="pace a file at its frame rate and "
+                    "drop frames like a camera")
+    ap.add_argument("--width", type=int, default=640, help="camera capture width")
+    ap.add_argument("--height", type=int, default=480, help="camera capture height")
+    ap.add_argument("--fps", type=float, default=None, help="camera frame rate")
+    ap.add_argument("--queue", type=int, default=2, help="frames buffered between capture and "
+                    "inference (default 2)")
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between reports")
+    ap.add_argument("--format", choices=("auto", "json", "text"), default="auto",
+                    help="stdout reports: json lines, text, or auto (text on a terminal)")
+    ap.add_argument("--quiet", action="store_true", help="no per-second lines on stdout "
+                    "(the summary is still printed)")
+    ap.add_argument("--no-power", action="store_true", help="do not read power sensors")
+    return ap
+
+
+def _err(msg):
+    sys.stderr.write("app: %s\n" % msg)
+    sys.stderr.flush()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
+    model = args.model or DEFAULT_MODEL
+    if not os.path.isfile(model):
+        if args.model:
+            _err("model not found: %s" % model)
+        else:
+            _err("the shipped detector %s does not exist (it has not been trained / "
+                 "installed yet).  Pass --model PATH with a detector model (.bnn or .onnx)."
+                 % os.path.relpath(DEFAULT_MODEL, ROOT))
+        return 2
+
+    from .pipeline import Pipeline
+    from .sources import SourceError, open_source
+
+    try:
+        from firmware_py.detect import Detector
+    except ImportError as e:
+        _err("cannot import firmware_py.detect: %s" % e)
+        return 2
+    try:
+        detector = Detector(model, num_threads=args.threads, conf=args.conf, iou=args.iou)
+    except Exception as e:
+        _err("cannot load the detector %s: %s: %s" % (model, type(e).__name__, e))
+        return 2
+
+    try:
+        source, notes = open_source(args.source, loop=args.loop, realtime=args.realtime,
+                                    width=args.width, height=args.height, fps=args.fps)
+    except (SourceError, ValueError) as e:
+        _err(str(e))
+        return 1
+    for n in notes:
+        _err("source: %s" % n)
+
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "text" if sys.stdout.isatty() else "json"
+    out_lock = threading.Lock()
+
+    def emit(rec):
+        if rec.get("type") == "summary":
+            return  # printed by main after shutdown
+        if args.quiet:
+            return
+        line = format_line(rec) if fmt == "text" else dumps(rec)
+        with out_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    from firmware_py import power
+    vcgencmd = power.vcgencmd_path() or ""
+    meter = None if args.no_power else power.open_power_meter(vcgencmd=vcgencmd)
+    if meter is not None and not meter.available:
+        _err("power: %s" % meter.reason)
+
+    sinks = {}
+    closers = []
+    try:
+        if args.out:
+            from .sinks import EventLog
+            sinks["events"] = EventLog(args.out)
+            closers.append(sinks["events"].close)
+        if args.snapshots:
+            from .sinks import SnapshotSink
+            sinks["snapshots"] = SnapshotSink(args.snapshots, detector.class_names,
+                                              args.snapshot_interval, args.snapshot_keep)
+        if args.mqtt:
+            from .mqtt import MqttSink, parse_mqtt
+            host, port, topic = parse_mqtt(args.mqtt)
+            sinks["mqtt"] = MqttSink(host, port, topic)
+            closers.insert(0, sinks["mqtt"].close)
+            if not sinks["mqtt"].wait_connected(3.0):  # it goes on connecting in the background
+                _err("mqtt: %s:%d not reachable yet; retrying in the background" % (host, port))
+        if args.http:
+            from .sinks import FrameHub
+            sinks["hub"] = FrameHub()
+    except (OSError, ValueError, RuntimeError) as e:
+        _err(str(e))
+        for c in closers:
+            c()
+        return 2
+
+    pipe = Pipeline(detector, source, max_frames=args.max_frames or None,
+                    queue_size=args.queue, power_meter=meter, report_interval=args.interval,
+                    emit=emit, vcgencmd=vcgencmd, **sinks)
+    http = None
+    if args.http:
+        from .http_server import HttpServer, parse_hostport
+        try:
+            host, port = parse_hostport(args.http)
+            http = HttpServer(pipe, sinks["hub"], host, port)
+        except (OSError, ValueError) as e:
+            _err("--http %s: %s" % (args.http, e))
+            for c in closers:
+                c()
+            return 2
+        _err("http: serving on http://%s:%d/ (stream.mjpg, metrics, healthz)"
+             % (http.host if ":" not in http.host else "[%s]" % http.host, http.port))
+
+    got = []
+
+    def on_signal(signum, frame):
+        got.append(signum)
+        pipe.request_stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGHUP"):
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_signal)
+    _err("model %s (%s), source %s [%s]" % (model, ", ".join(detector.class_names[:5]),
+                                          source.name, source.kind))
+    try:
+        if http is not None:
+            http.start()
+        pipe.start()
+        pipe.wait()
+        summary = pipe.shutdown(extra={"stopped_by": signal.Signals(got[0]).name}
+                                if got else None)
+    finally:
+        if http is not None:
+            http.close()
+        for c in closers:
+            try:
+                c()
+            except Exception:
+                pass
+    text = format_summary(summary) if fmt == "text" else dumps(summary)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    if sys.stderr.isatty() and fmt == "json":
+        sys.stderr.write(format_summary(summary) + "\n")
+    # only now: a second signal during the shutdown above must not cut the summary short
+    for s, h in old.items():
+        signal.signal(s, h)
+    if summary.get("error") and not got:
+        _err(summary["error"])
+        return 1
+    return 0

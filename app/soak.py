@@ -1,0 +1,146 @@
+"""Soak test: runs ``python -m app --loop`` on a clip for N frames and records, from its
+per-second JSON reports, RSS / fps / drops over time; writes a CSV (and a PNG plot when
+matplotlib is importable) and prints a JSON verdict on RSS drift.
+
+    python -m app.soak --frames 50000 --csv soak.csv [--png soak.png] [--model M]
+
+RSS drift = (last RSS - RSS after warm-up) / RSS after warm-up, where the warm-up is the
+first ``--warmup`` fraction of the samples (default 0.2); flat means |drift| <= 5% (and the
+max after warm-up within 5% too).
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmup=0.2,
+             limit_pct=5.0, extra_args=(), realtime=False, timeout=None):
+    cmd = [sys.executable, "-m", "app", "--model", model, "--source", source, "--loop",
+           "--max-frames", str(frames), "--format", "json", "--no-power"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if realtime:
+        cmd.append("--realtime")
+    cmd += list(extra_args)
+    rows, summary, stopped = [], None, False
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        for line in p.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("type") == "stats":
+                rows.append({"t_s": rec["uptime_s"], "frames": rec["frames_total"],
+                             "rss_mb": rec["rss_mb"], "inference_fps": rec["inference_fps"],
+                             "capture_fps": rec["capture_fps"],
+                             "dropped_total": rec["dropped_total"],
+                             "p95_ms": (rec.get("latency_ms") or {}).get("p95")})
+            elif rec.get("type") == "summary":
+                summary = rec
+            if timeout and not stopped and time.monotonic() - t0 > timeout:
+                p.terminate()  # SIGTERM: the app stops cleanly and prints its summary
+                stopped = True
+        rc = p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    err = p.stderr.read()
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["t_s", "frames", "rss_mb", "inference_fps",
+                                          "capture_fps", "dropped_total", "p95_ms"])
+        w.writeheader()
+        w.writerows(rows)
+    res = {"cmd": " ".join(cmd), "rc": rc, "samples": len(rows), "csv": csv_path}
+    if summary:
+        res.update(frames=summary["frames_total"], duration_s=summary["duration_s"],
+                   inference_fps=summary["inference_fps"], dropped_total=summary["dropped_total"],
+                   bad_frames_total=summary["bad_frames_total"])
+    rss = [r["rss_mb"] for r in rows if r["rss_mb"] is not None]
+    if len(rss) >= 3:
+        k = min(max(1, int(len(rss) * warmup)), len(rss) - 1)
+        base = rss[k]
+        after = rss[k:]
+        res.update(rss_start_mb=rss[0], rss_after_warmup_mb=base, rss_end_mb=rss[-1],
+                   rss_max_after_warmup_mb=max(after),
+                   rss_drift_pct=round(100.0 * (rss[-1] - base) / base, 2),
+                   rss_max_drift_pct=round(100.0 * (max(after) - base) / base, 2),
+                   rss_min_drift_pct=round(100.0 * (min(after) - base) / base, 2))
+        res["flat"] = (abs(res["rss_drift_pct"]) <= limit_pct
+                       and res["rss_max_drift_pct"] <= limit_pct
+                       and res["rss_min_drift_pct"] >= -limit_pct)
+    else:
+        res["flat"] = None
+        res["why"] = "too few samples (%d); stderr: %s" % (len(rss), err[-500:])
+    if rc != 0:
+        res["stderr"] = err[-2000:]
+    if png_path:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            res["png"] = None
+            res["png_why"] = "matplotlib not installed"
+        else:
+            fig, ax = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+            t = [r["t_s"] for r in rows]
+            ax[0].plot(t, [r["rss_mb"] for r in rows])
+            ax[0].set_ylabel("RSS (MB)")
+            ax[1].plot(t, [r["inference_fps"] for r in rows], label="inference")
+            ax[1].plot(t, [r["capture_fps"] for r in rows], label="capture")
+            ax[1].set_ylabel("fps")
+            ax[1].legend()
+            ax[2].plot(t, [r["dropped_total"] for r in rows])
+            ax[2].set_ylabel("dropped (total)")
+            ax[2].set_xlabel("time (s)")
+            fig.suptitle("app soak: %s" % os.path.basename(source))
+            fig.tight_layout()
+            fig.savefig(png_path, dpi=80)
+            plt.close(fig)
+            res["png"] = png_path
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model")
+    ap.add_argument("--source", help="clip (default: the bundled sample)")
+    ap.add_argument("--frames", type=int, default=50000)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--csv", default="soak.csv")
+    ap.add_argument("--png", default=None)
+    ap.add_argument("--warmup", type=float, default=0.2)
+    ap.add_argument("--limit-pct", type=float, default=5.0)
+    ap.add_argument("--realtime", action="store_true", help="pace the clip like a camera")
+    a = ap.parse_args(argv)
+    from app import DEFAULT_MODEL
+    from app.sources import bundled_sample
+    model = a.model or DEFAULT_MODEL
+    if not os.path.isfile(model):
+        if a.model:
+            raise SystemExit("model not found: %s" % model)
+        from app.testmodel import write_synthetic_detector
+        model = write_synthetic_detector(os.path.join(tempfile.mkdtemp(prefix="bnn-soak-"),
+                                                      "synthetic.bnn"))
+        sys.stderr.write("soak: %s missing; using a synthetic detector\n" % DEFAULT_MODEL)
+    res = run_soak(model, a.source or bundled_sample(), a.frames, a.csv, a.png, a.threads,
+                   a.warmup, a.limit_pct, realtime=a.realtime)
+    print(json.dumps(res, indent=2))
+    return 0 if res.get("flat") and res["rc"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

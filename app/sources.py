@@ -1,0 +1,371 @@
+"""Frame sources: Pi camera (picamera2), V4L2 devices, video files, RTSP/HTTP streams,
+directories of images, and in-memory frames (benchmarks).
+
+A source is opened, read and closed by the capture thread (app.pipeline):
+
+    src.open()          # raises SourceError when it cannot be opened
+    frame = src.read()  # a BGR uint8 HxWx3 array; None for a bad frame (skipped, counted);
+                        # raises EndOfStream (a file ended) or SourceLost (unplugged, stream
+                        # dropped: the capture thread reconnects with backoff)
+    src.close()
+
+``live`` sources (cameras, streams) never wait for the consumer: when inference lags the
+oldest queued frame is dropped.  Files and directories are read as fast as inference
+takes them (nothing dropped) unless ``realtime`` paces them at their frame rate, when they
+behave like a camera.
+"""
+
+import glob
+import os
+import time
+
+import numpy as np
+
+__all__ = ["SourceError", "SourceLost", "EndOfStream", "Source", "CvSource", "DirSource",
+           "MemorySource", "Picamera2Source", "open_source", "picamera2_cameras",
+           "bundled_sample", "as_bgr"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+class SourceError(RuntimeError):
+    """The source cannot be opened."""
+
+
+class SourceLost(RuntimeError):
+    """A live source stopped delivering (unplugged camera, dropped stream)."""
+
+
+class EndOfStream(Exception):
+    """A file or directory has no more frames."""
+
+
+def bundled_sample():
+    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+    clips = sorted(glob.glob(os.path.join(d, "*.mp4")) + glob.glob(os.path.join(d, "*.avi")))
+    return clips[0] if clips else None
+
+
+def as_bgr(frame):
+    """A frame as contiguous BGR uint8 HxWx3, or None when it is not a usable image
+    (gray is expanded, a 4th channel -- XBGR8888 from a camera -- is dropped)."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.size == 0:
+        return None
+    if frame.ndim == 2:
+        frame = np.repeat(frame[:, :, None], 3, axis=2)
+    if frame.ndim != 3 or frame.shape[0] < 8 or frame.shape[1] < 8:
+        return None
+    if frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    elif frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    elif frame.shape[2] != 3:
+        return None
+    return np.ascontiguousarray(frame)
+
+
+class Source:
+    name = "source"
+    kind = "?"
+    live = False          # drop-oldest when inference lags
+    reconnect = False     # SourceLost -> reopen with backoff
+    loop = False
+    fps = None
+
+    def open(self):
+        pass
+
+    def read(self):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return {"source": self.name, "kind": self.kind, "live": self.live}
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as e:  # pragma: no cover - checked by demo.sh / the CLI
+        raise SourceError("OpenCV (cv2) is needed for this source: %s "
+                          "(Pi: sudo apt install python3-opencv; PC: pip install "
+                          "opencv-python-headless)" % e)
+    return cv2
+
+
+class CvSource(Source):
+    """cv2.VideoCapture: a file, a V4L2 device (/dev/videoN or an index) or a stream URL.
+
+    Files: a failed read before the last frame is a bad frame (counted, skipped; after
+    ``max_bad`` in a row the file is taken as ended); at the end EndOfStream, or with
+    ``loop`` a rewind.  Devices and streams: a failed read is SourceLost (reconnect)."""
+
+    def __init__(self, target, kind, loop=False, realtime=False, width=None, height=None,
+                 max_bad=25):
+        self.target = target
+        self.kind = kind  # "file" | "v4l2" | "stream"
+        self.name = str(target)
+        self.loop = loop
+        self.realtime = realtime
+        self.live = kind != "file" or realtime
+        self.reconnect = kind != "file"
+        self.width, self.height = width, height
+        self.max_bad = max_bad
+        self.cap = None
+        self.fps = None
+        self._count = 0
+        self._pos = 0
+        self._bad_run = 0
+        self._next_t = None
+
+    def open(self):
+        cv2 = _cv2()
+        if self.kind == "file" and not os.path.isfile(self.target):
+            raise SourceError("no such file: %s" % self.target)
+        if self.kind == "v4l2":
+            dev = self.target
+            if isinstance(dev, str) and not os.path.exists(dev):
+                raise SourceError("%s does not exist (camera unplugged?)" % dev)
+            cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
+            if self.width:
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+            if self.height:
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        elif self.kind == "stream":
+            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        else:
+            cap = cv2.VideoCapture(self.target)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError("OpenCV cannot open %s" % self.target)
+        self.cap = cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else None
+        self._count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if self.kind == "file" else 0
+        self._pos = 0
+        self._bad_run = 0
+        self._next_t = None
+
+    def _pace(self):
+        if not (self.realtime and self.fps):
+            return
+        now = time.monotonic()
+        if self._next_t is None:
+            self._next_t = now
+        delay = self._next_t - now
+        if delay > 0:
+            time.sleep(delay)
+        self._next_t = max(self._next_t + 1.0 / self.fps, now - 1.0)
+
+    def read(self):
+        if self.cap is None:
+            raise SourceLost("not open")
+        self._pace()
+        ok, frame = self.cap.read()
+        if self.kind != "file":
+            if not ok or frame is None:
+                raise SourceLost("%s stopped delivering frames" % self.name)
+            return frame
+        if ok and frame is not None:
+            self._pos += 1
+            self._bad_run = 0
+            return frame
+        # a file: a failure inside the file is a bad frame, at its end the end
+        self._pos += 1
+        self._bad_run += 1
+        if self._count and self._pos < self._count and self._bad_run < self.max_bad:
+            return None
+        if self.loop:
+            self.close()
+            self.open()
+            ok, frame = self.cap.read()
+            if ok and frame is not None:
+                self._pos = 1
+                return frame
+        raise EndOfStream(self.name)
+
+    def close(self):
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class DirSource(Source):
+    """The images of a directory in name order (a corrupt image is a bad frame)."""
+
+    kind = "dir"
+
+    def __init__(self, path, loop=False, realtime=False, fps=10.0):
+        self.path = path
+        self.name = path
+        self.loop = loop
+        self.realtime = realtime
+        self.live = realtime
+        self.fps = fps
+        self.files = []
+        self._i = 0
+        self._next_t = None
+
+    def open(self):
+        _cv2()
+        if not os.path.isdir(self.path):
+            raise SourceError("no such directory: %s" % self.path)
+        self.files = sorted(f for f in glob.glob(os.path.join(self.path, "*"))
+                            if f.lower().endswith(IMAGE_EXTS))
+        if not self.files:
+            raise SourceError("no images (%s) in %s" % (" ".join(IMAGE_EXTS), self.path))
+        self._i = 0
+
+    def read(self):
+        cv2 = _cv2()
+        if self._i >= len(self.files):
+            if not self.loop:
+                raise EndOfStream(self.name)
+            self._i = 0
+        if self.realtime:
+            now = time.monotonic()
+            self._next_t = now if self._next_t is None else self._next_t
+            if self._next_t > now:
+                time.sleep(self._next_t - now)
+            self._next_t = max(self._next_t + 1.0 / self.fps, now - 1.0)
+        f = self.files[self._i]
+        self._i += 1
+        return cv2.imread(f, cv2.IMREAD_COLOR)  # None for an unreadable / corrupt file
+
+
+class MemorySource(Source):
+    """Frames from a list (benchmarks, tests); ``live`` makes it drop like a camera."""
+
+    kind = "memory"
+
+    def __init__(self, frames, loop=False, live=False, name="memory"):
+        self.frames = frames
+        self.loop = loop
+        self.live = live
+        self.name = name
+        self._i = 0
+
+    def open(self):
+        self._i = 0
+
+    def read(self):
+        if self._i >= len(self.frames):
+            if not self.loop or not self.frames:
+                raise EndOfStream(self.name)
+            self._i = 0
+        f = self.frames[self._i]
+        self._i += 1
+        return f
+
+
+# ---- Raspberry Pi camera -------------------------------------------------------------------
+
+def _import_picamera2():
+    try:
+        from picamera2 import Picamera2
+    except Exception as e:  # ImportError, or libcamera's own import errors
+        return None, "picamera2 not importable: %s" % e
+    return Picamera2, None
+
+
+def picamera2_cameras():
+    """(list of camera info dicts, reason) -- [] with a reason when there is none."""
+    Picamera2, why = _import_picamera2()
+    if Picamera2 is None:
+        return [], why
+    try:
+        cams = Picamera2.global_camera_info()
+    except Exception as e:
+        return [], "picamera2: %s" % e
+    return cams, (None if cams else "picamera2 sees no camera")
+
+
+class Picamera2Source(Source):
+    """A libcamera camera through picamera2: BGR frames from the "main" stream.
+
+    picamera2's "RGB888" format is laid out B, G, R in memory -- OpenCV's BGR."""
+
+    kind = "picamera2"
+    live = True
+    reconnect = True
+
+    def __init__(self, camera_num=0, size=(640, 480), fps=None, factory=None):
+        self.camera_num = camera_num
+        self.size = tuple(size)
+        self.fps = fps
+        self.name = "picamera2:%d" % camera_num
+        self._factory = factory
+        self.cam = None
+
+    def open(self):
+        factory = self._factory
+        if factory is None:
+            factory, why = _import_picamera2()
+            if factory is None:
+                raise SourceError(why)
+        try:
+            cam = factory(self.camera_num)
+            controls = {"FrameRate": float(self.fps)} if self.fps else {}
+            config = cam.create_video_configuration(
+                main={"size": self.size, "format": "RGB888"}, controls=controls,
+                buffer_count=4)
+            cam.configure(config)
+            cam.start()
+        except Exception as e:
+            raise SourceError("cannot start camera %d: %s" % (self.camera_num, e))
+        self.cam = cam
+
+    def read(self):
+        if self.cam is None:
+            raise SourceLost("not open")
+        try:
+            return self.cam.capture_array("main")
+        except Exception as e:
+            raise SourceLost("camera %d: %s" % (self.camera_num, e))
+
+    def close(self):
+        cam, self.cam = self.cam, None
+        if cam is None:
+            return
+        for fn in (cam.stop, cam.close):
+            try:
+                fn()
+            except Exception:
+                pass
+
+
+# ---- choosing ------------------------------------------------------------------------------
+
+def open_source(spec, loop=False, realtime=False, width=640, height=480, fps=None):
+    """A Source for a --source value (see the CLI help); auto picks picamera2, then
+    /dev/video0, then the bundled sample clip (looped, paced like a camera)."""
+    notes = []
+    if spec in (None, "", "auto"):
+        cams, why = picamera2_cameras()
+        if cams:
+            return Picamera2Source(0, (width, height), fps), notes
+        notes.append(why)
+        if os.path.exists("/dev/video0"):
+            return CvSource("/dev/video0", "v4l2", width=width, height=height), notes
+        notes.append("no /dev/video0")
+        clip = bundled_sample()
+        if clip is None:
+            raise SourceError("auto: no camera (%s) and no bundled sample clip" % "; ".join(notes))
+        notes.append("using the bundled sample clip %s" % clip)
+        return CvSource(clip, "file", loop=True, realtime=True), notes
+    if spec == "picamera2" or spec.startswith("picamera2:"):
+        num = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        return Picamera2Source(num, (width, height), fps), notes
+    if spec.startswith(STREAM_PREFIXES):
+        return CvSource(spec, "stream"), notes
+    if spec.startswith("/dev/video") or spec.isdigit():
+        return CvSource(int(spec) if spec.isdigit() else spec, "v4l2", width=width,
+                        height=height), notes
+    if os.path.isdir(spec):
+        return DirSource(spec, loop=loop, realtime=realtime, fps=fps or 10.0), notes
+    return CvSource(spec, "file", loop=loop, realtime=realtime), notes
