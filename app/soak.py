@@ -24,7 +24,10 @@ if ROOT not in sys.path:
 
 
 def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmup=0.2,
-             limit_pct=5.0, extra_args=(), realtime=False, timeout=None):
+             limit_pct=5.0, extra_args=(), realtime=False, timeout=None, samples=None):
+    """Runs the app on a looping source; stops at `frames`, after `timeout` seconds or once
+    `samples` stats records are in (whichever comes first; SIGTERM, so the app still
+    writes its summary)."""
     cmd = [sys.executable, "-m", "app", "--model", model, "--source", source, "--loop",
            "--max-frames", str(frames), "--format", "json", "--no-power"]
     if threads:
@@ -50,7 +53,8 @@ def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmu
                              "p95_ms": (rec.get("latency_ms") or {}).get("p95")})
             elif rec.get("type") == "summary":
                 summary = rec
-            if timeout and not stopped and time.monotonic() - t0 > timeout:
+            enough = samples is not None and len(rows) >= samples
+            if not stopped and (enough or (timeout and time.monotonic() - t0 > timeout)):
                 p.terminate()  # SIGTERM: the app stops cleanly and prints its summary
                 stopped = True
         rc = p.wait(60)

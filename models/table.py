@@ -21,7 +21,7 @@ from .nets import TRAINED, VARIANTS
 from .progress import Progress
 from .train import ZOO, evaluate_torch, export, load_trained, train
 
-EPOCHS = {"fashion-mnist": 10, "mnist": 3, "cifar10": 30}
+EPOCHS = {"fashion-mnist": 10, "mnist": 2, "cifar10": 30}
 
 
 def evaluate_runtime(bnn_path, x_u8, y, threads=1):
@@ -79,7 +79,8 @@ def main(argv=None):
             "rows": rows}
     (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
     lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
-             "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining). "
+             "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
+             "xnor and xnor_k start from fp's trained weights, fp and bwn from scratch). "
              "Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
              "table (%s)." % (cmd, epochs, a.seed, platform.machine()), "",
              "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",

@@ -28,6 +28,10 @@ ZOO = ROOT / "models" / "zoo"
 CKPT = ROOT / "models" / ".ckpt"
 WIDTH = (32, 64, 64, 128, 128)
 DEFAULTS = {"batch": 128, "lr": 2e-3, "width": WIDTH}
+# XNOR variants start from the trained fp network's weights (common BNN practice: the
+# latent real weights and BN statistics of a trained float net are a far better start
+# than random ones for sign-activated layers); fp and bwn start from scratch.
+INIT_FROM = {"xnor": "fp", "xnor_k": "fp"}
 
 
 def build(dataset, variant):
@@ -81,16 +85,24 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
                                                 pct_start=0.15)
     start = 0
     path = ckpt_path(dataset, variant)
+    config = {"epochs": epochs, "seed": seed, "width": list(WIDTH)}
+    init = INIT_FROM.get(variant)
+    if init:
+        config["init"] = init
+        src = torch.load(ckpt_path(dataset, init), map_location="cpu", weights_only=True)
+        if src["epoch"] != epochs:
+            raise RuntimeError("%s/%s starts from %s, which is not trained yet: train it first" % (dataset, variant, init))
+        model.load_state_dict(src["model"], strict=True)
     if path.exists():
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck["config"] == {"epochs": epochs, "seed": seed, "width": list(WIDTH)}:
+        if ck["config"] == config:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
             start = ck["epoch"]
             torch.set_rng_state(ck["rng"])
         elif not quiet:
-            print("checkpoint %s has another configuration; training from scratch" % path)
+            print("checkpoint %s has another configuration; starting over" % path)
     gen = torch.Generator().manual_seed(seed + 1000 * start)
     flip = dataset != "mnist"
     xt = torch.from_numpy(np.array(x_tr))  # a writable copy
@@ -116,7 +128,7 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
         tmp = path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "epoch": epoch + 1, "rng": torch.get_rng_state(),
-                    "config": {"epochs": epochs, "seed": seed, "width": list(WIDTH)}}, tmp)
+                    "config": config}, tmp)
         os.replace(tmp, path)
     return model.eval()
 

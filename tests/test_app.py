@@ -452,7 +452,7 @@ def test_soak_scaled_down_rss_flat(model, tmp_path):
     from app.soak import run_soak
     clip = _clip(SAMPLE, tmp_path / "s.avi", 30, size=(192, 108))
     res = run_soak(model, clip, frames=100000, csv_path=str(tmp_path / "soak.csv"),
-                   png_path=str(tmp_path / "soak.png"), threads=1, timeout=12,
+                   png_path=str(tmp_path / "soak.png"), threads=1, timeout=120, samples=20,
                    extra_args=["--interval", "0.5"])
     assert res["samples"] >= 15, res
     assert res["rc"] == 0 and res["frames"] > 300, res
