@@ -485,6 +485,23 @@ _OUT_MODES = {"int32": _native.BNN_OUT_INT32, "float": _native.BNN_OUT_FLOAT, "b
 _PAD_MODES = {"zero": _native.BNN_PAD_ZERO, "one": _native.BNN_PAD_ONE}
 
 
+class _Layer:
+    """A C layer object owned through cffi: close() frees it (also at garbage collection);
+    usable as a context manager."""
+
+    def close(self):
+        p, self._ptr = getattr(self, "_ptr", None), None
+        if p is not None:
+            ffi.release(p)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 def _weight_oihw(weight, c):
     """Checked OIHW convolution weights for an input of c channels -> (array, out_c, kh, kw)."""
     wt = np.asarray(weight)
@@ -503,7 +520,7 @@ def _weight_oihw(weight, c):
     return wt, out_c, k_h, k_w
 
 
-class BConv2d:
+class BConv2d(_Layer):
     """Binary 2-D convolution (groups 1) on packed NHWC bits.
 
     weight: float OIHW (the ONNX layout); its sign gives the binary weights (>= 0 -> +1).
@@ -640,17 +657,6 @@ class BConv2d:
 
     __call__ = run
 
-    def close(self):
-        p, self._ptr = getattr(self, "_ptr", None), None
-        if p is not None:
-            ffi.release(p)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def __repr__(self):
         return "<BConv2d in=%s out=%s kernel=%s stride=%s pads=%s output=%r>" % (
@@ -744,7 +750,7 @@ def global_avgpool(x, ctx=None, out=None):
 
 
 # ---- float convolution -------------------------------------------------------------------------
-class FConv2d:
+class FConv2d(_Layer):
     """Float 2-D convolution (groups 1), zero padding as ONNX.  weight: float OIHW;
     bias: [out_c] or None; in_shape: NHWC (n, h, w, c).  run(x) -> float32 NHWC."""
 
@@ -796,17 +802,6 @@ class FConv2d:
 
     __call__ = run
 
-    def close(self):
-        p, self._ptr = getattr(self, "_ptr", None), None
-        if p is not None:
-            ffi.release(p)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 # ---- elementwise -----------------------------------------------------------------------------------
