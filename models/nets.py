@@ -48,6 +48,7 @@ class VGGSmall(nn.Module):
         if variant not in VARIANTS:
             raise ValueError("variant must be one of %s" % (VARIANTS,))
         self.variant = variant
+        self.width = tuple(width)
         inner = "xnor" if variant == "naive" else variant
         w = width
         self.norm = Normalize(mean, std)
@@ -74,6 +75,6 @@ def naive_from_fp(fp: VGGSmall) -> VGGSmall:
     """The seed's naive binarisation: fp's weights and BN statistics as they are, in the
     xnor network (weights -> alpha*sign(W), ReLU -> sign), no retraining."""
     c = fp.norm.mean.shape[1]
-    m = VGGSmall("naive", fp.stem[0].in_channels, fp.fc.out_features, [0.0] * c, [1.0] * c)
+    m = VGGSmall("naive", fp.stem[0].in_channels, fp.fc.out_features, [0.0] * c, [1.0] * c, width=fp.width)
     m.load_state_dict(fp.state_dict(), strict=True)
     return m

@@ -19,9 +19,9 @@ import numpy as np
 from . import data
 from .nets import TRAINED, VARIANTS
 from .progress import Progress
-from .train import ZOO, evaluate_torch, export, load_trained, train
+from .train import DISTILL_FROM, INIT_FROM, ZOO, evaluate_torch, export, load_trained, train
 
-EPOCHS = {"fashion-mnist": 10, "mnist": 2, "cifar10": 30}
+EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 30}
 
 
 def evaluate_runtime(bnn_path, x_u8, y, threads=1):
@@ -44,6 +44,38 @@ def evaluate_runtime(bnn_path, x_u8, y, threads=1):
         model.run(x1)
         times.append((time.perf_counter() - t0) * 1e3)
     return 100.0 * correct / len(x_u8), float(np.median(times))
+
+
+def write_tables(a, epochs, x_te, rows):
+    out = ZOO / a.dataset
+    # keep the rows of variants not evaluated in this run (same epochs and seed)
+    old = out / "table.json"
+    if old.exists():
+        prev = json.loads(old.read_text())
+        if prev.get("epochs") == epochs and prev.get("seed") == a.seed:
+            done = {r["variant"] for r in rows}
+            rows = [r for r in prev["rows"] if r["variant"] not in done] + rows
+    rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
+    cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
+    recipe = {v: {"init": INIT_FROM.get(v), "distill": DISTILL_FROM.get(v)} for v in VARIANTS}
+    meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe": recipe,
+            "test_images": int(len(x_te)), "host": platform.machine(), "python": sys.version.split()[0],
+            "rows": rows}
+    (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
+    lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
+             "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
+             "xnor and xnor_k start from fp's trained weights, xnor is also distilled from fp; fp and bwn start "
+             "from scratch). "
+             "Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
+             "table (%s)." % (cmd, epochs, a.seed, platform.machine()), "",
+             "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append("| %s | %.2f | %.2f | %s | %s | %.3f |" % (r["variant"], r["acc_pytorch"], r["acc_runtime"],
+                                                                f"{r['onnx_bytes']:,}", f"{r['bnn_bytes']:,}",
+                                                                r["latency_ms_1thread"]))
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None):
@@ -72,24 +104,7 @@ def main(argv=None):
                      "onnx_bytes": onnx_path.stat().st_size, "bnn_bytes": bnn_path.stat().st_size,
                      "latency_ms_1thread": round(ms, 3)})
         print(json.dumps(rows[-1]), flush=True)
-    out = ZOO / a.dataset
-    cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
-    meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd,
-            "test_images": int(len(x_te)), "host": platform.machine(), "python": sys.version.split()[0],
-            "rows": rows}
-    (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
-    lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
-             "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
-             "xnor and xnor_k start from fp's trained weights, fp and bwn from scratch). "
-             "Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
-             "table (%s)." % (cmd, epochs, a.seed, platform.machine()), "",
-             "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append("| %s | %.2f | %.2f | %s | %s | %.3f |" % (r["variant"], r["acc_pytorch"], r["acc_runtime"],
-                                                                f"{r['onnx_bytes']:,}", f"{r['bnn_bytes']:,}",
-                                                                r["latency_ms_1thread"]))
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+        lines = write_tables(a, epochs, x_te, list(rows))
     print("\n".join(lines))
 
 

@@ -32,6 +32,10 @@ DEFAULTS = {"batch": 128, "lr": 2e-3, "width": WIDTH}
 # latent real weights and BN statistics of a trained float net are a far better start
 # than random ones for sign-activated layers); fp and bwn start from scratch.
 INIT_FROM = {"xnor": "fp", "xnor_k": "fp"}
+# xnor is also distilled from the trained fp network (loss = (CE + T^2 * KL(teacher_T ||
+# student_T)) / 2, T = 2): the binary net learns the float net's soft outputs.
+DISTILL_FROM = {"xnor": "fp"}
+KD_T = 2.0
 
 
 def build(dataset, variant):
@@ -93,6 +97,12 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
         if src["epoch"] != epochs:
             raise RuntimeError("%s/%s starts from %s, which is not trained yet: train it first" % (dataset, variant, init))
         model.load_state_dict(src["model"], strict=True)
+    teacher = None
+    if DISTILL_FROM.get(variant):
+        config["distill"] = DISTILL_FROM[variant]
+        teacher = load_trained(dataset, DISTILL_FROM[variant], epochs, seed)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     if path.exists():
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if ck["config"] == config:
@@ -115,7 +125,13 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
         for b in range(steps_per_epoch):
             idx = perm[b * DEFAULTS["batch"]:(b + 1) * DEFAULTS["batch"]]
             xb = _augment(xt[idx].float().div_(255), flip, gen).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), yt[idx])
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yt[idx])
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = F.softmax(teacher(xb) / KD_T, dim=1)
+                kd = F.kl_div(F.log_softmax(logits / KD_T, dim=1), soft, reduction="batchmean") * KD_T ** 2
+                loss = 0.5 * (loss + kd)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
