@@ -2,8 +2,8 @@
 
     python -m models.train --dataset fashion-mnist --variant xnor --epochs 10
 
-Seeded; a checkpoint after every epoch (models/.ckpt/<dataset>/<variant>.pt, our own
-files, read back with weights_only=True); a progress bar.  The trained network is
+Seeded; a checkpoint after every epoch (models/.ckpt/<dataset>/<variant>.npz: arrays
+and JSON, no pickle); a progress bar.  The trained network is
 exported to ONNX (models/zoo/<dataset>/<variant>.onnx, batch 1, float32 NCHW pixels in
 [0, 1]) and converted for the runtime beside it (<variant>.bnn).
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data
+from . import checkpoint, data
 from .nets import TRAINED, VARIANTS, VGGSmall, naive_from_fp
 from .progress import Progress
 
@@ -70,7 +70,7 @@ def evaluate_torch(model, x_u8, y, batch=500) -> float:
 
 
 def ckpt_path(dataset, variant) -> Path:
-    return CKPT / dataset / ("%s.pt" % variant)
+    return CKPT / dataset / ("%s.npz" % variant)
 
 
 def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int = 0, quiet=False):
@@ -93,7 +93,7 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     init = INIT_FROM.get(variant)
     if init:
         config["init"] = init
-        src = torch.load(ckpt_path(dataset, init), map_location="cpu", weights_only=True)
+        src = checkpoint.load(ckpt_path(dataset, init))
         if src["epoch"] != epochs:
             raise RuntimeError("%s/%s starts from %s, which is not trained yet: train it first" % (dataset, variant, init))
         model.load_state_dict(src["model"], strict=True)
@@ -104,8 +104,8 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
         for p in teacher.parameters():
             p.requires_grad_(False)
     if path.exists():
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck["config"] == config:
+        ck = checkpoint.load(path)
+        if checkpoint.same_config(ck["config"], config):
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
@@ -141,18 +141,15 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
             bar.update(1, "loss %.3f" % loss_avg)
         bar.close()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1, "rng": torch.get_rng_state(),
-                    "config": config}, tmp)
-        os.replace(tmp, path)
+        checkpoint.save(path, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                               "epoch": epoch + 1, "rng": torch.get_rng_state(), "config": config})
     return model.eval()
 
 
 def load_trained(dataset, variant, epochs, seed=0):
     """The finished model from its checkpoint (naive: derived from fp's)."""
     src = "fp" if variant == "naive" else variant
-    ck = torch.load(ckpt_path(dataset, src), map_location="cpu", weights_only=True)
+    ck = checkpoint.load(ckpt_path(dataset, src))
     if ck["epoch"] != epochs:
         raise RuntimeError("%s/%s checkpoint is at epoch %d of %d" % (dataset, src, ck["epoch"], epochs))
     model = build(dataset, src)

@@ -13,7 +13,7 @@ gradient clipping.  Device: CUDA when available (--device cpu|cuda to choose).
 
 Seeded: the order of the images and every augmentation are drawn from generators seeded
 by (seed, epoch, image), so a resumed run repeats the interrupted one.  Checkpoints
-(models/.ckpt/person/<name>.pt, our own file, read with torch.load(weights_only=True))
+(models/.ckpt/person/<name>.npz: arrays and JSON, no pickle -- models/checkpoint.py)
 are written after every epoch, every --save-every steps and when --time-limit runs out;
 running the same command again resumes (another configuration starts from scratch and
 says so).  Progress: models/progress.py; one JSON line per epoch in
@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checkpoint
 from . import detector as D
 from .progress import Progress
 from .yolo_data import YoloDataset, sample_rng, to_tensor_batch
@@ -118,12 +119,12 @@ def pick_device(name):
 
 
 def ckpt_path(name, ckpt_dir=None) -> Path:
-    return Path(ckpt_dir or CKPT) / ("%s.pt" % name)
+    return Path(ckpt_dir or CKPT) / ("%s.npz" % name)
 
 
 def load_checkpoint_model(path, which="ema"):
-    """a trained model from one of our checkpoints (weights_only)"""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    """a trained model from one of our checkpoints"""
+    ck = checkpoint.load(path)
     model = D.build_detector(ck["config"]["model"])
     model.load_state_dict(ck[which] if which in ck else ck["model"])
     return model.eval(), ck
@@ -188,8 +189,8 @@ def train(a, quiet=False):
     step = 0
     log_path = path.with_suffix(".log.jsonl")
     if path.exists():
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck["config"] == config:
+        ck = checkpoint.load(path)
+        if checkpoint.same_config(ck["config"], config):
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             if ema is not None:
@@ -222,11 +223,9 @@ def train(a, quiet=False):
 
     def save(tag=""):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                    "ema": (ema.ema if ema else model).state_dict(), "ema_updates": ema.updates if ema else 0,
-                    "step": step, "config": config}, tmp)
-        os.replace(tmp, path)
+        checkpoint.save(path, {"model": model.state_dict(), "opt": opt.state_dict(),
+                               "ema": (ema.ema if ema else model).state_dict(),
+                               "ema_updates": ema.updates if ema else 0, "step": step, "config": config})
 
     last = {}
     while step < total and stop_reason is None:

@@ -106,8 +106,9 @@ def test_smoke_training_resumes(tmp_path):
 
     # an interrupted run (1 step) resumed to the end (2 steps) ...
     m1, s1 = T.train(_args(tmp_path / "a", max_steps=1), quiet=True)
-    assert s1["step"] == 1 and not s1["done"] and (tmp_path / "a" / "smoke.pt").exists()
-    ck = torch.load(tmp_path / "a" / "smoke.pt", map_location="cpu", weights_only=True)
+    assert s1["step"] == 1 and not s1["done"] and (tmp_path / "a" / "smoke.npz").exists()
+    from models import checkpoint
+    ck = checkpoint.load(tmp_path / "a" / "smoke.npz")
     assert ck["step"] == 1
     m2, s2 = T.train(_args(tmp_path / "a"), quiet=True)
     assert s2["step"] == 2 and s2["done"]
