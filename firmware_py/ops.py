@@ -221,6 +221,14 @@ def _ctx(ctx):
 
 
 # ---- validation helpers --------------------------------------------------------------------------
+def _call(ctx, name, *args):
+    """Calls the C function `name` with the context's handle first, under its lock; raises
+    on a non-OK status."""
+    cx = _ctx(ctx)
+    with cx._lock:
+        check(getattr(lib(), name)(cx._handle(), *args), name)
+
+
 def _dtype_names(dtypes):
     return " or ".join(np.dtype(d).name for d in dtypes)
 
@@ -670,13 +678,7 @@ def xnor_scale(x, kernel, stride=1, padding="valid", ctx=None, out=None):
     n, h, w, c = x.shape
     win, oh, ow = _window(n, h, w, c, 1, kernel, stride, padding)
     k = _out(out, (n, oh, ow), np.float32, x)
-    cx = _ctx(ctx)
-    with cx._lock:
-        check(
-            lib().bnn_xnor_scale(cx._handle(), win, _buf("float", x), x.size,
-                                 _buf("float", k, True), k.size),
-            "bnn_xnor_scale",
-        )
+    _call(ctx, "bnn_xnor_scale", win, _buf("float", x), x.size, _buf("float", k, True), k.size)
     return k
 
 
@@ -694,13 +696,7 @@ def bmaxpool2d(x_bits, c, kernel, stride=None, padding="valid", ctx=None, out=No
         )
     win, oh, ow = _window(n, h, w, c, c, kernel, stride, padding, stride_default=kernel, pool=True)
     y = _out(out, (n, oh, ow, words), np.uint32, x)
-    cx = _ctx(ctx)
-    with cx._lock:
-        check(
-            lib().bnn_bmaxpool2d(cx._handle(), win, _buf("uint32_t", x), x.size,
-                                 _buf("uint32_t", y, True), y.size),
-            "bnn_bmaxpool2d",
-        )
+    _call(ctx, "bnn_bmaxpool2d", win, _buf("uint32_t", x), x.size, _buf("uint32_t", y, True), y.size)
     return y
 
 
@@ -710,13 +706,7 @@ def maxpool2d(x, kernel, stride=None, padding="valid", ctx=None, out=None):
     n, h, w, c = x.shape
     win, oh, ow = _window(n, h, w, c, c, kernel, stride, padding, stride_default=kernel, pool=True)
     y = _out(out, (n, oh, ow, c), np.float32, x)
-    cx = _ctx(ctx)
-    with cx._lock:
-        check(
-            lib().bnn_maxpool2d(cx._handle(), win, _buf("float", x), x.size,
-                                _buf("float", y, True), y.size),
-            "bnn_maxpool2d",
-        )
+    _call(ctx, "bnn_maxpool2d", win, _buf("float", x), x.size, _buf("float", y, True), y.size)
     return y
 
 
@@ -727,13 +717,8 @@ def avgpool2d(x, kernel, stride=None, padding="valid", count_include_pad=False, 
     n, h, w, c = x.shape
     win, oh, ow = _window(n, h, w, c, c, kernel, stride, padding, stride_default=kernel, pool=True)
     y = _out(out, (n, oh, ow, c), np.float32, x)
-    cx = _ctx(ctx)
-    with cx._lock:
-        check(
-            lib().bnn_avgpool2d(cx._handle(), win, 1 if count_include_pad else 0, _buf("float", x),
-                                x.size, _buf("float", y, True), y.size),
-            "bnn_avgpool2d",
-        )
+    _call(ctx, "bnn_avgpool2d", win, 1 if count_include_pad else 0, _buf("float", x), x.size,
+          _buf("float", y, True), y.size)
     return y
 
 
@@ -819,11 +804,6 @@ def add(a, b, out=None, ctx=None):
             raise ValueError("out must have shape %s, got %s" % (a.shape, out.shape))
     if a.size == 0:
         return out
-    cx = _ctx(ctx)
-    with cx._lock:
-        check(
-            lib().bnn_add_f32(cx._handle(), _buf("float", a), a.size, _buf("float", b), b.size,
-                              _buf("float", out, True), out.size, a.size),
-            "bnn_add_f32",
-        )
+    _call(ctx, "bnn_add_f32", _buf("float", a), a.size, _buf("float", b), b.size, _buf("float", out, True),
+          out.size, a.size)
     return out
