@@ -3,11 +3,11 @@ models/det_metrics.py) on a YOLO-format data set.
 
     python -m models.eval_detector --weights models/zoo/person/binary.bnn --data people --split test
     python -m models.eval_detector --weights models/zoo/person/fp_twin.onnx --data coco128
-    python -m models.eval_detector --weights models/.ckpt/person/binary.pt --data people
+    python -m models.eval_detector --weights models/.ckpt/person/binary.npz --data people
 
 --weights: a .bnn (firmware_py) or .onnx (onnxruntime) file, run through
 firmware_py.detect.Detector on the original images (letterbox, decode, NMS exactly as on
-the Pi), or one of our training checkpoints (.pt, its EMA weights, in PyTorch).
+the Pi), or one of our training checkpoints (.npz, its EMA weights, in PyTorch).
 --data: people (../shared/data/people; split test by default) or coco128 (its person
 class; the 128 val2017 images).  Detections: conf 0.001, NMS IoU 0.6, at most 300 per
 image (the usual mAP protocol).  Prints one JSON object.
@@ -65,11 +65,11 @@ def main(argv=None):
     ap.add_argument("--data", default="people", help="%s or a folder with a YOLO data yaml" % "|".join(DATASETS))
     ap.add_argument("--split", default=None, help="default: test (people), val (coco128)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="auto", help="for .pt checkpoints")
+    ap.add_argument("--device", default="auto", help="for .npz checkpoints")
     ap.add_argument("--limit", type=int, default=None)
     a = ap.parse_args(argv)
     split = a.split or ("val" if a.data == "coco128" else "test")
-    if a.weights.endswith(".pt"):
+    if a.weights.endswith(".npz"):
         res = evaluate_checkpoint(a.weights, a.data, split, a.device, a.limit)
     else:
         res = evaluate_file(a.weights, a.data, split, threads=a.threads, limit=a.limit)
