@@ -71,6 +71,14 @@ class FrameQueue:
             self._closed = True
             self._cond.notify_all()
 
+    def drain(self):
+        """Empties the queue; returns how many items it held."""
+        with self._cond:
+            n = len(self._q)
+            self._q.clear()
+            self._cond.notify_all()
+            return n
+
     def __len__(self):
         with self._cond:
             return len(self._q)
@@ -146,7 +154,8 @@ class Pipeline:
                         self.stop_event.wait(delay)
                         delay = min(delay * 2, self.backoff[1])
                         continue
-                    st.on_bad(e)  # a file whose decoder raised: skip the frame
+                    st.on_capture()  # a file whose decoder raised: a frame, skipped
+                    st.on_bad(e)
                     continue
                 t_cap = time.monotonic()
                 st.on_capture()
@@ -162,6 +171,7 @@ class Pipeline:
                     if n:
                         st.on_drop(n)
                 elif not q.put_wait(item, self.stop_event):
+                    st.on_discard(1)  # stopping: the frame in hand is not processed
                     return
         finally:
             try:
@@ -278,6 +288,9 @@ class Pipeline:
         self.queue.close()
         for t in self._threads:
             t.join(join_timeout)
+        left = self.queue.drain()  # captured but never processed (the run stopped)
+        if left:
+            self.stats.on_discard(left)
         rec = self._stats_record()
         self._publish(rec)
         temp, thr = self._sensors()

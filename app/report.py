@@ -11,6 +11,9 @@ Every report is a dict (one JSON line); its fields:
     dropped, dropped_total        frames dropped because inference lagged
     bad_frames_total     unusable frames skipped (corrupt, wrong shape, detector error)
     frames_total         frames through the detector
+    captured_total       frames read from the source; every one ends up in exactly one of
+                         frames_total, dropped_total, bad_frames_total or (summary only)
+                         discarded_at_stop: frames still queued when the run stopped
     detections, detections_total  objects detected (interval, total)
     power                mean power in W over the interval, MEASURED; null when no sensor
     power_source         "pmic" | "hwmon" | "rapl" | null
@@ -69,6 +72,7 @@ class Stats:
         self.frames = 0
         self.dropped = 0
         self.bad_frames = 0
+        self.discarded = 0
         self.detections = 0
         self.reconnects = 0
         self.joules = 0.0
@@ -94,6 +98,11 @@ class Stats:
         with self._lock:
             self.dropped += n
             self._i_dropped += n
+
+    def on_discard(self, n=1):
+        """Captured frames that were never processed because the run stopped."""
+        with self._lock:
+            self.discarded += n
 
     def on_bad(self, why=None):
         with self._lock:
@@ -185,6 +194,7 @@ class Stats:
                                "p95": _r(percentile(self._all_lat, 95))},
                 "dropped_total": self.dropped,
                 "bad_frames_total": self.bad_frames,
+                "discarded_at_stop": self.discarded,
                 "detections_total": self.detections,
                 "reconnects": self.reconnects,
                 "source_state": self.source_state,

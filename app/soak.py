@@ -2,11 +2,16 @@
 per-second JSON reports, RSS / fps / drops over time; writes a CSV (and a PNG plot when
 matplotlib is importable) and prints a JSON verdict on RSS drift.
 
-    python -m app.soak --frames 50000 --csv soak.csv [--png soak.png] [--model M]
+    python -m app.soak --frames 100000 --csv soak.csv [--png soak.png] [--model M]
 
 RSS drift = (last RSS - RSS after warm-up) / RSS after warm-up, where the warm-up is the
 first ``--warmup`` fraction of the samples (default 0.2); flat means |drift| <= 5% (and the
 max after warm-up within 5% too).
+
+Frame accounting (from the app's summary): every frame read from the source must be
+either processed, dropped (inference lagged), bad (skipped and counted) or still queued
+when the run stopped -- captured_total == frames_total + dropped_total + bad_frames_total
++ discarded_at_stop; the verdict fails otherwise.
 """
 
 import argparse
@@ -21,6 +26,22 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+def frame_accounting(summary):
+    """captured == processed + dropped + bad + discarded at stop, from the app's summary."""
+    acc = {"captured": summary.get("captured_total"), "processed": summary.get("frames_total"),
+           "dropped": summary.get("dropped_total"), "bad": summary.get("bad_frames_total"),
+           "discarded_at_stop": summary.get("discarded_at_stop")}
+    if any(v is None for v in acc.values()):
+        acc["ok"] = False
+        acc["why"] = "the summary lacks a counter: %s" % sorted(k for k, v in acc.items()
+                                                                 if v is None)
+        return acc
+    accounted = acc["processed"] + acc["dropped"] + acc["bad"] + acc["discarded_at_stop"]
+    acc["unaccounted"] = acc["captured"] - accounted
+    acc["ok"] = acc["unaccounted"] == 0
+    return acc
 
 
 def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmup=0.2,
@@ -72,6 +93,9 @@ def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmu
         res.update(frames=summary["frames_total"], duration_s=summary["duration_s"],
                    inference_fps=summary["inference_fps"], dropped_total=summary["dropped_total"],
                    bad_frames_total=summary["bad_frames_total"])
+        res["accounting"] = frame_accounting(summary)
+    else:
+        res["accounting"] = {"ok": False, "why": "no summary from the app"}
     rss = [r["rss_mb"] for r in rows if r["rss_mb"] is not None]
     if len(rss) >= 3:
         k = min(max(1, int(len(rss) * warmup)), len(rss) - 1)
@@ -110,7 +134,12 @@ def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmu
             ax[2].plot(t, [r["dropped_total"] for r in rows])
             ax[2].set_ylabel("dropped (total)")
             ax[2].set_xlabel("time (s)")
-            fig.suptitle("app soak: %s" % os.path.basename(source))
+            title = "app soak: %s" % os.path.basename(source)
+            if "frames" in res:
+                title += ", %d frames in %.0f s" % (res["frames"], res["duration_s"])
+            if "rss_drift_pct" in res:
+                title += ", RSS drift %+.2f%%" % res["rss_drift_pct"]
+            fig.suptitle(title)
             fig.tight_layout()
             fig.savefig(png_path, dpi=80)
             plt.close(fig)
@@ -122,7 +151,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
     ap.add_argument("--source", help="clip (default: the bundled sample)")
-    ap.add_argument("--frames", type=int, default=50000)
+    ap.add_argument("--frames", type=int, default=100000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--csv", default="soak.csv")
     ap.add_argument("--png", default=None)
@@ -142,8 +171,17 @@ def main(argv=None):
         sys.stderr.write("soak: %s missing; using a synthetic detector\n" % DEFAULT_MODEL)
     res = run_soak(model, a.source or bundled_sample(), a.frames, a.csv, a.png, a.threads,
                    a.warmup, a.limit_pct, realtime=a.realtime)
+    res["model"] = model
+    acc = res["accounting"]
+    if acc.get("ok"):
+        sys.stderr.write("soak: frames captured %d = processed %d + dropped %d + bad %d + "
+                         "discarded at stop %d\n" % (acc["captured"], acc["processed"],
+                                                      acc["dropped"], acc["bad"],
+                                                      acc["discarded_at_stop"]))
+    else:
+        sys.stderr.write("soak: FRAME ACCOUNTING FAILED: %s\n" % json.dumps(acc))
     print(json.dumps(res, indent=2))
-    return 0 if res.get("flat") and res["rc"] == 0 else 1
+    return 0 if res.get("flat") and res["rc"] == 0 and acc.get("ok") else 1
 
 
 if __name__ == "__main__":
