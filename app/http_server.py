@@ -97,6 +97,20 @@ def prometheus_text(stats, last):
     if last.get("rss_mb") is not None:
         m(_metric_lines("bnn_resident_memory_bytes", "Resident memory of the app.", "gauge",
                         int(last["rss_mb"] * 1024 * 1024)))
+    snaps, events, mq = last.get("snapshots"), last.get("events"), last.get("mqtt")
+    if isinstance(snaps, dict) and "failed" in snaps:
+        m(_metric_lines("bnn_snapshots_saved_total", "Snapshots written.", "counter",
+                        snaps.get("saved", 0)))
+        m(_metric_lines("bnn_snapshot_write_errors_total", "Snapshots that could not be "
+                        "written (disk full, ...).", "counter", snaps["failed"]))
+    if isinstance(events, dict) and "write_errors" in events:
+        m(_metric_lines("bnn_event_log_write_errors_total", "Failed writes to the --out "
+                        "event log.", "counter", events["write_errors"]))
+    if isinstance(mq, dict) and "connected" in mq:
+        m(_metric_lines("bnn_mqtt_connected", "1 while connected to the MQTT broker.", "gauge",
+                        1 if mq["connected"] else 0))
+        m(_metric_lines("bnn_mqtt_dropped_messages_total", "MQTT messages not sent "
+                        "(broker unreachable).", "counter", mq.get("dropped", 0)))
     m(_metric_lines("bnn_source_up", "1 while the source delivers frames.", "gauge",
                     1 if stats.source_state == "running" else 0,
                     {"state": stats.source_state}))

@@ -12,7 +12,7 @@ import threading
 import time
 
 from . import report
-from .sinks import detections_list
+from .sinks import _ErrorLog, detections_list
 from .sources import EndOfStream, SourceError, SourceLost, as_bgr
 
 __all__ = ["FrameQueue", "Closed", "Pipeline"]
@@ -118,6 +118,7 @@ class Pipeline:
         self._threads = []
         self._capture_done = threading.Event()
         self._infer_done = threading.Event()
+        self._report_errors = _ErrorLog("reports", None)
 
     # ---- threads ------------------------------------------------------------------------
     def _capture(self):
@@ -240,25 +241,46 @@ class Pipeline:
         sample = self.power_meter.sample() if self.power_meter is not None else None
         temp, thr = self._sensors()
         rec = self.stats.interval(sample, self.power_meter, temp, thr)
+        self._sink_status(rec)
         self.last_stats = rec
         return rec
 
+    def _sink_status(self, rec):
+        """The sinks' health (write failures, broker connection) in a stats record."""
+        for key, sink in (("snapshots", self.snapshots), ("events", self.events),
+                          ("mqtt", self.mqtt)):
+            status = getattr(sink, "status", None) if sink is not None else None
+            if status is not None:
+                try:
+                    rec[key] = status()
+                except Exception as e:  # noqa: BLE001 - a report must not die of a sink
+                    rec[key] = {"error": "%s: %s" % (type(e).__name__, e)}
+
     def _publish(self, rec):
-        if self.emit is not None:
+        """Hands a record to every sink; a sink that raises is logged, the others go on."""
+        for name, fn in (("stdout", self.emit),
+                         ("--out", self.events and (lambda r: self.events.write(r, flush=True))),
+                         ("mqtt", self.mqtt and self.mqtt.publish_stats)):
+            if fn is None:
+                continue
             try:
-                self.emit(rec)
-            except Exception:
-                pass
-        if self.events is not None:
-            self.events.write(rec, flush=True)
-        if self.mqtt is not None:
-            self.mqtt.publish_stats(rec)
+                fn(rec)
+            except Exception as e:  # noqa: BLE001 - one sink must not stop the reports
+                self._report_errors.failed("%s: %s: %s" % (name, type(e).__name__, e))
 
     def _reporter(self):
-        if self.power_meter is not None:
-            self.power_meter.sample()  # the start of the first interval
+        try:
+            if self.power_meter is not None:
+                self.power_meter.sample()  # the start of the first interval
+        except Exception as e:  # noqa: BLE001
+            self._report_errors.failed("power meter: %s: %s" % (type(e).__name__, e))
         while not self.done.wait(self.report_interval):
-            self._publish(self._stats_record())
+            try:
+                rec = self._stats_record()
+            except Exception as e:  # noqa: BLE001 - the reports must go on
+                self._report_errors.failed("stats record: %s: %s" % (type(e).__name__, e))
+                continue
+            self._publish(rec)
 
     # ---- control ------------------------------------------------------------------------
     def start(self):
@@ -303,8 +325,16 @@ class Pipeline:
         if self.snapshots is not None:
             self.snapshots.close()
             extra["snapshots_saved"] = self.snapshots.saved
+            failed = getattr(self.snapshots, "failed", 0)
+            if failed:
+                extra["snapshots_failed"] = failed
+                extra["snapshots_last_error"] = self.snapshots.last_error
         if self.mqtt is not None:
             extra["mqtt_published"] = self.mqtt.published
+            extra["mqtt_dropped"] = self.mqtt.dropped
+            extra["mqtt_reconnects"] = getattr(self.mqtt, "reconnects", 0)
+        if self.events is not None and getattr(self.events, "errors", 0):
+            extra["events_write_errors"] = self.events.errors
         self.summary = self.stats.summary(self.power_meter, temp, thr, extra)
         self._publish(self.summary)
         if self.hub is not None:

@@ -5,12 +5,54 @@ that the HTTP stream reads.  The inference thread only hands results over; anyth
 import collections
 import json
 import os
+import sys
 import threading
 import time
 
 import numpy as np
 
-__all__ = ["detections_list", "annotate", "EventLog", "SnapshotSink", "FrameHub"]
+__all__ = ["detections_list", "annotate", "EventLog", "SnapshotSink", "FrameHub", "stderr_log"]
+
+
+def stderr_log(msg):
+    """The app's diagnostics: one line on stderr (the journal under systemd)."""
+    try:
+        sys.stderr.write("app: %s\n" % msg)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _ErrorLog:
+    """Counts a sink's write errors and logs them without flooding: a failure is logged
+    at most once per ``every`` seconds (the first one at once), and the recovery after a
+    logged failure -- so a sink that fails on and off writes at most two lines a minute."""
+
+    def __init__(self, what, log, every=60.0):
+        self.what, self.log, self.every = what, log or stderr_log, every
+        self.errors = 0
+        self.last_error = None
+        self._failing = 0          # failures since the last success
+        self._announced = False    # this run of failures was logged
+        self._logged = None        # when a failure was last logged
+
+    def failed(self, msg):
+        self.errors += 1
+        self._failing += 1
+        self.last_error = msg
+        now = time.monotonic()
+        if self._logged is None or now - self._logged >= self.every:
+            self._logged = now
+            self._announced = True
+            more = "" if self.errors == 1 else " (%d failures in all)" % self.errors
+            self.log("%s: %s%s; the app goes on" % (self.what, msg, more))
+
+    def ok(self):
+        if self._failing and self._announced:
+            self.log("%s: writing again after %d failure(s)" % (self.what, self._failing))
+        self._failing = 0
+        self._announced = False
+
 
 COLOURS = [(0, 200, 255), (255, 128, 0), (0, 255, 0), (255, 0, 255), (0, 0, 255),
            (255, 255, 0)]
@@ -52,43 +94,105 @@ def annotate(frame, result, class_names):
 
 class EventLog:
     """--out: JSON lines -- every stats record, one "detections" record per frame with
-    detections, and the summary.  Flushed with each stats record."""
+    detections, and the summary.  Flushed with each stats record (and every 64 KiB).
 
-    def __init__(self, path):
+    The file only ever holds whole lines: records are written in batches of whole lines
+    with os.write, and a batch that fails part-way (disk full, file size limit, I/O
+    error) is cut off again (ftruncate to where it began).  A failed batch never stops
+    the app: it is counted (``errors``, ``lost`` records, ``last_error``; in the stats
+    records and the summary), logged on stderr, and later batches are tried again."""
+
+    FLUSH_BYTES = 1 << 16
+
+    def __init__(self, path, log=None):
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         self.path = path
-        self._f = open(path, "a", buffering=1 << 16)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                           | getattr(os, "O_CLOEXEC", 0), 0o644)
         self._lock = threading.Lock()
+        self._buf = []
+        self._nbuf = 0
+        self.lost = 0
+        self._err = _ErrorLog("--out %s" % path, log)
+
+    @property
+    def errors(self):
+        return self._err.errors
+
+    def status(self):
+        return {"write_errors": self._err.errors, "records_lost": self.lost,
+                "last_error": self._err.last_error}
 
     def write(self, rec, flush=False):
-        line = json.dumps(rec, separators=(",", ":"), allow_nan=False)
+        line = (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self._lock:
-            if self._f is None:
+            if self._fd is None:
                 return
-            self._f.write(line + "\n")
-            if flush:
-                self._f.flush()
+            self._buf.append(line)
+            self._nbuf += len(line)
+            if flush or self._nbuf >= self.FLUSH_BYTES:
+                self._flush_locked()
+
+    def flush(self):
+        with self._lock:
+            if self._fd is not None:
+                self._flush_locked()
+
+    def _flush_locked(self):
+        if not self._buf:
+            return
+        data, n = b"".join(self._buf), len(self._buf)
+        self._buf, self._nbuf = [], 0
+        start = None
+        try:
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as e:
+            if start is not None:
+                try:  # no torn last line: back to the end of the last whole batch
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    pass
+            self.lost += n
+            self._err.failed("cannot write (%d record(s) lost): %s" % (n, e.strerror or e))
+        else:
+            self._err.ok()
 
     def close(self):
         with self._lock:
-            if self._f is not None:
-                self._f.close()
-                self._f = None
+            if self._fd is not None:
+                self._flush_locked()
+                try:
+                    os.close(self._fd)
+                except OSError as e:
+                    self._err.failed("close: %s" % (e.strerror or e))
+                self._fd = None
 
 
 class SnapshotSink:
     """--snapshots DIR: an annotated JPEG of a frame with detections, at most one per
-    ``min_interval`` seconds, written by a worker thread; keeps the newest ``keep`` files."""
+    ``min_interval`` seconds, written by a worker thread; keeps the newest ``keep`` files.
 
-    def __init__(self, directory, class_names, min_interval=1.0, keep=500):
+    Each JPEG is encoded in memory and written to ``NAME.part``, then renamed, so a
+    snapshot on disk is always whole.  A write that fails (disk full, file size limit,
+    read-only or vanished folder) is counted (``failed``, ``last_error``; in the stats
+    records and the summary), logged on stderr, and the next snapshot is tried again:
+    the app goes on, and the snapshots resume once there is room."""
+
+    def __init__(self, directory, class_names, min_interval=1.0, keep=500, quality=95,
+                 log=None):
         os.makedirs(directory, exist_ok=True)
         self.dir = directory
         self.class_names = class_names
         self.min_interval = min_interval
         self.keep = keep
+        self.quality = int(quality)
         self.saved = 0
         self.skipped = 0
+        self._err = _ErrorLog("snapshots %s" % directory, log)
         self._last = -1e9
         self._files = collections.deque()
         self._cond = threading.Condition()
@@ -121,10 +225,19 @@ class SnapshotSink:
             name = os.path.join(self.dir, "%s-%06d.jpg" % (
                 time.strftime("%Y%m%d-%H%M%S"), seq))
             try:
-                cv2.imwrite(name, annotate(frame, result, self.class_names))
-            except Exception:
-                self.skipped += 1
+                ok, buf = cv2.imencode(".jpg", annotate(frame, result, self.class_names),
+                                       [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+                if not ok:
+                    raise ValueError("OpenCV could not encode the JPEG")
+                self._write(name, buf)
+            except OSError as e:
+                self._err.failed("cannot write %s: %s" % (os.path.basename(name),
+                                                          e.strerror or e))
                 continue
+            except Exception as e:  # noqa: BLE001 - never let the worker die
+                self._err.failed("snapshot of frame %d: %s: %s" % (seq, type(e).__name__, e))
+                continue
+            self._err.ok()
             self.saved += 1
             self._files.append(name)
             while len(self._files) > self.keep:
@@ -132,6 +245,32 @@ class SnapshotSink:
                     os.remove(self._files.popleft())
                 except OSError:
                     pass
+
+    @staticmethod
+    def _write(name, buf):
+        tmp = name + ".part"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buf.tobytes())
+            os.replace(tmp, name)
+        except BaseException:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise
+
+    @property
+    def failed(self):
+        return self._err.errors
+
+    @property
+    def last_error(self):
+        return self._err.last_error
+
+    def status(self):
+        return {"saved": self.saved, "failed": self._err.errors, "skipped": self.skipped,
+                "last_error": self._err.last_error}
 
     def close(self, timeout=5.0):
         with self._cond:
