@@ -7,4 +7,4 @@ if __package__ in (None, ""):  # python app/__main__.py
 
 from app.cli import main  # noqa: E402
 
-sys.exit(main())
+sys.exit(main(restore_signals=False))

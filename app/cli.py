@@ -71,8 +71,95 @@ def _err(msg):
     sys.stderr.flush()
 
 
-def main(argv=None):
+class _StartupStop(BaseException):
+    """A signal arrived while the app was starting (before the pipeline ran).  A
+    BaseException, so that no ``except Exception`` on the way swallows it."""
+
+
+def main(argv=None, restore_signals=True):
+    """The app; returns the exit status.  restore_signals=False (python -m app): at the
+    end the signals are ignored instead (SIG_IGN, which the interpreter keeps through its
+    finalisation, unlike a Python handler), so that a second SIGTERM between the summary
+    and the process exit cannot turn exit status 0 into death by signal."""
     args = build_parser().parse_args(argv)
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "text" if sys.stdout.isatty() else "json"
+    # SIGINT / SIGTERM / SIGHUP at any time: during start-up (model load, source open,
+    # sinks) the start-up is abandoned; once the pipeline exists it is asked to stop.
+    # Either way the summary is written (stdout, --out) and the exit status is 0.
+    from .report import Stats
+    state = {"pipe": None, "stage": "start-up", "source": None, "events": None,
+             "closers": [], "stats": Stats(), "done": False}
+    got = []
+
+    def on_signal(signum, frame):
+        got.append(signum)
+        if state["done"]:  # main has returned: the status stands
+            return
+        pipe = state["pipe"]
+        if pipe is not None:
+            pipe.request_stop()
+        elif len(got) == 1:  # a second signal while unwinding the start-up is only noted
+            raise _StartupStop()
+
+    sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP")
+                                              else [])
+    old = {s: signal.signal(s, on_signal) for s in sigs}
+    try:
+        try:
+            return _run(args, fmt, state, got)
+        except _StartupStop:
+            pass
+        return _startup_stopped(args, fmt, state, got)
+    finally:
+        state["done"] = True
+        for s, h in old.items():
+            signal.signal(s, h if restore_signals else signal.SIG_IGN)
+
+
+def _print_summary(summary, fmt):
+    text = format_summary(summary) if fmt == "text" else dumps(summary)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    if sys.stderr.isatty() and fmt == "json":
+        sys.stderr.write(format_summary(summary) + "\n")
+
+
+def _startup_stopped(args, fmt, state, got):
+    """A signal during start-up: the summary of a run that never began, exit 0."""
+    extra = {"stopped_by": signal.Signals(got[0]).name,
+             "stopped_during": "start-up (%s)" % state["stage"]}
+    if state["source"] is not None:
+        extra["source"] = state["source"]
+    summary = state["stats"].summary(None, None, None, extra)
+    summary["source_state"] = "not started"
+    events = state["events"]
+    if events is None and args.out:
+        try:
+            from .sinks import EventLog
+            events = EventLog(args.out)
+            state["closers"].append(events.close)
+        except OSError as e:
+            _err("--out %s: %s" % (args.out, e))
+            events = None
+    if events is not None:
+        events.write(summary, flush=True)
+    for c in state["closers"]:
+        try:
+            c()
+        except Exception:
+            pass
+    _print_summary(summary, fmt)
+    _err("stopped by %s during start-up (%s)" % (extra["stopped_by"], state["stage"]))
+    return 0
+
+
+def _run(args, fmt, state, got):
+    closers = state["closers"]
+
+    def stage(what):
+        state["stage"] = what
 
     model = args.model or DEFAULT_MODEL
     if not os.path.isfile(model):
@@ -84,6 +171,8 @@ def main(argv=None):
                  % os.path.relpath(DEFAULT_MODEL, ROOT))
         return 2
 
+    stage("loading the detector")
+    _err("loading the detector %s" % model)
     from .pipeline import Pipeline
     from .sources import SourceError, open_source
 
@@ -98,18 +187,17 @@ def main(argv=None):
         _err("cannot load the detector %s: %s: %s" % (model, type(e).__name__, e))
         return 2
 
+    stage("opening the source")
     try:
         source, notes = open_source(args.source, loop=args.loop, realtime=args.realtime,
                                     width=args.width, height=args.height, fps=args.fps)
     except (SourceError, ValueError) as e:
         _err(str(e))
         return 1
+    state["source"] = source.name
     for n in notes:
         _err("source: %s" % n)
 
-    fmt = args.format
-    if fmt == "auto":
-        fmt = "text" if sys.stdout.isatty() else "json"
     out_lock = threading.Lock()
 
     def emit(rec):
@@ -122,28 +210,31 @@ def main(argv=None):
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
+    stage("opening the power meter")
     from firmware_py import power
     vcgencmd = power.vcgencmd_path() or ""
     meter = None if args.no_power else power.open_power_meter(vcgencmd=vcgencmd)
     if meter is not None and not meter.available:
         _err("power: %s" % meter.reason)
 
+    stage("opening the sinks")
     sinks = {}
-    closers = []
     try:
         if args.out:
             from .sinks import EventLog
-            sinks["events"] = EventLog(args.out)
+            sinks["events"] = state["events"] = EventLog(args.out)
             closers.append(sinks["events"].close)
         if args.snapshots:
             from .sinks import SnapshotSink
             sinks["snapshots"] = SnapshotSink(args.snapshots, detector.class_names,
                                               args.snapshot_interval, args.snapshot_keep)
+            closers.append(sinks["snapshots"].close)  # the pipeline closes it too (idempotent)
         if args.mqtt:
             from .mqtt import MqttSink, parse_mqtt
             host, port, topic = parse_mqtt(args.mqtt)
             sinks["mqtt"] = MqttSink(host, port, topic)
             closers.insert(0, sinks["mqtt"].close)
+            stage("connecting to the MQTT broker")
             if not sinks["mqtt"].wait_connected(3.0):  # it goes on connecting in the background
                 _err("mqtt: %s:%d not reachable yet; retrying in the background" % (host, port))
         if args.http:
@@ -155,9 +246,15 @@ def main(argv=None):
             c()
         return 2
 
+    stage("starting the pipeline")
     pipe = Pipeline(detector, source, max_frames=args.max_frames or None,
                     queue_size=args.queue, power_meter=meter, report_interval=args.interval,
                     emit=emit, vcgencmd=vcgencmd, **sinks)
+    # from here on a signal asks the pipeline to stop (it has not started yet: then it
+    # stops at once and writes its summary)
+    state["pipe"] = pipe
+    if got:
+        pipe.request_stop()
     http = None
     if args.http:
         from .http_server import HttpServer, parse_hostport
@@ -172,15 +269,6 @@ def main(argv=None):
         _err("http: serving on http://%s:%d/ (stream.mjpg, metrics, healthz)"
              % (http.host if ":" not in http.host else "[%s]" % http.host, http.port))
 
-    got = []
-
-    def on_signal(signum, frame):
-        got.append(signum)
-        pipe.request_stop()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    if hasattr(signal, "SIGHUP"):
-        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_signal)
     _err("model %s (%s), source %s [%s]" % (model, ", ".join(detector.class_names[:5]),
                                           source.name, source.kind))
     try:
@@ -198,14 +286,9 @@ def main(argv=None):
                 c()
             except Exception:
                 pass
-    text = format_summary(summary) if fmt == "text" else dumps(summary)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-    if sys.stderr.isatty() and fmt == "json":
-        sys.stderr.write(format_summary(summary) + "\n")
-    # only now: a second signal during the shutdown above must not cut the summary short
-    for s, h in old.items():
-        signal.signal(s, h)
+    # a second signal during the shutdown above does not cut the summary short: the
+    # handlers stay installed (they only ask the stopped pipeline to stop) until main ends
+    _print_summary(summary, fmt)
     if summary.get("error") and not got:
         _err(summary["error"])
         return 1

@@ -306,7 +306,9 @@ def format_summary(rec):
     if rec.get("last_error"):
         lines.append("last error        %s" % rec["last_error"])
     if rec.get("stopped_by"):
-        lines.append("stopped by        %s" % rec["stopped_by"])
+        lines.append("stopped by        %s%s" % (rec["stopped_by"], " during " +
+                                                 rec["stopped_during"]
+                                                 if rec.get("stopped_during") else ""))
     if rec.get("error"):
         lines.append("ERROR             %s" % rec["error"])
     if rec.get("rss_mb") is not None:
