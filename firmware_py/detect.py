@@ -26,6 +26,7 @@ numpy only (no torch); Python 3.8+ / numpy 1.24 compatible.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -77,9 +78,17 @@ def _resize_nearest(img, nw, nh):
 def letterbox(frame, size, use_cv2=None):
     """frame H x W x 3 uint8 (BGR) -> (NCHW float32 RGB in [0, 1] of shape (1, 3, h, w), Letterbox).
     size: (h, w) of the network input."""
-    frame = np.asarray(frame)
+    if not isinstance(frame, np.ndarray):
+        raise ValueError("frame must be a numpy.ndarray H x W x 3 uint8 (BGR), got %s"
+                         % type(frame).__name__)
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError("frame must be H x W x 3 (BGR), got shape %s" % (frame.shape,))
+    if frame.dtype != np.uint8:
+        raise ValueError("frame must be uint8 (BGR, 0..255), got %s: other dtypes are not "
+                         "converted (a float image in 0..1: (frame * 255).astype(np.uint8))"
+                         % frame.dtype)
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError("frame is empty (shape %s)" % (frame.shape,))
     th, tw = int(size[0]), int(size[1])
     fh, fw = frame.shape[:2]
     r = min(th / fh, tw / fw)
@@ -116,18 +125,35 @@ def _sigmoid(x):
 def head_from_metadata(meta: dict) -> dict:
     det = meta.get("detector")
     if isinstance(det, str):
-        det = json.loads(det)
+        try:
+            det = json.loads(det)
+        except ValueError as e:
+            raise ValueError("the model's 'detector' metadata is not valid JSON: %s" % e) from None
     if not isinstance(det, dict):
         raise ValueError("the model has no 'detector' metadata (not a detector model?)")
     dec = det.get("decode", "yolov5")
     if dec != "yolov5":
         raise ValueError("unsupported decode formula %r (supported: yolov5)" % dec)
-    strides = [int(s) for s in det["strides"]]
-    anchors = [np.asarray(a, np.float32).reshape(-1, 2) for a in det["anchors"]]
+    missing = [k for k in ("input_size", "strides", "anchors", "num_classes") if k not in det]
+    if missing:
+        raise ValueError("the model's 'detector' metadata lacks %s (it has %s)"
+                         % (", ".join(repr(k) for k in missing), sorted(det)))
+    try:
+        strides = [int(s) for s in det["strides"]]
+        anchors = [np.asarray(a, np.float32).reshape(-1, 2) for a in det["anchors"]]
+        nc = int(det["num_classes"])
+        input_size = tuple(int(v) for v in det["input_size"])
+    except (TypeError, ValueError) as e:
+        raise ValueError("the model's 'detector' metadata is malformed (strides, anchors: "
+                         "lists of numbers, num_classes: an int, input_size: [h, w]): %s"
+                         % e) from None
     if len(anchors) != len(strides):
         raise ValueError("detector metadata: %d anchor sets for %d strides" % (len(anchors), len(strides)))
-    return {"strides": strides, "anchors": anchors, "nc": int(det["num_classes"]),
-            "input_size": tuple(int(v) for v in det["input_size"]), "outputs": det.get("outputs")}
+    if len(input_size) != 2 or min(input_size) <= 0 or nc <= 0 or min(strides, default=0) <= 0:
+        raise ValueError("the model's 'detector' metadata is out of range: input_size %s, "
+                         "num_classes %d, strides %s" % (list(input_size), nc, strides))
+    return {"strides": strides, "anchors": anchors, "nc": nc,
+            "input_size": input_size, "outputs": det.get("outputs")}
 
 
 def decode(outputs, head):
@@ -200,7 +226,10 @@ class _OnnxRunner:
         if num_threads:
             so.intra_op_num_threads = int(num_threads)
             so.inter_op_num_threads = 1
-        self.sess = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
+        try:
+            self.sess = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
+            raise ValueError("onnxruntime cannot load %s: %s" % (os.fspath(path), e)) from None
         self.metadata = dict(self.sess.get_modelmeta().custom_metadata_map)
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
@@ -230,6 +259,8 @@ class Detector:
 
     def __init__(self, model_path, num_threads=None, conf=0.25, iou=0.45, max_det=300, use_cv2=None):
         path = os.fspath(model_path)
+        if not os.path.exists(path):  # the same error for .bnn and .onnx
+            raise FileNotFoundError(errno.ENOENT, "detector model not found", path)
         if path.lower().endswith(".onnx"):
             self.runner = _OnnxRunner(path, num_threads)
         else:

@@ -33,7 +33,8 @@ import os
 import numpy as np
 
 from . import ops
-from .model_format import read_model, validate_graph, write_model, _check_tensor_data, DTYPES
+from .model_format import (read_model, validate_graph, write_model, _check_tensor_data, DTYPES,
+                           ModelFormatError)
 
 __all__ = ["load", "Model", "IOSpec", "Profile", "overhead_report"]
 
@@ -44,7 +45,15 @@ def load(path, num_threads=None):
     """Loads and validates a model file; builds its layers and buffers.
 
     num_threads: worker threads of the model's ops.Context (None: one per CPU)."""
-    graph, tensors = read_model(path, mmap=True)
+    try:
+        graph, tensors = read_model(path, mmap=True)
+    except ModelFormatError as e:
+        if isinstance(path, (str, os.PathLike)) and str(e).startswith("bad magic") and \
+                os.fspath(path).lower().endswith(".onnx"):
+            raise ModelFormatError("%s; %s looks like an ONNX model: convert it first "
+                                   "(python -m firmware_py convert %s)"
+                                   % (e, os.fspath(path), os.fspath(path))) from None
+        raise
     return Model(graph, tensors, num_threads=num_threads, _validated=True)
 
 
