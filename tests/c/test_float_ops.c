@@ -58,18 +58,19 @@ static bnn_window rand_win(int max_c) {
 #define WARGS(w) (w).n, (w).in_h, (w).in_w, (w).in_c, (w).out_c, (w).kernel_h, (w).kernel_w, (w).stride_h, \
                  (w).stride_w, (w).pad_top, (w).pad_left, (w).pad_bottom, (w).pad_right
 
-/* Runs op on every context (thread count) and every available path; all results must be
- * bit-identical to 1 thread + portable, which is returned (caller frees), and the EXTRA
- * sentinel elements past y_len must stay untouched. */
+/* Runs op on every context (thread count) and every available path (only `path` when it
+ * is not BNN_PATH_AUTO); all results must be bit-identical to the first one (1 thread on
+ * the first path), which is returned (caller frees), and the EXTRA sentinel elements past
+ * y_len must stay untouched. */
 typedef int (*op_fn)(bnn_ctx *ctx, const void *state, void *y, size_t y_len);
 
-static void *run_variants(op_fn op, const void *state, size_t y_len, size_t esz, const char *what) {
+static void *run_paths(op_fn op, const void *state, size_t y_len, size_t esz, const char *what, int path) {
     size_t bytes = (y_len + EXTRA) * esz;
     unsigned char *base = malloc(bytes), *y = malloc(bytes);
     if (!base || !y) abort();
     int first = 1;
     for (int p = BNN_PATH_PORTABLE; p <= BNN_PATH_AVX512; p++) {
-        if (!bnn_path_available(p)) continue;
+        if (!bnn_path_available(p) || (path != BNN_PATH_AUTO && p != path)) continue;
         for (int t = 0; t < 3; t++) {
             CHECK(bnn_ctx_set_path(ctxs[t], p) == BNN_OK, "set path %d", p);
             unsigned char *dst = first ? base : y;
@@ -79,13 +80,17 @@ static void *run_variants(op_fn op, const void *state, size_t y_len, size_t esz,
             for (size_t i = y_len; i < y_len + EXTRA; i++)
                 CHECK(memcmp(dst + i * esz, &SENT, esz) == 0, "%s: wrote past the output", what);
             if (!first)
-                CHECK(memcmp(base, y, y_len * esz) == 0, "%s: path %s, %d threads differs from portable/1",
-                      what, bnn_path_name(p), t + 1);
+                CHECK(memcmp(base, y, y_len * esz) == 0, "%s: path %s, %d threads differs from %s/1",
+                      what, bnn_path_name(p), t + 1, path == BNN_PATH_AUTO ? "portable" : bnn_path_name(p));
             first = 0;
         }
     }
     free(y);
     return base;
+}
+
+static void *run_variants(op_fn op, const void *state, size_t y_len, size_t esz, const char *what) {
+    return run_paths(op, state, y_len, esz, what, BNN_PATH_AUTO);
 }
 
 static int close_enough(double got, double ref, double scale) {
@@ -121,30 +126,41 @@ static void test_fconv_case(const bnn_window *w, int with_bias) {
     CHECK(bnn_fconv2d_input_len(L) == x_len, "input_len");
     CHECK(bnn_fconv2d_output_len(L) == y_len, "output_len");
     fconv_state st = {L, x, x_len};
-    float *y = run_variants(fconv_op, &st, y_len, sizeof(float), "fconv2d");
-    int bad = 0;
-    for (int b = 0; b < w->n; b++)
-        for (int oy = 0; oy < oh; oy++)
-            for (int ox = 0; ox < ow; ox++)
-                for (int o = 0; o < w->out_c; o++) {
-                    double acc = with_bias ? bias[o] : 0.0, mag = fabs(acc);
-                    for (int ky = 0; ky < w->kernel_h; ky++)
-                        for (int kx = 0; kx < w->kernel_w; kx++) {
-                            int iy = oy * w->stride_h - w->pad_top + ky, ix = ox * w->stride_w - w->pad_left + kx;
-                            if (iy < 0 || iy >= w->in_h || ix < 0 || ix >= w->in_w) continue;
-                            for (int c = 0; c < w->in_c; c++) {
-                                double p = (double)x[(((size_t)b * w->in_h + iy) * w->in_w + ix) * w->in_c + c]
-                                           * wt[(((size_t)o * w->kernel_h + ky) * w->kernel_w + kx) * w->in_c + c];
-                                acc += p;
-                                mag += fabs(p);
+    /* Each path: bit-identical for 1..3 threads and close to the double reference.  NEON
+     * does the portable arithmetic (bit-identical to it); x86 uses FMA (rounding only). */
+    float *ref = NULL;
+    for (int path = BNN_PATH_PORTABLE; path <= BNN_PATH_AVX512; path++) {
+        if (!bnn_path_available(path)) continue;
+        float *y = run_paths(fconv_op, &st, y_len, sizeof(float), "fconv2d", path);
+        if (!ref) ref = y;
+        else if (path == BNN_PATH_NEON)
+            CHECK(memcmp(ref, y, y_len * sizeof(float)) == 0, "fconv2d " WFMT ": neon differs from portable", WARGS(*w));
+        int bad = 0;
+        for (int b = 0; b < w->n; b++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++)
+                    for (int o = 0; o < w->out_c; o++) {
+                        double acc = with_bias ? bias[o] : 0.0, mag = fabs(acc);
+                        for (int ky = 0; ky < w->kernel_h; ky++)
+                            for (int kx = 0; kx < w->kernel_w; kx++) {
+                                int iy = oy * w->stride_h - w->pad_top + ky, ix = ox * w->stride_w - w->pad_left + kx;
+                                if (iy < 0 || iy >= w->in_h || ix < 0 || ix >= w->in_w) continue;
+                                for (int c = 0; c < w->in_c; c++) {
+                                    double p = (double)x[(((size_t)b * w->in_h + iy) * w->in_w + ix) * w->in_c + c]
+                                               * wt[(((size_t)o * w->kernel_h + ky) * w->kernel_w + kx) * w->in_c + c];
+                                    acc += p;
+                                    mag += fabs(p);
+                                }
                             }
-                        }
-                    float got = y[(((size_t)b * oh + oy) * ow + ox) * w->out_c + o];
-                    if (!close_enough(got, acc, mag) && bad++ < 3)
-                        CHECK(0, "fconv2d " WFMT " at b%d y%d x%d o%d: %.9g vs %.9g", WARGS(*w), b, oy, ox, o, got, acc);
-                }
-    CHECK(bad == 0, "fconv2d " WFMT ": %d mismatches", WARGS(*w), bad);
-    free(y);
+                        float got = y[(((size_t)b * oh + oy) * ow + ox) * w->out_c + o];
+                        if (!close_enough(got, acc, mag) && bad++ < 3)
+                            CHECK(0, "fconv2d %s " WFMT " at b%d y%d x%d o%d: %.9g vs %.9g", bnn_path_name(path),
+                                  WARGS(*w), b, oy, ox, o, got, acc);
+                    }
+        CHECK(bad == 0, "fconv2d %s " WFMT ": %d mismatches", bnn_path_name(path), WARGS(*w), bad);
+        if (y != ref) free(y);
+    }
+    free(ref);
     bnn_fconv2d_destroy(L);
 done:
     free(x);
@@ -172,6 +188,18 @@ static void test_fconv(void) {
     test_fconv_case(&w, 1);
     w = (bnn_window){2, 1, 1, 512, 10, 1, 1, 1, 1, 0, 0, 0, 0};
     test_fconv_case(&w, 0);
+    /* the detector's stem (3x3 s2, 3 -> 32) and shortcuts / heads (1x1: flat), sizes that
+     * exercise every x86 tile (remainders of 6 pixels, 1-4 blocks of 16, tail blocks) */
+    w = (bnn_window){1, 32, 32, 3, 32, 3, 3, 2, 2, 1, 1, 1, 1};
+    test_fconv_case(&w, 1);
+    w = (bnn_window){1, 8, 8, 96, 80, 1, 1, 1, 1, 0, 0, 0, 0};
+    test_fconv_case(&w, 1);
+    w = (bnn_window){2, 7, 9, 40, 18, 1, 1, 1, 1, 0, 0, 0, 0};
+    test_fconv_case(&w, 1);
+    w = (bnn_window){1, 13, 11, 17, 100, 3, 3, 1, 1, 1, 1, 1, 1};
+    test_fconv_case(&w, 0);
+    w = (bnn_window){1, 3, 200, 5, 48, 1, 3, 1, 2, 0, 1, 0, 1};
+    test_fconv_case(&w, 1);
     /* kernel as big as the padded image; wide stride */
     w = (bnn_window){1, 4, 5, 2, 9, 7, 7, 8, 8, 2, 1, 1, 1};
     test_fconv_case(&w, 1);

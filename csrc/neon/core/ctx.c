@@ -63,9 +63,16 @@ int bnn_cpu_has_avx512_vpopcnt(void) {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return (b & (1u << 16)) && (b & (1u << 30)) && (c & (1u << 14)); /* f, bw, vpopcntdq */
 }
+int bnn_cpu_has_fma(void) {
+    unsigned a, b, c, d;
+    if (!bnn_cpu_has_avx2()) return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    return (c & (1u << 12)) != 0; /* fma */
+}
 #else
 int bnn_cpu_has_avx2(void) { return 0; }
 int bnn_cpu_has_avx512_vpopcnt(void) { return 0; }
+int bnn_cpu_has_fma(void) { return 0; }
 #endif
 
 int bnn_path_available(int path) {
@@ -199,6 +206,7 @@ int bnn_ctx_create(bnn_ctx **out, int num_threads) {
     if (!ctx) return BNN_E_NOMEM;
     ctx->num_threads = num_threads;
     ctx->path = bnn_best_path();
+    ctx->cpu_fma = bnn_cpu_has_fma();
     pthread_mutex_init(&ctx->mu, NULL);
     pthread_cond_init(&ctx->cv_work, NULL);
     pthread_cond_init(&ctx->cv_done, NULL);

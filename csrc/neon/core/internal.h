@@ -22,6 +22,7 @@ typedef void (*bnn_task_fn)(void *arg, int64_t begin, int64_t end);
 struct bnn_ctx {
     int num_threads;
     int path;
+    int cpu_fma; /* x86: the CPU has FMA3 (the AVX2 float kernels need it) */
     /* pool */
     pthread_t threads[BNN_MAX_THREADS];
     int n_workers; /* num_threads - 1 */
@@ -60,6 +61,7 @@ int bnn_window_check(const bnn_window *w, int is_conv, int32_t *out_h, int32_t *
 
 int bnn_cpu_has_avx2(void);
 int bnn_cpu_has_avx512_vpopcnt(void);
+int bnn_cpu_has_fma(void);
 
 void *bnn_aligned_alloc(size_t size);
 void bnn_aligned_free(void *p);

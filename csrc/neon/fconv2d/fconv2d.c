@@ -5,13 +5,16 @@
  *   w[ob][kh][kw][in_c][OB]   (the last block zero-padded)
  * so that, for one kernel row, the taps (kx, ic) and the OB output channels are one
  * contiguous run, and so is the input row (x at ix .. ix+kw-1, all channels).  The inner
- * loop broadcasts one input value and multiply-adds it into OB accumulators.
+ * loop broadcasts one input value and multiply-adds it into OB accumulators.  OB is 16
+ * on x86-64 (one AVX-512 register, two AVX2 registers) and 8 elsewhere (two NEON ones).
  *
  * Every output element is accumulated as bias, then ky, then (kx, ic) in order, by one
  * thread, so results do not depend on the thread count.  The NEON kernel does exactly the
  * same operations as the portable one (fused multiply-add where the compiler says fmaf is
  * fast, i.e. the hardware has it; separate multiply and add otherwise), so both paths give
  * the same bits (armv7 NEON flushes denormals to zero; the scalar VFP code does not).
+ * The x86 kernels (kernels_x86.h) use FMA, which the portable x86-64 build does not: they
+ * agree with it to float rounding, not bit for bit.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -21,8 +24,12 @@
 #include <arm_neon.h>
 #endif
 
-#define OB 8 /* output channels per block */
-#define PX 4 /* output pixels per tile in the interior kernel */
+#if defined(BNN_X86)
+#define OB 16 /* output channels per block */
+#else
+#define OB 8
+#endif
+#define PX 4 /* output pixels per tile in the interior kernel (portable, NEON) */
 
 #if defined(__FP_FAST_FMAF)
 #define MADD(acc, a, b) fmaf((a), (b), (acc))
@@ -57,7 +64,7 @@ typedef struct {
     size_t xrow, xstep;
     int nky, nj;
     const float *ws;
-    size_t wrow;
+    size_t wrow, wblock; /* wblock: floats between the weights of consecutive blocks */
     const float *bias;
     float *ys;
     size_t ystep;
@@ -117,6 +124,11 @@ static inline void tile_neon(const fc_tile *t, int np) {
 }
 #endif
 
+#if defined(BNN_X86)
+#include "kernels_x86.h"
+typedef void (*fc_x86_tile_fn)(const fc_tile *t, int np, int nb);
+#endif
+
 /* Constant np so that the compiler unrolls the pixel loop. */
 static void tile_run(const fc_tile *t, int np, int neon) {
 #if defined(FC_NEON)
@@ -137,6 +149,11 @@ typedef struct {
     const float *x;
     float *y;
     int neon;
+#if defined(BNN_X86)
+    fc_x86_tile_fn tile; /* NULL: portable */
+    int flat;            /* 1x1, stride 1, no padding: all pixels form one long row */
+    int64_t groups;      /* work items per row: groups of FC_X86_GB blocks */
+#endif
 } fc_job;
 
 static void fc_task(void *arg, int64_t begin, int64_t end) {
@@ -159,6 +176,7 @@ static void fc_task(void *arg, int64_t begin, int64_t end) {
         t.xstep = (size_t)w->stride_w * (size_t)in_c;
         t.nky = (int)(ky1 - ky0);
         t.wrow = (size_t)kw * (size_t)in_c * OB;
+        t.wblock = L->wblock;
         t.bias = L->bias + ob * OB;
         t.ystep = (size_t)out_c;
         t.nc = (int)(out_c - ob * OB < OB ? out_c - ob * OB : OB);
@@ -177,6 +195,70 @@ static void fc_task(void *arg, int64_t begin, int64_t end) {
         }
     }
 }
+
+#if defined(BNN_X86)
+#define FC_FLAT_CHUNK 96 /* pixels per work item of a flat (1x1) convolution */
+
+/* Work items: (output row, group of FC_X86_GB blocks); a flat convolution's rows are
+ * chunks of FC_FLAT_CHUNK pixels of the whole [n * out_h * out_w][in_c] input. */
+static void fc_task_x86(void *arg, int64_t begin, int64_t end) {
+    const fc_job *job = arg;
+    const bnn_fconv2d *L = job->L;
+    const bnn_window *w = &L->win;
+    const int32_t in_c = w->in_c, out_c = w->out_c, kh = w->kernel_h, kw = w->kernel_w;
+    int64_t oxa = ((int64_t)w->pad_left + w->stride_w - 1) / w->stride_w, oxb = 0;
+    int64_t last = (int64_t)w->in_w + w->pad_left - kw;
+    if (last >= 0) oxb = last / w->stride_w + 1;
+    if (oxb > L->out_w) oxb = L->out_w;
+    const int64_t npix = (int64_t)w->n * L->out_h * L->out_w;
+    for (int64_t it = begin; it < end; it++) {
+        int64_t row = it / job->groups, g = it % job->groups;
+        int64_t ob = g * FC_X86_GB;
+        int nb = (int)(L->nob - ob < FC_X86_GB ? L->nob - ob : FC_X86_GB);
+        fc_tile t;
+        t.wrow = (size_t)kw * (size_t)in_c * OB;
+        t.wblock = L->wblock;
+        t.bias = L->bias + ob * OB;
+        t.ystep = (size_t)out_c;
+        t.nc = (int)(out_c - ob * OB < (int64_t)nb * OB ? out_c - ob * OB : (int64_t)nb * OB);
+        const float *wb = L->w + (size_t)ob * L->wblock;
+        if (job->flat) {
+            int64_t p0 = row * FC_FLAT_CHUNK, p1 = p0 + FC_FLAT_CHUNK < npix ? p0 + FC_FLAT_CHUNK : npix;
+            t.xrow = 0;
+            t.xstep = (size_t)in_c;
+            t.nky = 1;
+            t.nj = in_c;
+            t.ws = wb;
+            for (int64_t p = p0; p < p1;) {
+                int np = (int)(p1 - p < FC_X86_P ? p1 - p : FC_X86_P);
+                t.xs = job->x + (size_t)p * (size_t)in_c;
+                t.ys = job->y + (size_t)p * (size_t)out_c + (size_t)ob * OB;
+                job->tile(&t, np, nb);
+                p += np;
+            }
+            continue;
+        }
+        int64_t b = row / L->out_h, oy = row % L->out_h;
+        int64_t iy0 = oy * w->stride_h - w->pad_top;
+        int64_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = w->in_h - iy0 < kh ? w->in_h - iy0 : kh;
+        t.xrow = (size_t)w->in_w * (size_t)in_c;
+        t.xstep = (size_t)w->stride_w * (size_t)in_c;
+        t.nky = (int)(ky1 - ky0);
+        for (int64_t ox = 0; ox < L->out_w;) {
+            int64_t ix0 = ox * w->stride_w - w->pad_left;
+            int64_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = w->in_w - ix0 < kw ? w->in_w - ix0 : kw;
+            int np = (ox >= oxa && ox < oxb) ? (int)(oxb - ox < FC_X86_P ? oxb - ox : FC_X86_P) : 1;
+            t.xs = job->x + (((size_t)b * (size_t)w->in_h + (size_t)(iy0 + ky0)) * (size_t)w->in_w
+                             + (size_t)(ix0 + kx0)) * (size_t)in_c;
+            t.nj = (int)((kx1 - kx0) * in_c);
+            t.ws = wb + ((size_t)ky0 * (size_t)kw + (size_t)kx0) * (size_t)in_c * OB;
+            t.ys = job->y + (((size_t)row * (size_t)L->out_w + (size_t)ox) * (size_t)out_c + (size_t)ob * OB);
+            job->tile(&t, np, nb);
+            ox += np;
+        }
+    }
+}
+#endif
 
 int bnn_fconv2d_create(bnn_fconv2d **out, const bnn_window *win, const float *weights, size_t weights_len,
                        const float *bias, size_t bias_len) {
@@ -240,10 +322,35 @@ int bnn_fconv2d_run(bnn_ctx *ctx, const bnn_fconv2d *layer, const float *x, size
                     size_t y_len) {
     if (!ctx || !layer || !x || !y) return BNN_E_NULL;
     if (x_len < layer->in_len || y_len < layer->out_len) return BNN_E_SIZE;
-    fc_job job = {layer, x, y, ctx->path == BNN_PATH_NEON};
-    int64_t items = (int64_t)layer->win.n * layer->out_h * layer->nob;
+    fc_job job;
+    memset(&job, 0, sizeof job);
+    job.L = layer;
+    job.x = x;
+    job.y = y;
+    job.neon = ctx->path == BNN_PATH_NEON;
     /* work per item: out_w pixels * taps * OB multiply-adds; aim for >= 64k per grain */
     double work = (double)layer->out_w * (double)layer->wblock;
+#if defined(BNN_X86)
+    const bnn_window *w = &layer->win;
+    job.tile = ctx->path == BNN_PATH_AVX512 ? fc_tile_avx512
+               : (ctx->path == BNN_PATH_AVX2 && ctx->cpu_fma) ? fc_tile_avx2 : NULL;
+    if (job.tile) {
+        job.flat = w->kernel_h == 1 && w->kernel_w == 1 && w->stride_h == 1 && w->stride_w == 1 && !w->pad_top
+                   && !w->pad_left && !w->pad_bottom && !w->pad_right;
+        job.groups = (layer->nob + FC_X86_GB - 1) / FC_X86_GB;
+        int64_t rows = (int64_t)w->n * layer->out_h;
+        if (job.flat) {
+            int64_t npix = rows * layer->out_w;
+            rows = (npix + FC_FLAT_CHUNK - 1) / FC_FLAT_CHUNK;
+            work = (double)FC_FLAT_CHUNK * (double)layer->wblock;
+        }
+        work *= (double)(layer->nob < FC_X86_GB ? layer->nob : FC_X86_GB);
+        int64_t grain = work >= 65536.0 ? 1 : (int64_t)(65536.0 / work) + 1;
+        bnn_parallel_for(ctx, rows * job.groups, grain, fc_task_x86, &job);
+        return BNN_OK;
+    }
+#endif
+    int64_t items = (int64_t)layer->win.n * layer->out_h * layer->nob;
     int64_t grain = work >= 65536.0 ? 1 : (int64_t)(65536.0 / work) + 1;
     bnn_parallel_for(ctx, items, grain, fc_task, &job);
     return BNN_OK;
