@@ -1,6 +1,8 @@
-/* Tests of the float ops (fconv2d, max/avg pool, add), binary max pool and xnor_scale
- * against naive double-precision references; bit-identity across thread counts 1..3 and
- * every available code path; argument checking (NULL, short buffers, bad geometry). */
+/* Tests of the float ops (fconv2d, max/avg pool, add, elementwise chains, float bit
+ * packing with and without an affine), binary max pool and xnor_scale against naive
+ * references (double precision, or the same float operations where the result is exact);
+ * bit-identity across thread counts 1..3 and every available code path (fconv2d: per path;
+ * x86 uses FMA); argument checking (NULL, short buffers, bad geometry). */
 #include <math.h>
 #include <string.h>
 #include "bnn.h"
@@ -64,6 +66,17 @@ static bnn_window rand_win(int max_c) {
  * y_len must stay untouched. */
 typedef int (*op_fn)(bnn_ctx *ctx, const void *state, void *y, size_t y_len);
 
+/* When set, floats compare equal when both are NaN (any payload): a NaN's payload depends on
+ * the order of the operands of an add of two NaNs, which vectorised code may swap. */
+static int nan_equal;
+static int same_bits(const void *a, const void *b, size_t n_floats) {
+    if (!nan_equal) return memcmp(a, b, n_floats * 4) == 0;
+    const float *fa = a, *fb = b;
+    for (size_t i = 0; i < n_floats; i++)
+        if (memcmp(&fa[i], &fb[i], 4) != 0 && !(fa[i] != fa[i] && fb[i] != fb[i])) return 0;
+    return 1;
+}
+
 static void *run_paths(op_fn op, const void *state, size_t y_len, size_t esz, const char *what, int path) {
     size_t bytes = (y_len + EXTRA) * esz;
     unsigned char *base = malloc(bytes), *y = malloc(bytes);
@@ -80,7 +93,7 @@ static void *run_paths(op_fn op, const void *state, size_t y_len, size_t esz, co
             for (size_t i = y_len; i < y_len + EXTRA; i++)
                 CHECK(memcmp(dst + i * esz, &SENT, esz) == 0, "%s: wrote past the output", what);
             if (!first)
-                CHECK(memcmp(base, y, y_len * esz) == 0, "%s: path %s, %d threads differs from %s/1",
+                CHECK(same_bits(base, y, y_len * esz / 4), "%s: path %s, %d threads differs from %s/1",
                       what, bnn_path_name(p), t + 1, path == BNN_PATH_AUTO ? "portable" : bnn_path_name(p));
             first = 0;
         }
@@ -345,6 +358,207 @@ static void test_add(void) {
     }
 }
 
+
+/* ---- special float values mixed into the random data ------------------------------------ */
+static float special_float(void) {
+    static const float vals[] = {0.0f, -0.0f, 1.0f, -1.0f, 1e-40f, -1e-40f, 3e38f, -3e38f, INFINITY, -INFINITY, NAN, 0.5f};
+    return vals[check_rand_int(0, (int)(sizeof vals / sizeof vals[0]) - 1)];
+}
+static void frand_special(float *p, size_t n) {
+    for (size_t i = 0; i < n; i++) p[i] = check_rand_int(0, 9) ? check_rand_float(-2.0f, 2.0f) : special_float();
+}
+static int same_float(float a, float b) { return memcmp(&a, &b, sizeof a) == 0 || (a != a && b != b); }
+
+/* ---- bit packing (plain and after an affine) on every path -------------------------------- */
+typedef struct {
+    const float *x, *scale, *bias;
+    int32_t pixels, c;
+    float thr;
+    int affine;
+} pack_state;
+
+static int pack_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
+    const pack_state *st = s;
+    size_t n = (size_t)st->pixels * st->c;
+    if (!st->affine) return bnn_bitpack_f32(ctx, st->x, n, st->pixels, st->c, st->thr, y, y_len);
+    return bnn_bitpack_affine_f32(ctx, st->x, n, st->pixels, st->c, st->scale, st->bias, (size_t)st->c, st->thr, y,
+                                  y_len);
+}
+
+static void test_bitpack_paths(void) {
+    static const int32_t cs[] = {1, 3, 8, 15, 16, 17, 31, 32, 33, 48, 64, 65, 100, 256, 257};
+    static const int32_t ps[] = {0, 1, 7, 300};
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
+        for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++)
+            for (int mode = 0; mode < 5; mode++) { /* plain; affine: scale+bias, bias, scale, neither */
+                int32_t c = cs[ci], pixels = ps[pi];
+                size_t n = (size_t)pixels * c, words = ((size_t)c + 31) / 32, yl = (size_t)pixels * words;
+                float *x = falloc(n), *sc = falloc(c), *bi = falloc(c);
+                frand_special(x, n);
+                frand(sc, c);
+                frand(bi, c);
+                for (int32_t i = 0; i < c; i++)
+                    if (i % 7 == 3) sc[i] = -sc[i] * 4; /* a negative scale flips bits */
+                float thr = mode == 0 && (ci & 1) ? check_rand_float(-1, 1) : 0.0f;
+                if (pixels > 1) x[c] = thr; /* exactly at the threshold: +1 */
+                const float *s_ = mode == 1 || mode == 3 ? sc : NULL, *b_ = mode == 1 || mode == 2 ? bi : NULL;
+                pack_state st = {x, s_, b_, pixels, c, thr, mode != 0};
+                uint32_t *y = run_variants(pack_op, &st, yl, 4, mode ? "bitpack_affine" : "bitpack");
+                int bad = 0;
+                for (int32_t p = 0; p < pixels; p++)
+                    for (size_t wd = 0; wd < words; wd++)
+                        for (int bit = 0; bit < 32; bit++) {
+                            int32_t ch = (int32_t)(wd * 32) + bit;
+                            uint32_t want = 0;
+                            if (ch < c) {
+                                float m = s_ ? x[(size_t)p * c + ch] * s_[ch] : x[(size_t)p * c + ch];
+                                float t = b_ ? m + b_[ch] : m;
+                                want = t < thr;
+                            }
+                            bad += ((y[(size_t)p * words + wd] >> bit) & 1u) != want;
+                        }
+                CHECK(bad == 0, "bitpack mode %d c=%d pixels=%d: %d wrong bits", mode, c, pixels, bad);
+                free(x);
+                free(sc);
+                free(bi);
+                free(y);
+            }
+    /* bad arguments: error, output untouched */
+    bnn_ctx *ctx = ctxs[1];
+    float x[40], sc[20], bi[20];
+    uint32_t out[8];
+    frand(x, 40);
+    frand(sc, 20);
+    frand(bi, 20);
+    memset(out, 0xAB, sizeof out);
+    CHECK(bnn_bitpack_affine_f32(NULL, x, 40, 2, 20, sc, bi, 20, 0, out, 2) == BNN_E_NULL, "pack ctx NULL");
+    CHECK(bnn_bitpack_affine_f32(ctx, NULL, 40, 2, 20, sc, bi, 20, 0, out, 2) == BNN_E_NULL, "pack x NULL");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 40, 2, 20, sc, bi, 20, 0, NULL, 2) == BNN_E_NULL, "pack out NULL");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 39, 2, 20, sc, bi, 20, 0, out, 2) == BNN_E_SIZE, "pack x short");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 40, 2, 20, sc, bi, 20, 0, out, 1) == BNN_E_SIZE, "pack out short");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 40, 2, 20, sc, bi, 19, 0, out, 2) == BNN_E_SIZE, "pack params short");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 40, 2, 20, NULL, bi, 19, 0, out, 2) == BNN_E_SIZE, "pack bias short");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 40, -1, 20, sc, bi, 20, 0, out, 2) == BNN_E_SHAPE, "pack pixels -1");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 40, 2, 0, sc, bi, 20, 0, out, 2) == BNN_E_SHAPE, "pack c 0");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 40, 0x7fffffff, 0x7fffffff, sc, bi, 20, 0, out, 2) != BNN_OK, "pack huge");
+    int untouched = 1;
+    for (int i = 0; i < 8; i++) untouched &= out[i] == 0xABABABABu;
+    CHECK(untouched, "bitpack_affine wrote on error");
+    CHECK(bnn_bitpack_affine_f32(ctx, x, 40, 2, 20, NULL, NULL, 0, 0, out, 2) == BNN_OK, "pack no params, len 0");
+    CHECK(out[2] == 0xABABABABu, "bitpack_affine wrote past out_len");
+}
+
+/* ---- elementwise chains ------------------------------------------------------------------- */
+typedef struct {
+    const float *x, *r;
+    int32_t pixels, c, n_steps;
+    const bnn_ew_step *steps;
+} ew_state;
+
+static int ew_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
+    const ew_state *st = s;
+    size_t n = (size_t)st->pixels * st->c;
+    return bnn_eltwise_f32(ctx, st->x, n, st->r, st->r ? n : 0, st->pixels, st->c, st->steps, st->n_steps,
+                           (size_t)st->c, y, y_len);
+}
+
+static float ew_ref(const ew_state *st, size_t i) {
+    int32_t ch = (int32_t)(i % (size_t)st->c);
+    float t = st->r ? st->x[i] + st->r[i] : st->x[i];
+    for (int32_t s = 0; s < st->n_steps; s++) {
+        const bnn_ew_step *q = &st->steps[s];
+        if (q->op == BNN_EW_PRELU) {
+            float m = t * q->a[ch];
+            t = t >= 0.0f ? t : m;
+        } else {
+            float m = q->a ? t * q->a[ch] : t;
+            t = q->b ? m + q->b[ch] : m;
+        }
+    }
+    return t;
+}
+
+static void test_eltwise(void) {
+    static const int32_t cs[] = {1, 3, 16, 17, 32, 64, 100, 256, 512, 5000};
+    for (int iter = 0; iter < 80; iter++) {
+        int32_t c = cs[iter % (int)(sizeof cs / sizeof cs[0])];
+        int32_t pixels = iter % 9 == 0 ? 0 : check_rand_int(1, c > 1000 ? 5 : 200);
+        size_t n = (size_t)pixels * c;
+        int32_t n_steps = check_rand_int(0, 5);
+        bnn_ew_step steps[5];
+        float *params = falloc((size_t)c * 10);
+        frand_special(params, (size_t)c * 10);
+        for (int32_t s = 0; s < n_steps; s++) {
+            int kind = check_rand_int(0, 4);
+            float *a = params + (size_t)c * 2 * s, *b = a + c;
+            steps[s].op = kind == 0 ? BNN_EW_PRELU : BNN_EW_AFFINE;
+            steps[s].a = kind == 0 || kind == 1 || kind == 2 ? a : NULL;
+            steps[s].b = kind == 1 || kind == 3 ? b : NULL;
+        }
+        float *x = falloc(n), *r = falloc(n), *z = falloc(n);
+        frand_special(x, n);
+        frand_special(r, n);
+        ew_state st = {x, iter % 3 ? r : NULL, pixels, c, n_steps, steps};
+        nan_equal = 1;
+        float *y = run_variants(ew_op, &st, n, sizeof(float), "eltwise");
+        nan_equal = 0;
+        int bad = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!same_float(y[i], ew_ref(&st, i)) && bad++ < 3)
+                CHECK(0, "eltwise c=%d pixels=%d steps=%d at %zu: %.9g vs %.9g", c, pixels, n_steps, i, y[i],
+                      ew_ref(&st, i));
+        CHECK(bad == 0, "eltwise c=%d pixels=%d steps=%d: %d mismatches", c, pixels, n_steps, bad);
+        /* in place: y is x, then y is r */
+        memcpy(z, x, n * sizeof *z);
+        CHECK(bnn_eltwise_f32(ctxs[2], z, n, st.r, st.r ? n : 0, pixels, c, steps, n_steps, (size_t)c, z, n) == BNN_OK,
+              "eltwise in place (x)");
+        bad = 0;
+        for (size_t i = 0; i < n; i++) bad += !same_float(z[i], y[i]);
+        CHECK(bad == 0, "eltwise in place (x) differs");
+        if (st.r) {
+            memcpy(z, r, n * sizeof *z);
+            CHECK(bnn_eltwise_f32(ctxs[1], x, n, z, n, pixels, c, steps, n_steps, (size_t)c, z, n) == BNN_OK,
+                  "eltwise in place (r)");
+            bad = 0;
+            for (size_t i = 0; i < n; i++) bad += !same_float(z[i], y[i]);
+            CHECK(bad == 0, "eltwise in place (r) differs");
+        }
+        free(x);
+        free(r);
+        free(z);
+        free(y);
+        free(params);
+    }
+    /* bad arguments: error, output untouched */
+    bnn_ctx *ctx = ctxs[1];
+    float x[40], r[40], y[44], a[20], b[20];
+    frand(x, 40);
+    frand(r, 40);
+    frand(a, 20);
+    frand(b, 20);
+    ffill(y, 44, SENT);
+    bnn_ew_step st[2] = {{BNN_EW_AFFINE, a, b}, {BNN_EW_PRELU, a, NULL}};
+    bnn_ew_step bad_op[1] = {{7, a, b}}, no_slope[1] = {{BNN_EW_PRELU, NULL, b}};
+    CHECK(bnn_eltwise_f32(NULL, x, 40, r, 40, 2, 20, st, 2, 20, y, 40) == BNN_E_NULL, "ew ctx NULL");
+    CHECK(bnn_eltwise_f32(ctx, NULL, 40, r, 40, 2, 20, st, 2, 20, y, 40) == BNN_E_NULL, "ew x NULL");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, st, 2, 20, NULL, 40) == BNN_E_NULL, "ew y NULL");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, NULL, 2, 20, y, 40) == BNN_E_NULL, "ew steps NULL");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, no_slope, 1, 20, y, 40) == BNN_E_NULL, "ew prelu without slope");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, bad_op, 1, 20, y, 40) == BNN_E_SHAPE, "ew bad op");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, st, -1, 20, y, 40) == BNN_E_SHAPE, "ew n_steps -1");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, st, BNN_EW_MAX_STEPS + 1, 20, y, 40) == BNN_E_SHAPE, "ew n_steps");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, -1, 20, st, 2, 20, y, 40) == BNN_E_SHAPE, "ew pixels -1");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 0, st, 2, 20, y, 40) == BNN_E_SHAPE, "ew c 0");
+    CHECK(bnn_eltwise_f32(ctx, x, 39, r, 40, 2, 20, st, 2, 20, y, 40) == BNN_E_SIZE, "ew x short");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 39, 2, 20, st, 2, 20, y, 40) == BNN_E_SIZE, "ew r short");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, st, 2, 20, y, 39) == BNN_E_SIZE, "ew y short");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, st, 2, 19, y, 40) == BNN_E_SIZE, "ew params short");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 0x7fffffff, 0x7fffffff, st, 2, 20, y, 40) != BNN_OK, "ew huge");
+    CHECK(all_sent(y, 44), "eltwise wrote on error");
+    CHECK(bnn_eltwise_f32(ctx, x, 40, NULL, 0, 2, 20, NULL, 0, 0, y, 40) == BNN_OK, "ew copy");
+    CHECK(memcmp(x, y, sizeof x) == 0 && all_sent(y + 40, 4), "ew copy: y = x, nothing past y_len");
+}
+
 /* ---- bad arguments ------------------------------------------------------------------------ */
 static void test_bad_args(void) {
     bnn_ctx *ctx = ctxs[1];
@@ -474,6 +688,8 @@ int main(void) {
     printf("\n");
     test_bad_args();
     test_add();
+    test_bitpack_paths();
+    test_eltwise();
     test_pools();
     test_fconv();
     for (int t = 0; t < 3; t++) bnn_ctx_destroy(ctxs[t]);

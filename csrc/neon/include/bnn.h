@@ -85,6 +85,13 @@ BNN_API int bnn_bitpack_u8(bnn_ctx *ctx, const uint8_t *x, size_t x_len, int32_t
                            int32_t zero_point, uint32_t *out, size_t out_len);
 BNN_API int bnn_bitpack_i8(bnn_ctx *ctx, const int8_t *x, size_t x_len, int32_t pixels, int32_t c,
                            int32_t zero_point, uint32_t *out, size_t out_len);
+/* Packing after a per-channel affine: bit = (x[p][ch] * scale[ch] + bias[ch] < threshold),
+ * the affine rounded as BNN_EW_AFFINE (below; scale / bias NULL as there, each one given
+ * holds param_len >= c floats); out as bnn_bitpack_f32.  ReActNet's RSign, sign(x - b),
+ * is scale NULL, bias -b, threshold 0, in one pass.  Same bits on every path. */
+BNN_API int bnn_bitpack_affine_f32(bnn_ctx *ctx, const float *x, size_t x_len, int32_t pixels, int32_t c,
+                                   const float *scale, const float *bias, size_t param_len,
+                                   float threshold, uint32_t *out, size_t out_len);
 /* The inverse, for tests and debugging: out[p][c] = +1.0f or -1.0f. */
 BNN_API int bnn_unpack_f32(const uint32_t *x, size_t x_len, int32_t pixels, int32_t c,
                            float *out, size_t out_len);
@@ -181,6 +188,30 @@ BNN_API int bnn_avgpool2d(bnn_ctx *ctx, const bnn_window *win, int32_t count_inc
 /* Residual add: y[i] = a[i] + b[i] for i < n (y may alias a or b). */
 BNN_API int bnn_add_f32(bnn_ctx *ctx, const float *a, size_t a_len, const float *b, size_t b_len,
                         float *y, size_t y_len, size_t n);
+
+/* Per-channel elementwise chain (Bi-Real / ReActNet blocks: residual add, RPReLU = Sub,
+ * PRelu, Add per channel; BN-style affines), one pass over float [pixels][c]:
+ *   t = x[p][ch], plus r[p][ch] when r is not NULL (the residual add t = x + r);
+ *   then each step in order:
+ *     BNN_EW_AFFINE: t = t * a[ch] + b[ch]  -- the product rounded to float, then the sum
+ *                    (never a fused multiply-add: as separate Mul and Add nodes);
+ *                    a NULL: t + b[ch]; b NULL: t * a[ch]; both NULL: t
+ *     BNN_EW_PRELU:  t = t >= 0 ? t : t * a[ch]   (a required; NaN stays NaN)
+ *   y[p][ch] = t.
+ * Each step array given holds param_len >= c floats.  y may be x or r (the same pointer;
+ * partial overlaps are not supported).  0 .. BNN_EW_MAX_STEPS steps (0: a copy or the
+ * add).  IEEE single-precision operations in this order: bit-identical on every path and
+ * thread count (armv7 NEON is not used: it flushes denormals), except that which NaN comes
+ * out of a NaN + NaN may differ. */
+enum bnn_ew_op { BNN_EW_AFFINE = 1, BNN_EW_PRELU = 2 };
+#define BNN_EW_MAX_STEPS 16
+typedef struct {
+    int32_t op;         /* enum bnn_ew_op */
+    const float *a, *b; /* per-channel parameters (see above) */
+} bnn_ew_step;
+BNN_API int bnn_eltwise_f32(bnn_ctx *ctx, const float *x, size_t x_len, const float *r, size_t r_len,
+                            int32_t pixels, int32_t c, const bnn_ew_step *steps, int32_t n_steps,
+                            size_t param_len, float *y, size_t y_len);
 
 #ifdef __cplusplus
 }
