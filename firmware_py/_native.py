@@ -50,6 +50,9 @@ __all__ = [
     "BNN_OUT_INT32",
     "BNN_OUT_FLOAT",
     "BNN_OUT_BITS",
+    "BNN_EW_AFFINE",
+    "BNN_EW_PRELU",
+    "BNN_EW_MAX_STEPS",
 ]
 
 # Must match csrc/neon/include/bnn.h (BNN_API removed: cffi's cdef has no preprocessor).
@@ -91,6 +94,9 @@ int bnn_bitpack_u8(bnn_ctx *ctx, const uint8_t *x, size_t x_len, int32_t pixels,
                    int32_t zero_point, uint32_t *out, size_t out_len);
 int bnn_bitpack_i8(bnn_ctx *ctx, const int8_t *x, size_t x_len, int32_t pixels, int32_t c,
                    int32_t zero_point, uint32_t *out, size_t out_len);
+int bnn_bitpack_affine_f32(bnn_ctx *ctx, const float *x, size_t x_len, int32_t pixels, int32_t c,
+                           const float *scale, const float *bias, size_t param_len,
+                           float threshold, uint32_t *out, size_t out_len);
 int bnn_unpack_f32(const uint32_t *x, size_t x_len, int32_t pixels, int32_t c,
                    float *out, size_t out_len);
 
@@ -148,6 +154,15 @@ int bnn_avgpool2d(bnn_ctx *ctx, const bnn_window *win, int32_t count_include_pad
 
 int bnn_add_f32(bnn_ctx *ctx, const float *a, size_t a_len, const float *b, size_t b_len,
                 float *y, size_t y_len, size_t n);
+
+enum bnn_ew_op { BNN_EW_AFFINE = 1, BNN_EW_PRELU = 2 };
+typedef struct {
+    int32_t op;
+    const float *a, *b;
+} bnn_ew_step;
+int bnn_eltwise_f32(bnn_ctx *ctx, const float *x, size_t x_len, const float *r, size_t r_len,
+                    int32_t pixels, int32_t c, const bnn_ew_step *steps, int32_t n_steps,
+                    size_t param_len, float *y, size_t y_len);
 """
 
 ffi = cffi.FFI()
@@ -174,6 +189,10 @@ BNN_PAD_ONE = 1
 BNN_OUT_INT32 = 0
 BNN_OUT_FLOAT = 1
 BNN_OUT_BITS = 2
+
+BNN_EW_AFFINE = 1
+BNN_EW_PRELU = 2
+BNN_EW_MAX_STEPS = 16
 
 _STATUS_NAMES = {
     BNN_OK: "BNN_OK",

@@ -18,6 +18,16 @@ Outputs: in the layout of ``outputs[i].layout`` (NCHW transposed back from the i
 NHWC; ``bits`` values unpacked to +-1 float32).  The arrays returned are fresh copies:
 they stay valid after later runs.
 
+Fusion (``fuse=True``, the default): at load, runs of adjacent per-channel elementwise
+nodes -- an ``add`` and/or ``affine`` / ``prelu`` nodes, each intermediate value read only
+by the next node and not a graph output -- become one C pass (ops.eltwise: Bi-Real's
+residual add + ReActNet's RPReLU), and an ``affine`` read only by a ``bitpack`` becomes
+one packing pass (ops.bitpack_affine: RSign).  The C code does the same float32
+operations in the same order as the unfused nodes, so the outputs are the same bits
+(``fuse=False`` runs every node on its own, for comparison).  The profile then lists the
+fused step once (op ``eltwise`` / ``bitpack_affine``, named after its first node, "+N"
+when it covers N more).
+
 Threads: a Model owns one ops.Context (``num_threads`` workers) and its buffers; runs of
 one Model are serialised by a lock (a Model is meant to be used by one thread at a time;
 load one Model per thread to run in parallel).  Different Models are independent.
@@ -41,10 +51,11 @@ __all__ = ["load", "Model", "IOSpec", "Profile", "overhead_report"]
 IOSpec = collections.namedtuple("IOSpec", "name shape layout")
 
 
-def load(path, num_threads=None):
+def load(path, num_threads=None, fuse=True):
     """Loads and validates a model file; builds its layers and buffers.
 
-    num_threads: worker threads of the model's ops.Context (None: one per CPU)."""
+    num_threads: worker threads of the model's ops.Context (None: one per CPU).
+    fuse: run elementwise chains as single C passes (see the module docstring)."""
     try:
         graph, tensors = read_model(path, mmap=True)
     except ModelFormatError as e:
@@ -54,7 +65,7 @@ def load(path, num_threads=None):
                                    "(python -m firmware_py convert %s)"
                                    % (e, os.fspath(path), os.fspath(path))) from None
         raise
-    return Model(graph, tensors, num_threads=num_threads, _validated=True)
+    return Model(graph, tensors, num_threads=num_threads, fuse=fuse, _validated=True)
 
 
 def _unpack_weights(wbits, c):
@@ -67,6 +78,62 @@ def _unpack_weights(wbits, c):
 
 def _f32(a):
     return None if a is None else np.array(a, dtype=np.float32)  # a private copy
+
+
+_CHAIN_OPS = ("affine", "prelu")
+
+
+def _fuse(nodes, keep):
+    """Groups runs of adjacent elementwise nodes (see the module docstring) into internal
+    nodes ``eltwise`` (key ``_chain``: the original nodes, an ``add`` first when there is
+    one) and ``bitpack_affine`` (``_chain``: [affine, bitpack]).  keep: the graph outputs."""
+    uses = collections.Counter(nm for n in nodes for nm in n["inputs"])
+
+    def private(value):  # read by exactly one input of one node, not a graph output
+        return uses[value] == 1 and value not in keep
+
+    def packs(i):  # nodes[i] is an affine read only by the bitpack nodes[i + 1]
+        return (i + 1 < len(nodes) and nodes[i]["op"] == "affine" and nodes[i + 1]["op"] == "bitpack"
+                and nodes[i + 1]["inputs"][0] == nodes[i]["outputs"][0] and private(nodes[i]["outputs"][0]))
+
+    out, i = [], 0
+    while i < len(nodes):
+        n = nodes[i]
+        if packs(i):
+            out.append(dict(nodes[i + 1], op="bitpack_affine", name=n["name"] + " +1", inputs=n["inputs"],
+                            _chain=[n, nodes[i + 1]]))
+            i += 2
+            continue
+        if n["op"] in _CHAIN_OPS or (n["op"] == "add" and len(n["inputs"]) == 2):
+            chain, j = [n], i + 1
+            while (j < len(nodes) and nodes[j]["op"] in _CHAIN_OPS and not packs(j)
+                   and nodes[j]["inputs"][0] == chain[-1]["outputs"][0] and private(chain[-1]["outputs"][0])):
+                chain.append(nodes[j])
+                j += 1
+            if len(chain) > 1 or n["op"] != "add":
+                name = n["name"] + (" +%d" % (len(chain) - 1) if len(chain) > 1 else "")
+                out.append({"op": "eltwise", "name": name, "inputs": list(n["inputs"]),
+                            "outputs": list(chain[-1]["outputs"]), "_chain": chain})
+                i = j
+                continue
+        out.append(n)
+        i += 1
+    return out
+
+
+class _CCall:
+    """A prepared call of a libbnn function with fixed arguments (buffers are the model's
+    planned arrays, validated once at load): calling it only crosses into C."""
+
+    def __init__(self, fn_name, *args):
+        self._fn = getattr(ops.lib(), fn_name)
+        self._name = fn_name
+        self._args = args
+
+    def __call__(self):
+        st = self._fn(*self._args)
+        if st:
+            ops.check(st, self._name)
 
 
 class _Planner:
@@ -122,7 +189,7 @@ class Profile(list):
 class Model:
     """A loaded model; see the module docstring.  Build it with :func:`load`."""
 
-    def __init__(self, graph, tensors, num_threads=None, _validated=False):
+    def __init__(self, graph, tensors, num_threads=None, fuse=True, _validated=False):
         if not _validated:
             validate_graph(graph, None)
             for t in graph["tensors"]:
@@ -139,9 +206,11 @@ class Model:
         self.producer = graph.get("producer", "")
         self._values = {v["name"]: (v["kind"], tuple(v["shape"])) for v in graph["values"]}
         self._nodes = graph["nodes"]
+        keep = {o.name for o in self.outputs}
+        self._exec_nodes = _fuse(self._nodes, keep) if fuse else list(self._nodes)
         self._layers = []
         self._plan_buffers()
-        self._steps = [self._build(node, tensors) for node in self._nodes]
+        self._steps = [self._build(node, tensors) for node in self._exec_nodes]
         self._feeds = [self._feed_fn(spec) for spec in self.inputs]
         self._collects = [self._collect_fn(spec) for spec in self.outputs]
 
@@ -154,7 +223,7 @@ class Model:
 
     def _plan_buffers(self):
         last = {}
-        for i, node in enumerate(self._nodes):
+        for i, node in enumerate(self._exec_nodes):
             for nm in node["inputs"]:
                 last[nm] = i
         keep = {o.name for o in self.outputs}
@@ -164,7 +233,7 @@ class Model:
         for spec in self.inputs:
             if spec.name not in keep and spec.name not in last:
                 p.release(spec.name)
-        for i, node in enumerate(self._nodes):
+        for i, node in enumerate(self._exec_nodes):
             out = node["outputs"][0]
             p.alloc(out, self._nbytes(out))
             dying = [nm for nm in set(node["inputs"]) if last.get(nm) == i and nm not in keep]
@@ -205,9 +274,31 @@ class Model:
             win = dict(kernel=tuple(attrs["kernel"]), stride=tuple(attrs["stride"]),
                        padding=tuple(attrs["pads"]))
 
-        if op == "bitpack":
+        h = ctx._handle()
+        fb = ops.ffi.from_buffer
+        if op in ("eltwise", "affine", "prelu"):
+            chain = node.get("_chain", [node])
+            r = xs[1] if chain[0]["op"] == "add" else None
+            c = x.shape[-1]
+            arr, n_steps, keep = ops._ew_steps(self._chain_steps(chain, tensors), c)
+            fn = _CCall("bnn_eltwise_f32", h, fb("float[]", x), x.size,
+                        ops.ffi.NULL if r is None else fb("float[]", r), 0 if r is None else r.size,
+                        x.size // c, c, arr, n_steps, c, fb("float[]", y, require_writable=True), y.size)
+            fn.keep = keep
+        elif op == "bitpack_affine":
+            aff, pack = node["_chain"]
+            c = x.shape[-1]
+            sc = ops._chan_param("scale", tensors[aff["params"]["scale"]], c)
+            bi = ops._chan_param("bias", tensors[aff["params"]["bias"]], c)
+            thr = float(pack.get("attrs", {}).get("threshold", 0.0))
+            fn = _CCall("bnn_bitpack_affine_f32", h, fb("float[]", x), x.size, x.size // c, c,
+                        fb("float[]", sc), fb("float[]", bi), c, thr,
+                        fb("uint32_t[]", y, require_writable=True), y.size)
+        elif op == "bitpack":
             thr = float(attrs.get("threshold", 0.0))
-            fn = lambda: ops.bitpack(x, thr, ctx=ctx, out=y)  # noqa: E731
+            c = x.shape[-1]
+            fn = _CCall("bnn_bitpack_f32", h, fb("float[]", x), x.size, x.size // c, c, thr,
+                        fb("uint32_t[]", y, require_writable=True), y.size)
         elif op == "unpack":
             c = in_shape[-1]
             fn = lambda: ops.unpack(x, c, out=y)  # noqa: E731
@@ -231,8 +322,9 @@ class Model:
                 xv, yv = x.reshape(n, 1, 1, x.shape[-1]), y.reshape(n, 1, 1, y.shape[-1])
             self._layers.append(layer)
             k = xs[1] if len(xs) > 1 else None
-            run = layer.run
-            fn = lambda: run(xv, k, ctx=ctx, out=yv)  # noqa: E731
+            fn = _CCall("bnn_bconv2d_run", h, layer._handle(), fb("uint32_t[]", xv), xv.size,
+                        ops.ffi.NULL if k is None else fb("float[]", k), 0 if k is None else k.size,
+                        fb(yv, require_writable=True), yv.size)
         elif op == "xnor_scale":
             fn = lambda: ops.xnor_scale(x, ctx=ctx, out=y, **win)  # noqa: E731
         elif op in ("fconv2d", "dense"):
@@ -248,8 +340,8 @@ class Model:
                 layer = ops.FConv2d(w_oihw, (n, 1, 1, f), bias=P("bias", _f32))
                 xv, yv = x.reshape(n, 1, 1, f), y.reshape(n, 1, 1, y.shape[-1])
             self._layers.append(layer)
-            run = layer.run
-            fn = lambda: run(xv, ctx=ctx, out=yv)  # noqa: E731
+            fn = _CCall("bnn_fconv2d_run", h, layer._ptr, fb("float[]", xv), xv.size,
+                        fb("float[]", yv, require_writable=True), yv.size)
         elif op == "maxpool2d":
             fn = lambda: ops.maxpool2d(x, ctx=ctx, out=y, **win)  # noqa: E731
         elif op == "bmaxpool2d":
@@ -262,13 +354,8 @@ class Model:
             fn = lambda: ops.global_avgpool(x, ctx=ctx, out=y)  # noqa: E731
         elif op == "add":
             b = xs[1]
-            fn = lambda: ops.add(x, b, out=y, ctx=ctx)  # noqa: E731
-        elif op == "affine":
-            scale, bias = P("scale", _f32), P("bias", _f32)
-
-            def fn():
-                np.multiply(x, scale, out=y)
-                np.add(y, bias, out=y)
+            fn = _CCall("bnn_add_f32", h, fb("float[]", x), x.size, fb("float[]", b), b.size,
+                        fb("float[]", y, require_writable=True), y.size, y.size)
         elif op == "relu":
             fn = lambda: np.maximum(x, np.float32(0), out=y)  # noqa: E731
         elif op == "sigmoid":
@@ -286,14 +373,6 @@ class Model:
             def fn():
                 np.multiply(x, alpha, out=y)
                 pick(x, y, out=y)
-        elif op == "prelu":
-            slope = P("slope", _f32)
-            mask = np.empty(x.shape, dtype=bool)
-
-            def fn():
-                np.greater_equal(x, np.float32(0), out=mask)
-                np.multiply(x, slope, out=y)
-                np.copyto(y, x, where=mask)
         elif op == "clip":
             lo = np.float32(attrs["min"]) if "min" in attrs else None
             hi = np.float32(attrs["max"]) if "max" in attrs else None
@@ -350,6 +429,18 @@ class Model:
         else:  # pragma: no cover - the reader refuses unknown ops
             raise ValueError("node %r: op %r is not supported by this executor" % (name, op))
         return (name, op, fn, self._values[node["outputs"][0]][1])
+
+    @staticmethod
+    def _chain_steps(chain, tensors):
+        """ops.eltwise steps of a chain of add / affine / prelu nodes (the add is the residual)."""
+        steps = []
+        for n in chain:
+            prm = n.get("params", {})
+            if n["op"] == "affine":
+                steps.append(("affine", tensors[prm["scale"]], tensors[prm["bias"]]))
+            elif n["op"] == "prelu":
+                steps.append(("prelu", tensors[prm["slope"]]))
+        return steps
 
     # ---- boundary ----------------------------------------------------------------------------
     def _feed_fn(self, spec):
@@ -466,6 +557,8 @@ class Model:
             kind, shape = self._values[node["outputs"][0]]
             lines.append("  %-4d %-24s %-15s %-5s %s" % (i, node["name"][:24], node["op"], kind,
                                                        list(shape)))
+        fused = [n["name"] for n in self._exec_nodes if "_chain" in n and len(n["_chain"]) > 1]
+        lines.append("  executed as %d steps (%d fused elementwise runs)" % (len(self._exec_nodes), len(fused)))
         lines.append("  activation buffers: %.1f KiB planned (%.1f KiB without sharing)"
                      % (self.buffer_bytes / 1024, self.value_bytes / 1024))
         return "\n".join(lines)

@@ -39,6 +39,10 @@ __all__ = [
     "global_avgpool",
     "FConv2d",
     "add",
+    "eltwise",
+    "affine",
+    "prelu",
+    "bitpack_affine",
     "library_version",
 ]
 
@@ -443,6 +447,33 @@ def bitpack(x, threshold=0, ctx=None, out=None):
     return out
 
 
+def bitpack_affine(x, scale=None, bias=None, threshold=0.0, ctx=None, out=None):
+    """Packs the last axis of float32 x after a per-channel affine, in one pass:
+    bit = x * scale[c] + bias[c] < threshold (the product rounded to float32, then the sum,
+    exactly as separate Mul and Add; scale / bias None = 1 / 0, or a number, or a [c]
+    array).  ReActNet's RSign sign(x - b) is ``bitpack_affine(x, bias=-b)``.  Returns
+    uint32 of shape x.shape[:-1] + (packed_words(c),) (written into ``out`` when given)."""
+    x = _arr("x", x, (np.float32,), min_ndim=1)
+    c = x.shape[-1]
+    if c < 1:
+        raise ValueError("x must have at least one channel (last axis), got shape %s" % (x.shape,))
+    _int("x.shape[-1] (channels)", c, 1, _INT32_MAX)
+    pixels = int(np.prod(x.shape[:-1], dtype=np.int64))
+    if pixels > _INT32_MAX:
+        raise ValueError("x has too many pixels (%d > 2**31 - 1)" % pixels)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise ValueError("threshold must be a number, got %r" % (threshold,))
+    sc = None if scale is None else _chan_param("scale", scale, c)
+    bi = None if bias is None else _chan_param("bias", bias, c)
+    out = _out(out, x.shape[:-1] + (packed_words(c),), np.uint32, x)
+    if pixels == 0:
+        return out
+    _call(ctx, "bnn_bitpack_affine_f32", _buf("float", x), x.size, pixels, c,
+          ffi.NULL if sc is None else _buf("float", sc), ffi.NULL if bi is None else _buf("float", bi), c,
+          float(threshold), _buf("uint32_t", out, True), out.size)
+    return out
+
+
 def unpack(bits, c, out=None):
     """The inverse of bitpack: float32 +1 / -1 of shape bits.shape[:-1] + (c,)
     (written into ``out`` when given)."""
@@ -807,3 +838,110 @@ def add(a, b, out=None, ctx=None):
     _call(ctx, "bnn_add_f32", _buf("float", a), a.size, _buf("float", b), b.size, _buf("float", out, True),
           out.size, a.size)
     return out
+
+
+def _chan_param(name, v, c):
+    """A per-channel float32 parameter: a number or an array of shape (c,) or (1,) -> a
+    contiguous float32 [c] array (converted; a private copy)."""
+    a = np.asarray(v)
+    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+        raise ValueError("%s must be a real number or array, got dtype %s" % (name, a.dtype))
+    if a.shape not in ((), (1,), (c,)):
+        raise ValueError("%s must be a number or have shape (%d,) or (1,) (one value per channel, "
+                         "the last axis), got %s" % (name, c, a.shape))
+    return np.array(np.broadcast_to(a.astype(np.float32), (c,)), dtype=np.float32)
+
+
+_EW_KINDS = {"affine": _native.BNN_EW_AFFINE, "prelu": _native.BNN_EW_PRELU}
+
+
+def _ew_steps(steps, c):
+    """Validated steps -> (cdata bnn_ew_step[], arrays to keep alive)."""
+    if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+        raise ValueError("steps must be a list of ('affine', scale, bias) / ('prelu', slope) tuples")
+    steps = list(steps)
+    if len(steps) > _native.BNN_EW_MAX_STEPS:
+        raise ValueError("at most %d steps, got %d" % (_native.BNN_EW_MAX_STEPS, len(steps)))
+    keep = []
+    arr = ffi.new("bnn_ew_step[]", max(len(steps), 1))
+    for i, st in enumerate(steps):
+        if not isinstance(st, (tuple, list)) or not st or st[0] not in _EW_KINDS:
+            raise ValueError("step %d must be ('affine', scale, bias) or ('prelu', slope), got %r"
+                             % (i, st))
+        kind = st[0]
+        if kind == "affine":
+            if len(st) != 3:
+                raise ValueError("step %d: ('affine', scale, bias) (None = 1 / 0), got %r" % (i, st))
+            a = None if st[1] is None else _chan_param("step %d scale" % i, st[1], c)
+            b = None if st[2] is None else _chan_param("step %d bias" % i, st[2], c)
+        else:
+            if len(st) != 2 or st[1] is None:
+                raise ValueError("step %d: ('prelu', slope), got %r" % (i, st))
+            a, b = _chan_param("step %d slope" % i, st[1], c), None
+        arr[i].op = _EW_KINDS[kind]
+        arr[i].a = ffi.NULL if a is None else _buf("float", a)
+        arr[i].b = ffi.NULL if b is None else _buf("float", b)
+        keep += [a, b]
+    return arr, len(steps), keep
+
+
+def _same_or_disjoint(name, out, a):
+    """out must be exactly ``a`` (same memory, shape and strides) or not overlap it."""
+    if a is None or not np.may_share_memory(out, a):
+        return
+    if (out.__array_interface__["data"][0] != a.__array_interface__["data"][0]
+            or out.shape != a.shape or out.strides != a.strides):
+        raise ValueError("out must be %s itself or not overlap it" % name)
+
+
+def eltwise(x, steps=(), residual=None, out=None, ctx=None):
+    """Per-channel elementwise chain over float32 x (channels last), in one C pass:
+    t = x (+ residual, same shape), then each step in order:
+
+      ("affine", scale, bias): t = t * scale[c] + bias[c]   (the product rounded to float32,
+                               then the sum: as separate Mul and Add nodes; None = 1 / 0)
+      ("prelu", slope):        t = t if t >= 0 else t * slope[c]
+
+    Parameters are numbers or arrays of shape (c,) or (1,).  Returns float32 of x's shape
+    (written into ``out`` when given; ``out`` may be x or residual itself).  The results
+    are those of numpy doing the same operations in float32."""
+    x = _arr("x", x, (np.float32,), min_ndim=1)
+    c = x.shape[-1]
+    if c < 1:
+        raise ValueError("x must have at least one channel (last axis), got shape %s" % (x.shape,))
+    _int("x.shape[-1] (channels)", c, 1, _INT32_MAX)
+    pixels = int(np.prod(x.shape[:-1], dtype=np.int64))
+    if pixels > _INT32_MAX:
+        raise ValueError("x has too many pixels (%d > 2**31 - 1)" % pixels)
+    if residual is not None:
+        residual = _arr("residual", residual, (np.float32,))
+        if residual.shape != x.shape:
+            raise ValueError("residual must have x's shape %s, got %s" % (x.shape, residual.shape))
+    arr, n, keep = _ew_steps(steps, c)
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    else:
+        _arr("out", out, (np.float32,), writable=True)
+        if out.shape != x.shape:
+            raise ValueError("out must have shape %s, got %s" % (x.shape, out.shape))
+        _same_or_disjoint("x", out, x)
+        _same_or_disjoint("residual", out, residual)
+    if x.size == 0:
+        return out
+    _call(ctx, "bnn_eltwise_f32", _buf("float", x), x.size,
+          ffi.NULL if residual is None else _buf("float", residual), 0 if residual is None else residual.size,
+          pixels, c, arr, n, c, _buf("float", out, True), out.size)
+    del keep
+    return out
+
+
+def affine(x, scale=None, bias=None, out=None, ctx=None):
+    """x * scale[c] + bias[c] over the last axis of float32 x (the product rounded, then the
+    sum; None = 1 / 0); ``out`` may be x.  See :func:`eltwise`."""
+    return eltwise(x, [("affine", scale, bias)], out=out, ctx=ctx)
+
+
+def prelu(x, slope, out=None, ctx=None):
+    """PReLU over the last axis of float32 x: x if x >= 0 else x * slope[c]; ``out`` may be
+    x.  See :func:`eltwise`."""
+    return eltwise(x, [("prelu", slope)], out=out, ctx=ctx)

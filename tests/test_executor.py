@@ -486,9 +486,71 @@ def test_small_bnn(tmp_path):
     assert m.buffer_bytes < m.value_bytes
     assert "bconv2d" in m.summary()
     prof = m.profile(x, repeat=3)
-    assert [p["op"] for p in prof] == [nd["op"] for nd in g.nodes]
+    # affine -> bitpack runs as one fused step (bitpack_affine); fuse=False: every node
+    assert [p["op"] for p in prof] == ["fconv2d", "bitpack_affine"] + [nd["op"] for nd in g.nodes[3:]]
+    assert prof[1]["name"] == g.nodes[1]["name"] + " +1"
     assert prof.total_ms > 0 and all(p["ms"] >= 0 for p in prof)
     assert "total" in str(prof)
+    m0 = fp.load(str(tmp_path / "m.bnn"), num_threads=1, fuse=False)
+    assert [p["op"] for p in m0.profile(x, repeat=1)] == [nd["op"] for nd in g.nodes]
+    np.testing.assert_array_equal(m0.run(x), y)
+
+
+def _same_bits(a, b):
+    return a.shape == b.shape and bool(np.all((a.view(np.uint32) == b.view(np.uint32))
+                                              | (np.isnan(a) & np.isnan(b))))
+
+
+def test_fusion_bireal_block(tmp_path):
+    """A Bi-Real / ReActNet block as the converter writes it: add (residual), RPReLU (affine
+    Sub, prelu, affine Add), the next RSign (affine Sub -> bitpack).  The fused model (one C
+    pass for the chain, one for the RSign packing) gives the same bits as the unfused one
+    and as numpy doing the same float32 operations; values that are read twice or are graph
+    outputs are never fused away."""
+    rng = np.random.default_rng(11)
+    n, c, h, w = 1, 40, 5, 6
+    shp = (n, h, w, c)
+    one = np.ones(c, np.float32)
+    gam, zeta, beta, sl = (rng.standard_normal(c).astype(np.float32) for _ in range(4))
+    sc = rng.standard_normal(c).astype(np.float32)
+    wt = pm1((c, 3, 3, c), rng)
+    same = win_attrs((3, 3), (1, 1), (1, 1, 1, 1))
+    g = G()
+    g.input("x", (n, c, h, w))
+    g.input("s", (n, c, h, w))
+    g.node("add", ["x", "s"], "a", "float", shp)
+    g.node("affine", ["a"], "t1", "float", shp, params={"scale": one, "bias": -gam})
+    g.node("prelu", ["t1"], "t2", "float", shp, params={"slope": sl})
+    g.node("affine", ["t2"], "y", "float", shp, params={"scale": one, "bias": zeta})
+    g.node("affine", ["y"], "u", "float", shp, params={"scale": one, "bias": -beta})
+    g.node("bitpack", ["u"], "ub", "bits", shp, {"threshold": 0.0})
+    g.node("bconv2d", ["ub"], "z", "float", shp, dict(same, pad_mode="zero", output="float"),
+           {"weights": ref_pack(wt < 0), "mul": (rng.random(c) * 0.1).astype(np.float32)})
+    g.node("add", ["z", "y"], "z2", "float", shp)          # y read twice: materialised
+    g.node("prelu", ["z2"], "p", "float", shp, params={"slope": np.array([0.25], np.float32)})
+    g.node("affine", ["p"], "q", "float", shp, params={"scale": sc, "bias": zeta})  # q: an output
+    g.node("affine", ["q"], "q2", "float", shp, params={"scale": sc, "bias": gam})
+    g.output("q")
+    g.output("q2")
+    g.output("t2")  # an intermediate that is an output: the first chain stops there
+    m = g.load(tmp_path, num_threads=2)
+    m0 = fp.load(str(tmp_path / "m.bnn"), num_threads=1, fuse=False)
+    ops_fused = [p["op"] for p in m.profile([np.zeros((n, c, h, w), np.float32)] * 2, repeat=1)]
+    assert ops_fused == ["eltwise", "eltwise", "bitpack_affine", "bconv2d", "eltwise", "eltwise"], ops_fused
+    x = (rng.standard_normal((n, c, h, w)) * 2).astype(np.float32)
+    s = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x.reshape(-1)[::13] = np.float32(0.0)
+    x.reshape(-1)[5::17] = np.float32(-0.0)
+    x.reshape(-1)[7::29] = np.inf
+    got, ref = m.run([x, s]), m0.run([x, s])
+    for a, b in zip(got, ref):
+        assert _same_bits(a, b)
+    # numpy, float32, the same operations (the executor's former numpy code for t2)
+    with np.errstate(all="ignore"):
+        t1 = (nhwc(x) + nhwc(s)) * one + (-gam)
+        t2 = np.where(t1 >= 0, t1, t1 * sl)
+    assert _same_bits(got[2], nchw(t2))
+    assert np.isfinite(got[0]).any() and np.isfinite(got[1]).any()
 
 
 def test_residual_add(tmp_path):

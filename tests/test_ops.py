@@ -670,6 +670,171 @@ def test_add():
     np.testing.assert_array_equal(fp.add(x, x), x + x)
 
 
+# ---- per-channel elementwise chains, packing after an affine -------------------------------------
+def _specials(rng, shape):
+    x = (rng.standard_normal(shape) * 2).astype(np.float32)
+    flat = x.reshape(-1)
+    sp = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40, 3e38, -3e38], np.float32)
+    idx = rng.choice(flat.size, size=max(1, flat.size // 10), replace=False)
+    flat[idx] = sp[rng.integers(0, sp.size, idx.size)]
+    return x
+
+
+def _np_chain(x, steps, residual=None):
+    """numpy float32 reference of ops.eltwise (the executor's former numpy code)."""
+    with np.errstate(all="ignore"):
+        return _np_chain_(x, steps, residual)
+
+
+def _np_chain_(x, steps, residual):
+    t = x + residual if residual is not None else x.copy()
+    for st in steps:
+        if st[0] == "affine":
+            if st[1] is not None:
+                t = np.multiply(t, np.float32(st[1]) if np.ndim(st[1]) == 0 else np.asarray(st[1], np.float32))
+            if st[2] is not None:
+                t = np.add(t, np.float32(st[2]) if np.ndim(st[2]) == 0 else np.asarray(st[2], np.float32))
+        else:
+            m = np.multiply(t, np.asarray(st[1], np.float32))
+            t = np.where(t >= 0, t, m)
+    return t.astype(np.float32)
+
+
+def _same(a, b):
+    """Equal bits, any NaN equal to any NaN."""
+    return a.shape == b.shape and bool(np.all((a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))))
+
+
+@pytest.mark.parametrize("c", [1, 3, 16, 17, 32, 64, 100, 256])
+def test_eltwise_matches_numpy(c, ctx_cache):
+    rng = np.random.default_rng(300 + c)
+    x = _specials(rng, (2, 3, 5, c))
+    r = _specials(rng, x.shape)
+    sc, b, sl = (rng.standard_normal(c).astype(np.float32) for _ in range(3))
+    chains = [
+        ([("affine", sc, b)], None),
+        ([("affine", None, b), ("prelu", sl), ("affine", None, -b)], r),  # Bi-Real add + RPReLU
+        ([("prelu", sl)], None),
+        ([("prelu", np.float32(0.25))], r),
+        ([("affine", sc, None), ("affine", 2.0, 0.5)], None),
+        ([], r),
+    ]
+    for steps, res in chains:
+        want = _np_chain(x, steps, res)
+        for path, t in contexts():
+            got = fp.eltwise(x, steps, residual=res, ctx=get_ctx(ctx_cache, path, t))
+            assert got.dtype == np.float32
+            assert _same(got, want), "steps %s path %s threads %d" % ([s[0] for s in steps], path, t)
+    np.testing.assert_array_equal(fp.affine(x, sc, b), _np_chain(x, [("affine", sc, b)]))
+    assert _same(fp.prelu(x, sl), _np_chain(x, [("prelu", sl)]))
+    assert _same(fp.prelu(x, np.array([0.3], np.float32)), _np_chain(x, [("prelu", np.full(c, 0.3, np.float32))]))
+
+
+def test_eltwise_in_place_and_2d():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 9)).astype(np.float32)
+    r = rng.standard_normal((4, 9)).astype(np.float32)
+    sl = rng.standard_normal(9).astype(np.float32)
+    want = _np_chain(x, [("prelu", sl)], r)
+    y = x.copy()
+    assert fp.eltwise(y, [("prelu", sl)], residual=r, out=y) is y
+    np.testing.assert_array_equal(y, want)
+    y = r.copy()
+    fp.eltwise(x, [("prelu", sl)], residual=y, out=y)
+    np.testing.assert_array_equal(y, want)
+    assert fp.eltwise(np.zeros((0, 3), np.float32), [("prelu", 1.0)]).shape == (0, 3)
+
+
+@pytest.mark.parametrize("c", [1, 5, 31, 32, 33, 64, 130])
+def test_bitpack_affine(c, ctx_cache):
+    rng = np.random.default_rng(400 + c)
+    x = _specials(rng, (3, 4, c))
+    sc = rng.standard_normal(c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    x[0, 0] = b  # x - b == 0 exactly: +1
+    for scale, bias, thr in ((None, -b, 0.0), (sc, b, 0.0), (sc, None, 0.5), (None, None, -0.25), (2.0, 1.0, 0.0)):
+        t = _np_chain(x, [("affine", scale, bias)])
+        want = ref_bitpack(t, np.float32(thr))
+        for path, nt in contexts():
+            got = fp.bitpack_affine(x, scale, bias, thr, ctx=get_ctx(ctx_cache, path, nt))
+            np.testing.assert_array_equal(got, want, err_msg="path %s threads %d" % (path, nt))
+    # RSign: sign(x - b) packs as x < b
+    np.testing.assert_array_equal(fp.bitpack_affine(x, bias=-b), ref_bitpack(x - b, np.float32(0)))
+
+
+def test_bad_input_eltwise_bitpack_affine():
+    x = np.ones((2, 3, 4), np.float32)
+    c4 = np.ones(4, np.float32)
+    out = np.full((2, 3, 4), 7.0, np.float32)
+    bad_steps = [
+        ([("affine", np.ones(3, np.float32), None)], "scale"),
+        ([("affine", None, np.ones(5, np.float32))], "bias"),
+        ([("prelu", None)], "prelu"),
+        ([("prelu",)], "prelu"),
+        ([("relu", c4)], "step 0"),
+        ([("affine", c4)], "affine"),
+        ("prelu", "steps"),
+        ([("affine", np.array(["a"] * 4), None)], "scale"),
+        ([("affine", None, None)] * 17, "at most 16"),
+    ]
+    for steps, msg in bad_steps:
+        with pytest.raises(ValueError, match=msg):
+            fp.eltwise(x, steps, out=out)
+    with pytest.raises(ValueError, match="residual"):
+        fp.eltwise(x, [], residual=np.ones((2, 3, 5), np.float32), out=out)
+    with pytest.raises(ValueError, match="residual.*dtype"):
+        fp.eltwise(x, [], residual=np.ones((2, 3, 4)), out=out)
+    with pytest.raises(ValueError, match="out.*shape"):
+        fp.eltwise(x, [], out=np.ones((2, 3, 5), np.float32))
+    buf = np.ones(28, np.float32)  # out overlapping x without being x
+    with pytest.raises(ValueError, match="out must be x itself or not overlap it"):
+        fp.eltwise(buf[4:].reshape(2, 3, 4), [], out=buf[:24].reshape(2, 3, 4))
+    with pytest.raises(ValueError, match="out must be residual itself or not overlap it"):
+        fp.eltwise(x, [], residual=buf[4:].reshape(2, 3, 4), out=buf[:24].reshape(2, 3, 4))
+    with pytest.raises(ValueError, match="x.*dtype"):
+        fp.eltwise(x.astype(np.float64), [])
+    with pytest.raises(ValueError, match="x.*C-contiguous"):
+        fp.eltwise(np.ones((2, 3, 8), np.float32)[:, :, ::2], [])
+    assert np.all(out == 7.0), "output written on error"
+    bits = np.full((2, 3, 1), 9, np.uint32)
+    with pytest.raises(ValueError, match="scale"):
+        fp.bitpack_affine(x, np.ones(5, np.float32), out=bits)
+    with pytest.raises(ValueError, match="threshold"):
+        fp.bitpack_affine(x, threshold="0", out=bits)
+    with pytest.raises(ValueError, match="out.*shape"):
+        fp.bitpack_affine(x, out=np.zeros((2, 3, 2), np.uint32))
+    with pytest.raises(ValueError, match="x.*dtype"):
+        fp.bitpack_affine(x.astype(np.int8), out=bits)
+    assert np.all(bits == 9), "output written on error"
+
+
+def test_c_checks_eltwise_sizes():
+    """The C functions themselves refuse short buffers (BNN_E_SIZE) and leave y alone."""
+    L = _native.lib()
+    ctx = fp.Context(1)
+    x = np.ones(40, np.float32)
+    y = np.full(40, 5.0, np.float32)
+    p = np.ones(20, np.float32)
+    steps = ffi.new("bnn_ew_step[]", 1)
+    steps[0].op = _native.BNN_EW_PRELU
+    steps[0].a = ffi.from_buffer("float[]", p)
+    fx, fy = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y, require_writable=True)
+    h = ctx._handle()
+    assert L.bnn_eltwise_f32(h, fx, 39, ffi.NULL, 0, 2, 20, steps, 1, 20, fy, 40) == _native.BNN_E_SIZE
+    assert L.bnn_eltwise_f32(h, fx, 40, ffi.NULL, 0, 2, 20, steps, 1, 19, fy, 40) == _native.BNN_E_SIZE
+    assert L.bnn_eltwise_f32(h, fx, 40, fx, 39, 2, 20, steps, 1, 20, fy, 40) == _native.BNN_E_SIZE
+    assert L.bnn_eltwise_f32(h, fx, 40, ffi.NULL, 0, 2, 20, steps, 1, 20, fy, 39) == _native.BNN_E_SIZE
+    assert L.bnn_eltwise_f32(h, fx, 40, ffi.NULL, 0, 2, 20, steps, 17, 20, fy, 40) == _native.BNN_E_SHAPE
+    assert np.all(y == 5.0)
+    bits = np.full(2, 3, np.uint32)
+    fb = ffi.from_buffer("uint32_t[]", bits, require_writable=True)
+    fp_ = ffi.from_buffer("float[]", p)
+    assert L.bnn_bitpack_affine_f32(h, fx, 40, 2, 20, fp_, ffi.NULL, 19, 0.0, fb, 2) == _native.BNN_E_SIZE
+    assert L.bnn_bitpack_affine_f32(h, fx, 40, 2, 20, fp_, fp_, 20, 0.0, fb, 1) == _native.BNN_E_SIZE
+    assert np.all(bits == 3)
+    ctx.close()
+
+
 # ---- bad input: ValueError naming the argument, no crash --------------------------------------------
 def test_bad_input_bitpack_unpack():
     x = np.zeros((2, 4, 40), np.float32)
