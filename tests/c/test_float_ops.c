@@ -314,6 +314,11 @@ static void test_pools(void) {
         w.in_c = check_rand_int(1, 130); /* several packed words */
         test_pool_case(&w, 3);
     }
+    /* 2x2 windows (the downsampling shortcut; a one-pass fast path), with and without pads */
+    bnn_window w2[] = {{1, 8, 8, 32, 0, 2, 2, 2, 2, 0, 0, 0, 0}, {2, 9, 7, 5, 0, 2, 2, 2, 2, 1, 0, 0, 1},
+                       {1, 6, 5, 70, 0, 2, 2, 1, 1, 1, 1, 1, 1}, {1, 3, 4, 1, 0, 2, 2, 1, 2, 0, 1, 1, 0}};
+    for (size_t i = 0; i < sizeof w2 / sizeof w2[0]; i++)
+        for (int kind = 0; kind < 4; kind++) test_pool_case(&w2[i], kind);
     /* global average pooling; out_c is ignored by pools and xnor_scale */
     bnn_window w = {2, 7, 7, 64, 0, 7, 7, 1, 1, 0, 0, 0, 0};
     for (int kind = 0; kind < 5; kind++) test_pool_case(&w, kind);
