@@ -5,8 +5,10 @@ matplotlib is importable) and prints a JSON verdict on RSS drift.
     python -m app.soak --frames 100000 --csv soak.csv [--png soak.png] [--model M]
 
 RSS drift = (last RSS - RSS after warm-up) / RSS after warm-up, where the warm-up is the
-first ``--warmup`` fraction of the samples (default 0.2); flat means |drift| <= 5% (and the
-max after warm-up within 5% too).
+first ``--warmup`` fraction of the samples (default 0.2) and the last RSS the last record
+while the app runs (the record written at shutdown, after the threads stopped, is kept
+in the CSV with shutdown=1 but left out); flat means |drift| <= 5% (and the max after
+warm-up within 5% too).
 
 Frame accounting (from the app's summary): every frame read from the source must be
 either processed, dropped (inference lagged), bad (skipped and counted) or still queued
@@ -71,9 +73,12 @@ def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmu
                              "rss_mb": rec["rss_mb"], "inference_fps": rec["inference_fps"],
                              "capture_fps": rec["capture_fps"],
                              "dropped_total": rec["dropped_total"],
-                             "p95_ms": (rec.get("latency_ms") or {}).get("p95")})
+                             "p95_ms": (rec.get("latency_ms") or {}).get("p95"),
+                             "shutdown": 0})
             elif rec.get("type") == "summary":
                 summary = rec
+                if rows:  # the record just before the summary is written at shutdown
+                    rows[-1]["shutdown"] = 1
             enough = samples is not None and len(rows) >= samples
             if not stopped and (enough or (timeout and time.monotonic() - t0 > timeout)):
                 p.terminate()  # SIGTERM: the app stops cleanly and prints its summary
@@ -85,7 +90,8 @@ def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmu
     err = p.stderr.read()
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["t_s", "frames", "rss_mb", "inference_fps",
-                                          "capture_fps", "dropped_total", "p95_ms"])
+                                          "capture_fps", "dropped_total", "p95_ms",
+                                          "shutdown"])
         w.writeheader()
         w.writerows(rows)
     res = {"cmd": " ".join(cmd), "rc": rc, "samples": len(rows), "csv": csv_path}
@@ -96,7 +102,10 @@ def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmu
         res["accounting"] = frame_accounting(summary)
     else:
         res["accounting"] = {"ok": False, "why": "no summary from the app"}
-    rss = [r["rss_mb"] for r in rows if r["rss_mb"] is not None]
+    # the drift is measured while the app runs: the last record, written at shutdown after
+    # the threads stopped and the source was released, is in the CSV but not in the drift
+    running = [r for r in rows if not r["shutdown"]]
+    rss = [r["rss_mb"] for r in running if r["rss_mb"] is not None]
     if len(rss) >= 3:
         k = min(max(1, int(len(rss) * warmup)), len(rss) - 1)
         base = rss[k]
@@ -124,14 +133,18 @@ def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmu
             res["png_why"] = "matplotlib not installed"
         else:
             fig, ax = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
-            t = [r["t_s"] for r in rows]
-            ax[0].plot(t, [r["rss_mb"] for r in rows])
+            t = [r["t_s"] for r in running]
+            ax[0].plot(t, [r["rss_mb"] for r in running])
+            if "rss_after_warmup_mb" in res:
+                ax[0].axhline(res["rss_after_warmup_mb"], color="grey", lw=0.8, ls="--",
+                              label="after warm-up")
+                ax[0].legend()
             ax[0].set_ylabel("RSS (MB)")
-            ax[1].plot(t, [r["inference_fps"] for r in rows], label="inference")
-            ax[1].plot(t, [r["capture_fps"] for r in rows], label="capture")
+            ax[1].plot(t, [r["inference_fps"] for r in running], label="inference")
+            ax[1].plot(t, [r["capture_fps"] for r in running], label="capture", alpha=0.7)
             ax[1].set_ylabel("fps")
             ax[1].legend()
-            ax[2].plot(t, [r["dropped_total"] for r in rows])
+            ax[2].plot(t, [r["dropped_total"] for r in running])
             ax[2].set_ylabel("dropped (total)")
             ax[2].set_xlabel("time (s)")
             title = "app soak: %s" % os.path.basename(source)
