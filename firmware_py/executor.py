@@ -446,7 +446,14 @@ class Model:
     def _feed_fn(self, spec):
         buf = self._buf[spec.name]
         src_shape = spec.shape
-        if spec.layout == "NCHW":
+        if spec.layout == "NCHW" and spec.shape[1] <= 8:
+            # an image (few channels): stacking the planes is ~5x faster than a transposed
+            # copy, whose innermost loop strides over whole planes
+            chans = range(spec.shape[1])
+
+            def feed(x):
+                np.stack([x[:, i] for i in chans], axis=-1, out=buf)
+        elif spec.layout == "NCHW":
             def feed(x):
                 np.copyto(buf, x.transpose(0, 2, 3, 1))
         else:
