@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the C runtime (csrc/neon/**/*.c) for the host and the Raspberry Pi targets,
-# runs the tests and packs the Pi tarball.   Usage: ./build.sh [host|aarch64|armhf|armv6|all|test|dist|demo|clean]
+# runs the tests and packs the Pi tarball.   Usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|asan-test|test|dist|demo|clean]
 #   outputs: firmware_py/_lib/<arch>/libbnn.so, build/<arch>/libbnn.a, build/<arch>/tests/test_*
 #   a C test is any tests/c/test_*.c (one standalone program, linked against libbnn.a).
 set -euo pipefail
@@ -65,7 +65,8 @@ parallel() {
 compile_obj() { local o="$OBJ/${1%.c}.o"; mkdir -p "$(dirname "$o")"; "$CCX" "${CFLAGS[@]}" -c "$1" -o "$o"; }
 compile_test() { "$CCX" "${CFLAGS[@]}" -Itests/c "$1" "$OUT/libbnn.a" -lm -o "$OUT/tests/$(basename "${1%.c}")"; }
 
-# build <arch> [asan]: build/<arch>[-asan]/{libbnn.a,libbnn.so,tests/}, the .so copied to firmware_py/_lib/<arch>/.
+# build <arch> [asan]: build/<arch>[-asan]/{libbnn.a,libbnn.so,tests/}; the plain .so is copied to
+# firmware_py/_lib/<arch>/, the asan one (ASan+UBSan) is not.
 build() {
   local arch=$1 variant=${2:-} ldflags=()
   CCX=$(tool "$arch" gcc)
@@ -83,13 +84,15 @@ build() {
   [[ -n $srcs ]] || die "no sources under csrc/neon"
   parallel compile_obj <<<"$srcs"
   "$(tool "$arch" ar)" rcs "$OUT/libbnn.a" $(find "$OBJ" -name '*.o' | sort)
-  if [[ -z $variant ]]; then  # the sanitizer build only needs libbnn.a for its tests
-    printf '{ global: bnn_*; local: *; };\n' >"$OUT/exports.map"
-    "$CCX" "${CFLAGS[@]}" -shared -Wl,-soname,libbnn.so -Wl,-z,defs -Wl,--version-script="$OUT/exports.map" \
-      "${ldflags[@]}" -o "$OUT/libbnn.so" $(find "$OBJ" -name '*.o' | sort) -lm
-    check_exports "$arch" "$OUT/libbnn.so"
+  printf '{ global: bnn_*; local: *; };\n' >"$OUT/exports.map"
+  "$CCX" "${CFLAGS[@]}" -shared -Wl,-soname,libbnn.so -Wl,-z,defs -Wl,--version-script="$OUT/exports.map" \
+    "${ldflags[@]}" -o "$OUT/libbnn.so" $(find "$OBJ" -name '*.o' | sort) -lm
+  check_exports "$arch" "$OUT/libbnn.so"
+  if [[ -z $variant ]]; then  # the sanitizer library stays in build/<arch>-asan/ (BNN_LIBRARY)
     mkdir -p "firmware_py/_lib/$arch"; cp "$OUT/libbnn.so" "firmware_py/_lib/$arch/libbnn.so"
     echo "ok: firmware_py/_lib/$arch/libbnn.so"
+  else
+    echo "ok: $OUT/libbnn.so (not installed; use BNN_LIBRARY=$OUT/libbnn.so with LD_PRELOAD, see asan_env)"
   fi
   local tests; tests=$(find tests/c -maxdepth 1 -name 'test_*.c' | sort)
   [[ -z $tests ]] || parallel compile_test <<<"$tests"
@@ -150,6 +153,51 @@ check_elf() {  # (tool output is captured first: `cmd | grep -q` fails under pip
 
 asan_tests() { ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_tests build/x86_64-asan; }
 
+# ---- Python driving the ASan+UBSan libbnn.so (build/<host>-asan/libbnn.so) -----------------------
+# CPython is not instrumented, so GCC's libasan is preloaded (it must come first, to replace
+# malloc: numpy's buffers are then ASan heap blocks with redzones); leak detection is off (CPython
+# leaks at exit by design); any other report aborts the process.
+ASAN_LIB=build/$HOST-asan/libbnn.so
+PY_ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
+PY_UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1
+# the Python tests that call into libbnn (tests/test_convert.py and test_detect.py call it too but
+# spend their time in torch exports; left out)
+PY_C_TESTS=(tests/test_ops.py tests/test_executor.py tests/test_model_format.py)
+python_exe() { python3 -c 'import sys; print(sys.executable)'; }  # the binary, not a pyenv shim
+# libasan, and libstdc++ with it: ASan resolves the real __cxa_throw when it starts, so a C++
+# library loaded later (onnx, torch) that throws would hit a CHECK failure without it.
+libasan() {
+  local a s; a=$(${CC:-gcc} -print-file-name=libasan.so); s=$(${CC:-gcc} -print-file-name=libstdc++.so.6)
+  [[ -f $a ]] || die "${CC:-gcc} has no libasan.so (sudo apt install gcc libasan8)"
+  [[ -f $s ]] || s=libstdc++.so.6
+  echo "$a $s"
+}
+# asan_env <command...>: the command with BNN_LIBRARY=the ASan libbnn.so and libasan preloaded.
+asan_env() {
+  [[ -f $ASAN_LIB ]] || die "$ASAN_LIB is missing (./build.sh asan)"
+  env BNN_LIBRARY="$ROOT/$ASAN_LIB" LD_PRELOAD="${ASAN_PRELOAD:-$(libasan)}" \
+    ASAN_OPTIONS="$PY_ASAN_OPTIONS${ASAN_EXTRA:+:$ASAN_EXTRA}" UBSAN_OPTIONS="$PY_UBSAN_OPTIONS" "$@"
+}
+# Fails unless firmware_py really loaded the ASan library in a process running the ASan runtime.
+check_asan_loaded() {
+  asan_env "$(python_exe)" -c '
+import os
+from firmware_py import _native
+got, want = os.path.realpath(_native.library_path()), os.path.realpath(os.environ["BNN_LIBRARY"])
+maps = open("/proc/self/maps").read()
+asan = sorted({l.split()[-1] for l in maps.splitlines() if "/libasan.so" in l})
+assert got == want, "firmware_py loaded %s, not %s" % (got, want)
+assert want in maps and asan, "libbnn.so or libasan.so is not mapped"
+assert _native.lib().bnn_version()
+print("  firmware_py loaded %s (ASan runtime %s)" % (got, asan[0]))'
+}
+python_asan_tests() {
+  check_asan_loaded
+  # --capture=sys: a sanitizer report goes to fd 2 and must not vanish with pytest's captured
+  # output when the process aborts
+  asan_env "$(python_exe)" -m pytest -q -p no:cacheprovider --capture=sys "${PY_C_TESTS[@]}"
+}
+
 run_pytest() {
   local rc=0; python3 -m pytest -q tests/ || rc=$?
   if ((rc == 5)) && [[ -z $(find tests -name 'test_*.py' -o -name '*_test.py') ]]; then
@@ -192,6 +240,12 @@ dist() {
 case "${1:-host}" in
   host) build "$HOST" ;;
   x86_64|aarch64|armhf|armv6) build "$1" ;;
+  asan) build "$HOST" asan ;;  # build/<host>-asan/: ASan+UBSan libbnn.so, libbnn.a and C tests
+  asan-test)  # only the sanitizer steps of 'test' (host): C tests and the Python tests calling C
+    step "build $HOST-asan" build "$HOST" asan
+    step "C tests $HOST asan+ubsan" eval 'ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_tests build/$HOST-asan'
+    step "Python tests calling C, on the asan+ubsan libbnn.so" python_asan_tests
+    summary ;;
   all) for a in x86_64 aarch64 armhf armv6; do build "$a"; done ;;
   test)
     ensure_tools aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc qemu-aarch64 qemu-arm file aarch64-linux-gnu-objdump
@@ -211,6 +265,7 @@ case "${1:-host}" in
       dlopen_smoke armhf qemu-arm -L /usr/arm-linux-gnueabihf && dlopen_smoke armv6 qemu-arm -L /usr/arm-linux-gnueabihf'
     step "ELF checks (file, hard-float, cnt, armv6 ISA)" check_elf
     step "Python tests (pytest)" run_pytest
+    step "Python tests calling C, on the asan+ubsan libbnn.so" python_asan_tests
     summary ;;
   dist) dist ;;
   demo)  # the camera app on the bundled clip once the person detector is shipped;
@@ -220,5 +275,5 @@ case "${1:-host}" in
     echo "demo: models/zoo/person/binary.bnn is not trained yet; running the classifier demo" >&2
     exec python3 -m firmware_py.demo "$@" ;;
   clean) rm -rf build dist firmware_py/_lib ;;
-  *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|test|dist|demo|clean]" ;;
+  *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|asan-test|test|dist|demo|clean]" ;;
 esac
