@@ -102,7 +102,10 @@ def letterbox(frame, size, use_cv2=None):
         img = _resize_nearest(frame, nw, nh)
     left, top = (tw - nw) // 2, (th - nh) // 2
     out = np.full((1, 3, th, tw), PAD_VALUE / 255.0, np.float32)
-    out[0, :, top:top + nh, left:left + nw] = img[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)
+    inner = out[0, :, top:top + nh, left:left + nw]
+    scale = np.float32(1.0 / 255.0)
+    for c in range(3):  # BGR -> RGB planes; one pass each (uint8 -> float32, times 1/255)
+        np.multiply(img[:, :, 2 - c], scale, out=inner[c], dtype=np.float32)
     return out, Letterbox(nw / fw, nh / fh, left, top, (fh, fw))
 
 
