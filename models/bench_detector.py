@@ -1,21 +1,33 @@
-"""Detector speed on this machine: ours (.bnn, firmware_py) vs the fp twin in
-onnxruntime, 1 thread and all threads; one JSON line per measurement.
+"""Detector speed and size on this machine: ours (.bnn, firmware_py) vs the fp twin in
+onnxruntime, 1 thread and all threads.  Prints one JSON document.
 
     python -m models.bench_detector [--bnn models/zoo/person/binary.bnn]
                                     [--onnx models/zoo/person/fp_twin.onnx] [--seconds 3]
+                                    [--threads 1,2] [--downsample avg] [--widths 32,64,128,256,512]
 
-Each line: model, runtime, threads, fps of the whole Detector.detect (letterbox, network,
-decode, NMS) on a 640x480 frame, and the network alone (ms per run).  When the zoo files
-are missing (nothing trained yet) an untrained model of the same architecture is built
-(needs torch) and measured instead -- speed does not depend on the weights; the line
-then says "untrained": true.
+For each thread count the two runtimes are timed in alternating rounds (ours, then
+onnxruntime, again and again for --seconds each in total), so that a machine whose load
+changes (other jobs, frequency scaling) slows both alike; ``ms`` is the median of the
+per-call times, ``speedup`` the median of the per-round ratios onnxruntime / ours.  Two
+measurements: ``net`` (the network alone on a letterboxed input: Detector.raw) and
+``detect`` (Detector.detect on a 640x480 frame: letterbox, network, decode, NMS).
+
+``files``: the sizes of the two model files and their ratio (fp twin ONNX / ours).
+``profile``: our network's per-op time at 1 thread (Model.profile, medians, ms).
+
+When the zoo files are missing (nothing trained yet) untrained models of the same
+architecture are built (needs torch) with random BatchNorm statistics -- speed does not
+depend on the weights -- and ``"untrained": true``; --downsample / --widths / --imgsz
+change that architecture (models/detector.py default_config) to measure alternatives.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "models" / "zoo" / "person"
 
 
-def _untrained(tmp, imgsz):
+def _untrained(tmp, imgsz, overrides):
     from firmware_py.convert import convert
 
     from . import detector as D
 
     paths = {}
     for v, name in (("binary", "binary"), ("fp", "fp_twin")):
-        m = D.build_detector(D.default_config(v, imgsz))
+        m = D.build_detector(D.default_config(v, imgsz, **overrides))
         D.randomize_bn(m)
         p = os.path.join(tmp, name + ".onnx")
         D.export_onnx(m, p, ["person"])
@@ -43,37 +55,87 @@ def _untrained(tmp, imgsz):
     return bnn, paths["fp"]
 
 
-def _rate(fn, seconds):
-    fn()
-    n, t0 = 0, time.perf_counter()
-    while True:
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "Hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _interleaved(fns, seconds, round_s=0.25):
+    """Times each fn of ``fns`` (a dict name -> fn) in alternating rounds of about round_s
+    seconds until each has run ~seconds in total.  Returns {name: per-call times (s)} and
+    the per-round mean times {name: [...]} (rounds aligned across names)."""
+    for fn in fns.values():  # warm-up
         fn()
-        n += 1
-        el = time.perf_counter() - t0
-        if el >= seconds and n >= 3:
-            return n / el
+        fn()
+    calls = {k: [] for k in fns}
+    rounds = {k: [] for k in fns}
+    total = {k: 0.0 for k in fns}
+    clock = time.perf_counter
+    while min(total.values()) < seconds or len(next(iter(rounds.values()))) < 3:
+        for k, fn in fns.items():
+            ts = []
+            t_end = clock() + round_s
+            while True:
+                t0 = clock()
+                fn()
+                ts.append(clock() - t0)
+                if t0 + ts[-1] >= t_end and len(ts) >= 2:
+                    break
+            calls[k] += ts
+            rounds[k].append(statistics.mean(ts))
+            total[k] += sum(ts)
+    return calls, rounds
 
 
-def bench(bnn, onnx_path, seconds=3.0, untrained=False, threads=None):
+def _stats(ts):
+    med = statistics.median(ts)
+    return {"ms": round(med * 1e3, 3), "fps": round(1.0 / med, 1), "min_ms": round(min(ts) * 1e3, 3),
+            "calls": len(ts)}
+
+
+def bench(bnn, onnx_path, seconds=3.0, untrained=False, threads=None, config=None):
     from firmware_py.detect import Detector
 
     frame = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
     all_threads = os.cpu_count() or 1
-    rows = []
-    for path, runtime in ((bnn, "firmware_py"), (onnx_path, "onnxruntime")):
-        if not path:
-            continue
-        for nt in threads or sorted({1, all_threads}):
-            det = Detector(path, num_threads=nt, conf=0.25)
-            x, _ = det.preprocess(frame)
-            net = _rate(lambda: det.raw(x), seconds)
-            full = _rate(lambda: det.detect(frame), seconds)
-            row = {"model": os.path.basename(path), "runtime": runtime, "threads": nt,
-                   "input": list(det.input_size), "frame": [480, 640], "fps": round(full, 2),
-                   "net_ms": round(1000 / net, 2), "untrained": untrained, "machine": platform.machine()}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    return rows
+    res = {"machine": platform.machine(), "cpu": _cpu_name(), "cpus": all_threads, "untrained": untrained,
+           "files": {"ours": {"path": str(bnn), "bytes": os.path.getsize(bnn)},
+                     "fp_twin_onnx": {"path": str(onnx_path), "bytes": os.path.getsize(onnx_path)}}}
+    res["files"]["size_ratio"] = round(res["files"]["fp_twin_onnx"]["bytes"] / res["files"]["ours"]["bytes"], 2)
+    if config is not None:
+        res["config"] = config
+    res["threads"] = {}
+    for nt in threads or sorted({1, all_threads}):
+        ours = Detector(bnn, num_threads=nt, conf=0.25)
+        ort = Detector(onnx_path, num_threads=nt, conf=0.25)
+        res["input"] = list(ours.input_size)
+        res["path"] = ours.runner.model._ctx.path
+        x, _ = ours.preprocess(frame)
+        row = {}
+        for what, fo, fr in (("net", lambda: ours.raw(x), lambda: ort.raw(x)),
+                             ("detect", lambda: ours.detect(frame), lambda: ort.detect(frame))):
+            calls, rounds = _interleaved({"ours": fo, "onnxruntime": fr}, seconds)
+            ratios = [r / o for o, r in zip(rounds["ours"], rounds["onnxruntime"])]
+            row[what] = {"ours": _stats(calls["ours"]), "onnxruntime": _stats(calls["onnxruntime"]),
+                         "speedup": round(statistics.median(ratios), 2),
+                         "speedup_range": [round(min(ratios), 2), round(max(ratios), 2)], "rounds": len(ratios)}
+        if nt == 1:
+            prof = ours.runner.model.profile(x, repeat=20)
+            by = collections.defaultdict(float)
+            for p in prof:
+                by[p["op"]] += p["ms"]
+            row["profile"] = {"nodes_ms": round(prof.nodes_ms, 3), "total_ms": round(prof.total_ms, 3),
+                              "by_op_ms": {k: round(v, 3) for k, v in sorted(by.items(), key=lambda kv: -kv[1])}}
+        res["threads"][str(nt)] = row
+        ours.runner.model.close()
+    print(json.dumps(res, indent=1), flush=True)
+    return res
 
 
 def main(argv=None):
@@ -81,17 +143,28 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bnn", default=str(ZOO / "binary.bnn"))
     ap.add_argument("--onnx", default=str(ZOO / "fp_twin.onnx"))
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per runtime and measurement")
     ap.add_argument("--imgsz", type=int, default=256, help="for the untrained stand-ins")
+    ap.add_argument("--downsample", choices=("real", "avg"), help="for the untrained stand-ins")
+    ap.add_argument("--widths", help="for the untrained stand-ins: 5 comma-separated widths")
     ap.add_argument("--threads", default="", help="comma-separated thread counts (default 1 and all)")
     a = ap.parse_args(argv)
     threads = [int(t) for t in a.threads.split(",")] if a.threads else None
+    overrides = {}
+    if a.downsample:
+        overrides["downsample"] = a.downsample
+    if a.widths:
+        overrides["widths"] = [int(w) for w in a.widths.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        bnn, onnx_path, untrained = a.bnn, a.onnx, False
-        if not (os.path.exists(bnn) and os.path.exists(onnx_path)):
-            bnn, onnx_path = _untrained(tmp, a.imgsz)
+        bnn, onnx_path, untrained, config = a.bnn, a.onnx, False, None
+        if overrides or not (os.path.exists(bnn) and os.path.exists(onnx_path)):
+            from . import detector as D
+
+            bnn, onnx_path = _untrained(tmp, a.imgsz, overrides)
             untrained = True
-        return bench(bnn, onnx_path, a.seconds, untrained, threads)
+            cfg = D.default_config("binary", a.imgsz, **overrides)
+            config = {k: cfg[k] for k in ("imgsz", "widths", "depths", "neck", "arch", "downsample")}
+        return bench(bnn, onnx_path, a.seconds, untrained, threads, config)
 
 
 if __name__ == "__main__":
