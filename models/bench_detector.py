@@ -16,9 +16,11 @@ measurements: ``net`` (the network alone on a letterboxed input: Detector.raw) a
 ``profile``: our network's per-op time at 1 thread (Model.profile, medians, ms).
 
 When the zoo files are missing (nothing trained yet) untrained models of the same
-architecture are built (needs torch) with random BatchNorm statistics -- speed does not
-depend on the weights -- and ``"untrained": true``; --downsample / --widths / --imgsz
-change that architecture (models/detector.py default_config) to measure alternatives.
+architecture are built (needs torch; seeded) with random BatchNorm statistics -- speed
+does not depend on the weights -- and ``"untrained": true``; --downsample / --widths /
+--imgsz change that architecture (models/detector.py default_config) to measure
+alternatives.  (A binary conv weight of exactly 0 would binarise to 0, not +-1, and the
+converter would keep that conv float: the stand-ins nudge such weights to 1e-6.)
 """
 from __future__ import annotations
 
@@ -38,15 +40,23 @@ ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "models" / "zoo" / "person"
 
 
-def _untrained(tmp, imgsz, overrides):
+def _untrained(tmp, imgsz, overrides, seed=0):
+    import torch
+
     from firmware_py.convert import convert
 
     from . import detector as D
+    from .layers import BinaryConv2d
 
     paths = {}
     for v, name in (("binary", "binary"), ("fp", "fp_twin")):
+        torch.manual_seed(seed)
         m = D.build_detector(D.default_config(v, imgsz, **overrides))
         D.randomize_bn(m)
+        with torch.no_grad():  # a weight of exactly 0 has Sign 0: that conv would stay float
+            for mod in m.modules():
+                if isinstance(mod, BinaryConv2d):
+                    mod.weight[mod.weight == 0] = 1e-6
         p = os.path.join(tmp, name + ".onnx")
         D.export_onnx(m, p, ["person"])
         paths[v] = p
