@@ -97,8 +97,8 @@ class EventLog:
     detections, and the summary.  Flushed with each stats record (and every 64 KiB).
 
     The file only ever holds whole lines: records are written in batches of whole lines
-    with os.write, and a batch that fails part-way (disk full, file size limit, I/O
-    error) is cut off again (ftruncate to where it began).  A failed batch never stops
+    with os.write, and when a batch fails part-way (disk full, file size limit, I/O
+    error) the file is cut after the last whole line that got out (ftruncate).  A failed batch never stops
     the app: it is counted (``errors``, ``lost`` records, ``last_error``; in the stats
     records and the summary), logged on stderr, and later batches are tried again."""
 
@@ -144,20 +144,22 @@ class EventLog:
             return
         data, n = b"".join(self._buf), len(self._buf)
         self._buf, self._nbuf = [], 0
-        start = None
+        start, written = None, 0
         try:
             start = os.lseek(self._fd, 0, os.SEEK_END)
             view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
         except OSError as e:
-            if start is not None:
-                try:  # no torn last line: back to the end of the last whole batch
-                    os.ftruncate(self._fd, start)
+            keep = data.rfind(b"\n", 0, written) + 1  # the whole lines that got out
+            if start is not None and keep < written:
+                try:  # no torn last line: cut the file after the last whole line
+                    os.ftruncate(self._fd, start + keep)
                 except OSError:
                     pass
-            self.lost += n
-            self._err.failed("cannot write (%d record(s) lost): %s" % (n, e.strerror or e))
+            lost = n - data.count(b"\n", 0, keep)
+            self.lost += lost
+            self._err.failed("cannot write (%d record(s) lost): %s" % (lost, e.strerror or e))
         else:
             self._err.ok()
 
