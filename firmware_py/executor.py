@@ -573,6 +573,7 @@ class Model:
     def _check_open(self):
         if self._ctx is None:
             raise ValueError("this Model is closed")
+        self._ctx._handle()  # ValueError in a forked child: the prepared C calls skip ops' checks
 
     def close(self):
         """Frees the C layers and the context (the Model cannot run afterwards)."""

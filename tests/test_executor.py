@@ -4,6 +4,8 @@ references of the same semantics written here (docs/model-format.md).
 
 Skipped when the native library has not been built.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -694,3 +696,44 @@ def test_ops_out_argument_is_validated():
     assert fp.avgpool2d(x, 2, out=y) is y
     yb2 = np.empty((1, 2, 2, 1), np.uint32)
     assert fp.bmaxpool2d(bits, 8, 2, out=yb2) is yb2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_model_in_forked_child_raises(tmp_path):
+    """A Model's prepared C calls must not reach the parent's worker threads from a forked
+    child (they do not exist there: a hang): run raises ValueError instead."""
+    import time
+    import warnings
+
+    rng = np.random.default_rng(12)
+    g = G()
+    g.input("x", (1, 8, 64, 64))  # big enough for the C call to use the worker thread
+    g.node("prelu", ["x"], "y", "float", (1, 64, 64, 8), params={"slope": np.full(8, 0.5, np.float32)})
+    g.output("y")
+    m = g.load(tmp_path, num_threads=2)
+    x = rng.standard_normal((1, 8, 64, 64)).astype(np.float32)
+    m.run(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            m.run(x)
+        except ValueError:
+            code = 0
+        except BaseException:
+            code = 2
+        os._exit(code)
+    deadline = time.time() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("child process hung after fork")
+        time.sleep(0.02)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    m.close()
