@@ -98,9 +98,10 @@ class EventLog:
 
     The file only ever holds whole lines: records are written in batches of whole lines
     with os.write, and when a batch fails part-way (disk full, file size limit, I/O
-    error) the file is cut after the last whole line that got out (ftruncate).  A failed batch never stops
-    the app: it is counted (``errors``, ``lost`` records, ``last_error``; in the stats
-    records and the summary), logged on stderr, and later batches are tried again."""
+    error) the file is cut after the last whole line that got out (ftruncate).  A failed
+    batch never stops the app: it is counted (``errors``, ``lost`` records,
+    ``last_error``; in the stats records and the summary), logged on stderr, and later
+    batches are tried again."""
 
     FLUSH_BYTES = 1 << 16
 
