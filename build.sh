@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the C runtime (csrc/neon/**/*.c) for the host and the Raspberry Pi targets,
-# runs the tests and packs the Pi tarball.   Usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|asan-test|test|dist|demo|clean]
+# runs the tests and packs the Pi tarball.   Usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|asan-test|test|dist|demo|fuzz|clean]
 #   outputs: firmware_py/_lib/<arch>/libbnn.so, build/<arch>/libbnn.a, build/<arch>/tests/test_*
 #   a C test is any tests/c/test_*.c (one standalone program, linked against libbnn.a).
 set -euo pipefail
@@ -89,7 +89,9 @@ build() {
     "${ldflags[@]}" -o "$OUT/libbnn.so" $(find "$OBJ" -name '*.o' | sort) -lm
   check_exports "$arch" "$OUT/libbnn.so"
   if [[ -z $variant ]]; then  # the sanitizer library stays in build/<arch>-asan/ (BNN_LIBRARY)
-    mkdir -p "firmware_py/_lib/$arch"; cp "$OUT/libbnn.so" "firmware_py/_lib/$arch/libbnn.so"
+    # replace, never overwrite in place: a running process has the old file mapped
+    mkdir -p "firmware_py/_lib/$arch"; cp "$OUT/libbnn.so" "firmware_py/_lib/$arch/.libbnn.so.tmp"
+    mv -f "firmware_py/_lib/$arch/.libbnn.so.tmp" "firmware_py/_lib/$arch/libbnn.so"
     echo "ok: firmware_py/_lib/$arch/libbnn.so"
   else
     echo "ok: $OUT/libbnn.so (not installed; use BNN_LIBRARY=$OUT/libbnn.so with LD_PRELOAD, see asan_env)"
@@ -162,7 +164,7 @@ PY_ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 PY_UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1
 # the Python tests that call into libbnn (tests/test_convert.py and test_detect.py call it too but
 # spend their time in torch exports; left out)
-PY_C_TESTS=(tests/test_ops.py tests/test_executor.py tests/test_model_format.py)
+PY_C_TESTS=(tests/test_ops.py tests/test_executor.py tests/test_model_format.py tests/test_fuzz_regressions.py)
 python_exe() { python3 -c 'import sys; print(sys.executable)'; }  # the binary, not a pyenv shim
 # libasan, and libstdc++ with it: ASan resolves the real __cxa_throw when it starts, so a C++
 # library loaded later (onnx, torch) that throws would hit a CHECK failure without it.
@@ -196,6 +198,49 @@ python_asan_tests() {
   # --capture=sys: a sanitizer report goes to fd 2 and must not vanish with pytest's captured
   # output when the process aborts
   asan_env "$(python_exe)" -m pytest -q -p no:cacheprovider --capture=sys "${PY_C_TESTS[@]}"
+}
+
+# ---- fuzzing (atheris + libFuzzer, tests/fuzz/) ----------------------------------------------------
+# fuzz [loader|convert] [SECONDS | runs=N] [libFuzzer flags...]: builds the ASan library and runs
+# tests/fuzz/fuzz_<target>.py on it.  Corpus: build/fuzz/<target>/corpus (kept between runs), seeded
+# from tests/fuzz/seeds/<target>/ and tests/fuzz/regressions/<target>/; a crashing input is
+# written to build/fuzz/<target>/artifacts/ (keep it under tests/fuzz/regressions/<target>/ once
+# fixed).  libFuzzer stops at the first crash.
+fuzz() {
+  local target=${1:-loader} limit=${2:-60} py shim dir dirs=() flags=() t0 rc log execs crashes script
+  [[ $target == loader || $target == convert ]] || die "usage: ./build.sh fuzz [loader|convert] [SECONDS|runs=N] [libFuzzer flags...]"
+  shift $(($# < 2 ? $# : 2))
+  script=tests/fuzz/fuzz_$target.py; [[ $target == loader ]] && script=tests/fuzz/fuzz_model_loader.py
+  case $limit in
+    runs=[0-9]*) flags+=(-runs="${limit#runs=}") ;;
+    [0-9]*) flags+=(-max_total_time="$limit") ;;
+    *) die "fuzz: the limit is SECONDS or runs=N, got '$limit'" ;;
+  esac
+  py=$(python_exe)
+  "$py" -c 'import atheris' 2>/dev/null || die "fuzz: atheris is not installed (pip install atheris)"
+  build "$HOST" asan >/dev/null
+  # atheris' Python coverage must reach its libFuzzer, not libasan's no-op stubs: see the shim
+  shim=build/$HOST-asan/sancov_shim.so
+  ${CC:-gcc} -O2 -shared -fPIC -Wall -Wextra -Werror tests/fuzz/sancov_shim.c -ldl -o "$shim"
+  dir=build/fuzz/$target; mkdir -p "$dir/corpus" "$dir/artifacts"
+  dirs=("$dir/corpus" tests/fuzz/seeds/"$target")
+  [[ -n $(ls -A tests/fuzz/regressions/"$target" 2>/dev/null) ]] && dirs+=(tests/fuzz/regressions/"$target")
+  [[ -f tests/fuzz/$target.dict ]] && flags+=(-dict=tests/fuzz/$target.dict)
+  log=$dir/last.log; crashes=$(ls "$dir/artifacts" | wc -l)
+  echo "fuzz $target: ${flags[*]} $* ${dirs[*]} (log: $log)"
+  t0=$(date +%s.%N); rc=0
+  # a 16 MiB quarantine (not 256) keeps use-after-free detection within an execution and makes
+  # libFuzzer's loop ~2x faster; LeakSanitizer is off (CPython), so libFuzzer's leak retries too
+  ASAN_PRELOAD="$ROOT/$shim $(libasan)" ASAN_EXTRA=verify_asan_link_order=0:quarantine_size_mb=16 \
+    asan_env "$py" "$script" "${flags[@]}" -timeout=120 -rss_limit_mb=4096 -detect_leaks=0 \
+    -print_final_stats=1 -artifact_prefix="$dir/artifacts/" "$@" "${dirs[@]}" 2>&1 | tee "$log" || rc=$?
+  execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log" | tail -1)
+  crashes=$(($(ls "$dir/artifacts" | wc -l) - crashes))
+  printf '\nfuzz %s: %s executions in %.0f s wall, %d crash(es)%s, corpus %d files (%s)\n' "$target" \
+    "${execs:-?}" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')" "$crashes" \
+    "$( ((crashes)) && echo ": $(ls -t "$dir/artifacts" | head -n "$crashes" | sed "s,^,$dir/artifacts/," | tr '\n' ' ')")" \
+    "$(ls "$dir/corpus" | wc -l)" "$dir/corpus"
+  ((rc == 0 && crashes == 0))
 }
 
 run_pytest() {
@@ -268,6 +313,7 @@ case "${1:-host}" in
     step "Python tests calling C, on the asan+ubsan libbnn.so" python_asan_tests
     summary ;;
   dist) dist ;;
+  fuzz) shift; fuzz "$@" ;;
   demo)  # the camera app on the bundled clip once the person detector is shipped;
          # until then the shipped XNOR classifier on bundled Fashion-MNIST images
     shift; build "$HOST"
@@ -275,5 +321,5 @@ case "${1:-host}" in
     echo "demo: models/zoo/person/binary.bnn is not trained yet; running the classifier demo" >&2
     exec python3 -m firmware_py.demo "$@" ;;
   clean) rm -rf build dist firmware_py/_lib ;;
-  *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|asan-test|test|dist|demo|clean]" ;;
+  *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|asan-test|test|dist|demo|fuzz|clean]" ;;
 esac
