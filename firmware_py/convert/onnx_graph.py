@@ -2,6 +2,7 @@
 onnx's reference evaluator, and give every remaining node its static input shapes."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -37,18 +38,31 @@ class Graph:
     source_bytes: int = 0
 
 
-def _attrs(node) -> dict:
+def _to_array(t, what):
+    """numpy_helper.to_array, with a ConvertError for a malformed TensorProto (data that
+    does not match its dims or data_type, an unknown data_type, ...)."""
+    from onnx import numpy_helper
+
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # noqa: BLE001 - onnx raises ValueError, TypeError, KeyError, ...
+        raise ConvertError("%s: malformed ONNX tensor: %s" % (what, e)) from None
+
+
+def _attrs(node, where) -> dict:
     import onnx
     from onnx import helper
 
     out = {}
     for a in node.attribute:
-        v = helper.get_attribute_value(a)
+        try:
+            v = helper.get_attribute_value(a)
+        except Exception as e:  # noqa: BLE001 - an attribute whose type and value disagree
+            raise ConvertError("%s: malformed attribute %r: %s" % (where, a.name, e)) from None
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
         elif a.type == onnx.AttributeProto.TENSOR:
-            from onnx import numpy_helper
-            v = numpy_helper.to_array(v)
+            v = _to_array(v, "%s attribute %r" % (where, a.name))
         elif isinstance(v, (list, tuple)):
             v = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
         out[a.name] = v
@@ -92,6 +106,76 @@ def load_model(src):
     return model, size
 
 
+def _check_strings(model):
+    """ConvertError when a name the converter uses is not valid UTF-8 (protobuf hands such
+    a ``string`` field over as bytes)."""
+    def need(v, what):
+        if not isinstance(v, str):
+            raise ConvertError("%s is not valid UTF-8: %r" % (what, v))
+
+    g = model.graph
+    for o in model.opset_import:
+        need(o.domain, "an opset_import domain")
+    for p in model.metadata_props:
+        need(p.key, "a metadata_props key")
+        need(p.value, "metadata_props %r" % p.key)
+    for kind, items in (("input", g.input), ("output", g.output), ("value_info", g.value_info),
+                        ("initializer", g.initializer)):
+        for i, vi in enumerate(items):
+            need(vi.name, "graph %s %d's name" % (kind, i))
+    for i, n in enumerate(g.node):
+        for v, what in [(n.op_type, "op_type"), (n.name, "name"), (n.domain, "domain")] + \
+                [(x, "input") for x in n.input] + [(x, "output") for x in n.output] + \
+                [(a.name, "attribute name") for a in n.attribute]:
+            need(v, "node %d's %s" % (i, what))
+
+
+MAX_ELEMENTS = 2**31 - 1  # per tensor: the runtime counts elements in int32
+
+
+def _check_shape_constants(g, consts):
+    """ConvertError for a node whose constant input asks for an output of more than
+    MAX_ELEMENTS elements (ConstantOfShape / Expand shapes, Tile repeats, Range bounds):
+    onnx's shape inference with data propagation, and constant folding, would try to
+    materialise it -- a few bytes of ONNX could exhaust the memory.  No tensor that large
+    can be converted anyway."""
+    known = dict(consts)
+    for i, n in enumerate(g.node):
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        name = n.name or "%s_%d" % (n.op_type, i)
+        where = "%s node %r" % (n.op_type, name)
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value" and a.type == a.TENSOR:
+                    known[n.output[0]] = _to_array(a.t, "%s attribute 'value'" % where)
+                elif a.name == "value_ints":
+                    known[n.output[0]] = np.array(a.ints, np.int64)
+                elif a.name == "value_int":
+                    known[n.output[0]] = np.array(a.i, np.int64)
+            continue
+
+        def const(j):
+            v = known.get(n.input[j]) if len(n.input) > j and n.input[j] else None
+            if v is None or v.dtype.kind not in "iuf" or v.size > 64:
+                return None
+            return [float(x) if v.dtype.kind == "f" else int(x) for x in v.ravel()]
+
+        count = None
+        if n.op_type in ("ConstantOfShape", "Expand", "Tile"):
+            dims = const(0 if n.op_type == "ConstantOfShape" else 1)
+            if dims is not None:
+                count = math.prod(abs(int(d)) for d in dims if math.isfinite(d))
+        elif n.op_type == "Range":
+            b = [const(j) for j in range(3)]
+            if all(x is not None and len(x) == 1 for x in b) and b[2][0] != 0 and \
+                    all(math.isfinite(x[0]) for x in b):
+                count = max(math.ceil((b[1][0] - b[0][0]) / b[2][0]), 0)
+        if count is not None and count > MAX_ELEMENTS:
+            raise ConvertError("%s: its constant input asks for an output of %d elements, more "
+                               "than %d (the runtime's limit)" % (where, count, MAX_ELEMENTS))
+
+
 def import_graph(src, input_shapes=None) -> Graph:
     """Loads, fixes shapes, folds constants.  input_shapes: {name: shape} for inputs
     with dynamic dimensions (a dynamic batch dimension alone defaults to 1)."""
@@ -99,9 +183,10 @@ def import_graph(src, input_shapes=None) -> Graph:
     from onnx import numpy_helper, shape_inference
 
     model, size = load_model(src)
+    _check_strings(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     g = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts = {i.name: _to_array(i, "initializer %r" % i.name) for i in g.initializer}
     input_shapes = dict(input_shapes or {})
 
     # fix input shapes
@@ -131,6 +216,15 @@ def import_graph(src, input_shapes=None) -> Graph:
         inputs.append((vi.name, shape))
     if input_shapes:
         raise ConvertError("input_shapes names unknown inputs %s" % sorted(input_shapes))
+    if not inputs:
+        raise ConvertError("the ONNX graph has no inputs (other than initializers): nothing to convert")
+    if not g.output:
+        raise ConvertError("the ONNX graph has no outputs: nothing to convert")
+    for name, shape in inputs:
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise ConvertError("input %r has shape %s: more than %d elements (the runtime's limit)"
+                               % (name, list(shape), MAX_ELEMENTS))
+    _check_shape_constants(g, consts)
 
     # re-run shape inference with the fixed input shapes
     m2 = onnx.ModelProto()
@@ -159,8 +253,9 @@ def import_graph(src, input_shapes=None) -> Graph:
 
     nodes = []
     for i, n in enumerate(m2.graph.node):
-        nodes.append(Node(n.op_type, n.name or "%s_%d" % (n.op_type, i), list(n.input), list(n.output), _attrs(n),
-                          n.domain, n))
+        name = n.name or "%s_%d" % (n.op_type, i)
+        nodes.append(Node(n.op_type, name, list(n.input), list(n.output),
+                          _attrs(n, "%s node %r" % (n.op_type, name)), n.domain, n))
     nodes = _fold(nodes, consts, shapes, opset)
     metadata = {p.key: p.value for p in model.metadata_props}
     return Graph(nodes, consts, shapes, inputs, [o.name for o in g.output], metadata, opset, size)
