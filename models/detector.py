@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import BinaryConv2d, binarize
+from .layers import BinaryConv2d, binarize, binarize_weight
 
 WIDTHS = (32, 64, 128, 256, 512)
 DEPTHS = (1, 1, 2, 1)
@@ -75,7 +75,7 @@ class ScaledBinaryConv2d(BinaryConv2d):
             self.scale.copy_(self.weight.abs().mean(dim=(1, 2, 3)))
 
     def forward(self, x):
-        y = F.conv2d(binarize(x), binarize(self.weight), None, self.stride, self.padding)
+        y = F.conv2d(binarize(x), binarize_weight(self.weight), None, self.stride, self.padding)
         return y * self.scale.view(1, -1, 1, 1)
 
 

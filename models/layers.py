@@ -8,11 +8,12 @@ XNOR-Net (Rastegari et al., ECCV 2016):
     |x| <= 1 (zero elsewhere).
 
 In eval mode (what ``torch.onnx.export`` sees) the layers compute exactly
-``Sign(x)``, ``Sign(W) * ReduceMean(Abs(W))`` and, with K,
-``Conv(ReduceMean(Abs(x), axis 1), box)``, which the converter recognises.
-Note: ONNX/PyTorch ``sign(0) = 0`` while the runtime maps 0 to +1; activations that are
-exactly 0.0 are vanishingly rare after a batch norm, and the converter's --check reports
-any disagreement.
+``Sign(x)``, ``Where(W < 0, -1, 1) * ReduceMean(Abs(W))`` (constants, folded by the
+converter) and, with K, ``Conv(ReduceMean(Abs(x), axis 1), box)``, which the converter
+recognises.  Weights map 0 to +1 like the runtime.  Activations use ONNX/PyTorch
+``sign(0) = 0`` while the runtime maps 0 to +1; activations that are exactly 0.0 are
+vanishingly rare after a batch norm, and the converter's --check reports any
+disagreement.
 """
 from __future__ import annotations
 
@@ -33,6 +34,24 @@ class _SignSTE(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+class _WeightSignSTE(_SignSTE):
+    """sign with sign(0) = +1 forward; the same clipped straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
+
+
+def binarize_weight(w: torch.Tensor) -> torch.Tensor:
+    """W_B = sign(W) with an exactly-zero weight mapped to +1, the runtime's convention:
+    with torch.sign a 0 stays 0, the filter is not +-alpha, and the converter has to keep
+    that convolution in float (larger and slower).  Exported as constants."""
+    if torch.is_grad_enabled() and w.requires_grad:
+        return _WeightSignSTE.apply(w)
+    return torch.where(w < 0, -torch.ones_like(w), torch.ones_like(w))
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +87,7 @@ class BinaryConv2d(nn.Conv2d):
 
     def binary_weight(self) -> torch.Tensor:
         alpha = self.weight.abs().mean(dim=(1, 2, 3), keepdim=True)
-        return binarize(self.weight) * alpha
+        return binarize_weight(self.weight) * alpha
 
     def forward(self, x):
         w = self.binary_weight()
@@ -93,6 +112,6 @@ class BinaryLinear(nn.Linear):
 
     def forward(self, x):
         alpha = self.weight.abs().mean(dim=1, keepdim=True)
-        w = binarize(self.weight) * alpha
+        w = binarize_weight(self.weight) * alpha
         xin = binarize(x) if self.mode == "xnor" else x
         return F.linear(xin, w, self.bias)

@@ -21,7 +21,8 @@ from .nets import TRAINED, VARIANTS
 from .progress import Progress
 from .train import DISTILL_FROM, INIT_FROM, ZOO, evaluate_torch, export, load_trained, train
 
-EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 30}
+# epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
+EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 5}
 
 
 def evaluate_runtime(bnn_path, x_u8, y, threads=1):
@@ -85,6 +86,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=None, help="default: %s" % EPOCHS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     a = ap.parse_args(argv)
     epochs = a.epochs or EPOCHS[a.dataset]
     variants = a.variants.split(",")
@@ -92,9 +94,9 @@ def main(argv=None):
     rows = []
     for v in variants:
         if v in TRAINED:
-            train(a.dataset, v, epochs, a.seed, quiet=True)  # no-op when the checkpoint is complete
+            train(a.dataset, v, epochs, a.seed, a.threads, quiet=True)  # no-op when the checkpoint is complete
         if v == "naive" and "fp" not in variants:
-            train(a.dataset, "fp", epochs, a.seed, quiet=True)
+            train(a.dataset, "fp", epochs, a.seed, a.threads, quiet=True)
         model = load_trained(a.dataset, v, epochs, a.seed)
         acc_torch = evaluate_torch(model, x_te, y_te)
         onnx_path = export(model, a.dataset, v)

@@ -36,6 +36,9 @@ INIT_FROM = {"xnor": "fp", "xnor_k": "fp"}
 # student_T)) / 2, T = 2): the binary net learns the float net's soft outputs.
 DISTILL_FROM = {"xnor": "fp"}
 KD_T = 2.0
+# Variants trained on the images without the random shifts/flips (set from measurements;
+# see NO_AUGMENT's use in train()).  The CLI's --augment overrides it.
+NO_AUGMENT = set()
 
 
 def build(dataset, variant):
@@ -73,8 +76,9 @@ def ckpt_path(dataset, variant) -> Path:
     return CKPT / dataset / ("%s.npz" % variant)
 
 
-def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int = 0, quiet=False):
-    """Trains (or resumes) and returns the model in eval mode."""
+def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int = 0, quiet=False, augment=None):
+    """Trains (or resumes) and returns the model in eval mode.  augment: None = the
+    variant's default (off for NO_AUGMENT)."""
     if variant not in TRAINED:
         raise ValueError("variant %r is not trained (one of %s)" % (variant, TRAINED))
     if threads:
@@ -90,6 +94,10 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     start = 0
     path = ckpt_path(dataset, variant)
     config = {"epochs": epochs, "seed": seed, "width": list(WIDTH)}
+    if augment is None:
+        augment = variant not in NO_AUGMENT
+    if not augment:
+        config["augment"] = False
     init = INIT_FROM.get(variant)
     if init:
         config["init"] = init
@@ -115,6 +123,8 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
             print("checkpoint %s has another configuration; starting over" % path)
     gen = torch.Generator().manual_seed(seed + 1000 * start)
     flip = dataset != "mnist"
+    shift = augment
+    flip = flip and augment
     xt = torch.from_numpy(np.array(x_tr))  # a writable copy
     yt = torch.from_numpy(y_tr)
     for epoch in range(start, epochs):
@@ -124,7 +134,10 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
         loss_avg = None
         for b in range(steps_per_epoch):
             idx = perm[b * DEFAULTS["batch"]:(b + 1) * DEFAULTS["batch"]]
-            xb = _augment(xt[idx].float().div_(255), flip, gen).contiguous(memory_format=torch.channels_last)
+            xb = xt[idx].float().div_(255)
+            if shift:
+                xb = _augment(xb, flip, gen)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             logits = model(xb)
             loss = F.cross_entropy(logits, yt[idx])
             if teacher is not None:
@@ -189,12 +202,15 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--augment", choices=("on", "off"), default=None,
+                    help="random shifts/flips (default: off for %s, on otherwise)" % (sorted(NO_AUGMENT) or "none"))
     a = ap.parse_args(argv)
     t0 = time.time()
     if a.variant == "naive":
         model = load_trained(a.dataset, "naive", a.epochs, a.seed)
     else:
-        model = train(a.dataset, a.variant, a.epochs, a.seed, a.threads)
+        aug = None if a.augment is None else a.augment == "on"
+        model = train(a.dataset, a.variant, a.epochs, a.seed, a.threads, augment=aug)
     _, _, x_te, y_te = data.load(a.dataset)
     print("%s/%s: test accuracy %.2f%% (%.0f s)" % (a.dataset, a.variant, evaluate_torch(model, x_te, y_te),
                                                    time.time() - t0))

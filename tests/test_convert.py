@@ -159,6 +159,20 @@ def test_small_xnor_net(tmp_path, exporter, in_c):
     assert res.check["ok"] and res.check["inputs"] == 2
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_exactly_zero_weights_stay_binary(tmp_path, exporter):
+    """A latent weight of exactly 0.0 binarises to +1 (the runtime's sign), so its layer
+    still converts to bconv2d instead of falling back to a float convolution."""
+    model = randomize_bn(SmallXnorNet(3), seed=7)
+    with torch.no_grad():
+        for conv in (model.conv1, model.conv2, model.conv3):
+            conv.weight[0, :2, 1, 1] = 0.0
+            conv.weight[-1, -1, 0, 0] = 0.0
+    res = roundtrip(model, (1, 3, 16, 16), tmp_path, exporter)
+    o = ops(res)
+    assert o.count("bconv2d") == 3 and o.count("fconv2d") == 1, o
+
+
 class SignPoolNet(nn.Module):
     """sign -> max-pool (k3 s2 p1) -> binary conv: the pool runs on bits directly; the
     output is the sign of the last layer (bits, unpacked to +-1 at the boundary)."""

@@ -713,4 +713,6 @@ def test_no_pickle_in_firmware_py():
     assert not hits, "\n".join(hits)
     for fn in ("model_format.py", "executor.py"):
         src = open(os.path.join(ROOT, "firmware_py", fn), encoding="utf-8").read()
-        assert "pickle" not in src and "torch" not in src and "onnx" not in src.lower()
+        assert "pickle" not in src
+        # neither needs torch nor onnx (messages may still name the formats)
+        assert not re.search(r"^\s*(import|from)\s+(torch|onnx|onnxruntime)\b", src, re.M), fn
