@@ -313,7 +313,7 @@ def parser():
     ap.add_argument("--wd", type=float, default=0.05, help="AdamW weight decay of float conv weights")
     ap.add_argument("--data", default="people", help="people, coco128 or a folder with a YOLO data yaml")
     ap.add_argument("--arch", choices=("bireal", "plain"), default="bireal")
-    ap.add_argument("--downsample", choices=("real", "avg"), default="real")
+    ap.add_argument("--downsample", choices=("real", "avg"), default="avg")
     ap.add_argument("--learn-scale", action="store_true", help="learnable per-channel scales of the binary convs")
     ap.add_argument("--widths", default="", help="channel widths, 5 comma-separated (default 32,64,128,256,512)")
     ap.add_argument("--default-anchors", action="store_true", help="fixed anchors instead of k-means on the data")
