@@ -166,9 +166,31 @@ def test_detector_bnn_matches_pytorch(untrained):
     res = convert(str(onnx_path), bnn, check=True)
     ops = [n["op"] for n in res.graph["nodes"]]
     assert ops.count("bconv2d") == 11  # every conv between the stem and the heads
-    assert ops.count("fconv2d") == 3 + 4  # stem, 2 heads, 4 real-valued downsampling shortcuts
+    # stem and 2 heads; the downsampling shortcuts (avg-pool, channels repeated) have no float MACs
+    assert ops.count("fconv2d") == 3
     det = Detector(bnn, num_threads=1, conf=0.1, iou=0.45)
     assert det.class_names == ["person"] and det.input_size == (128, 128)
+    assert _compare(model, det, 0.1) >= 3
+
+
+def test_detector_real_downsampling_matches_pytorch(tmp_path):
+    """downsample="real": AvgPool -> float 1x1 conv -> BN shortcuts, run as fconv2d."""
+    torch = pytest.importorskip("torch", reason="PyTorch not installed")
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from firmware_py.convert import convert
+    from firmware_py.detect import Detector
+    from models import detector as D
+
+    torch.manual_seed(2)
+    model = D.build_detector(D.default_config("binary", 128, widths=(32, 32, 64, 64, 128), downsample="real"))
+    D.randomize_bn(model, seed=2)
+    model.eval()
+    onnx_path = tmp_path / "real.onnx"
+    D.export_onnx(model, onnx_path, ["person"])
+    res = convert(str(onnx_path), str(tmp_path / "real.bnn"), check=True)
+    ops = [n["op"] for n in res.graph["nodes"]]
+    assert ops.count("bconv2d") == 11 and ops.count("fconv2d") == 3 + 4, ops  # + 4 shortcut convs
+    det = Detector(str(tmp_path / "real.bnn"), num_threads=1, conf=0.1, iou=0.45)
     assert _compare(model, det, 0.1) >= 3
 
 
