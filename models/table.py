@@ -25,6 +25,18 @@ from .train import DISTILL_FROM, INIT_FROM, ZOO, evaluate_torch, export, load_tr
 EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 5}
 
 
+def latency_ms(model, x1, runs=200) -> float:
+    """median ms of model.run(x1), after 10 warm-up runs"""
+    for _ in range(10):
+        model.run(x1)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.run(x1)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
 def evaluate_runtime(bnn_path, x_u8, y, threads=1):
     import firmware_py
     model = firmware_py.load(str(bnn_path), num_threads=threads)
@@ -36,15 +48,22 @@ def evaluate_runtime(bnn_path, x_u8, y, threads=1):
         if i % 500 == 499 or i == len(x_u8) - 1:
             bar.update(500 if i % 500 == 499 else (i % 500) + 1)
     bar.close()
-    x1 = x_u8[:1].astype(np.float32) / np.float32(255)
-    for _ in range(10):
-        model.run(x1)
-    times = []
-    for _ in range(200):
-        t0 = time.perf_counter()
-        model.run(x1)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return 100.0 * correct / len(x_u8), float(np.median(times))
+    return 100.0 * correct / len(x_u8), latency_ms(model, x_u8[:1].astype(np.float32) / np.float32(255))
+
+
+def remeasure_latency(a, epochs, x_te):
+    """--latency-only: times the shipped .bnn files again (e.g. on a quiet machine) and
+    rewrites the tables; accuracies are kept as they are."""
+    import firmware_py
+    prev = json.loads((ZOO / a.dataset / "table.json").read_text())
+    if prev.get("epochs") != epochs or prev.get("seed") != a.seed:
+        raise SystemExit("table.json is for %s epochs, seed %s" % (prev.get("epochs"), prev.get("seed")))
+    rows = prev["rows"]
+    for r in rows:
+        model = firmware_py.load(str(ZOO / a.dataset / ("%s.bnn" % r["variant"])), num_threads=1)
+        r["latency_ms_1thread"] = round(latency_ms(model, x_te[:1].astype(np.float32) / np.float32(255)), 3)
+        print(json.dumps(r), flush=True)
+    return write_tables(a, epochs, x_te, rows)
 
 
 def write_tables(a, epochs, x_te, rows):
@@ -87,10 +106,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
+    ap.add_argument("--latency-only", action="store_true", help="only time the shipped .bnn files again")
     a = ap.parse_args(argv)
     epochs = a.epochs or EPOCHS[a.dataset]
     variants = a.variants.split(",")
     _, _, x_te, y_te = data.load(a.dataset)
+    if a.latency_only:
+        print("\n".join(remeasure_latency(a, epochs, x_te)))
+        return
     rows = []
     for v in variants:
         if v in TRAINED:
