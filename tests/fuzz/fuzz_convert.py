@@ -34,13 +34,10 @@ for p in (ROOT, HERE):
         sys.path.insert(0, p)
 
 if __name__ == "__main__":  # the fuzzer: coverage instrumentation of firmware_py's bytecode
-    import atheris
+    from instrument import instrument
 
-    with atheris.instrument_imports(include=["firmware_py"]):
-        import firmware_py.convert  # noqa: F401
-        import firmware_py.convert.lower  # noqa: F401
-        import firmware_py.convert.onnx_graph  # noqa: F401
-        import firmware_py.convert.passes  # noqa: F401
+    instrument("firmware_py.executor", "firmware_py.convert", "firmware_py.convert.lower",
+               "firmware_py.convert.onnx_graph", "firmware_py.convert.passes")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402

@@ -48,10 +48,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 if __name__ == "__main__":  # the fuzzer: coverage instrumentation of firmware_py's bytecode
-    import atheris
+    from instrument import instrument
 
-    with atheris.instrument_imports(include=["firmware_py"]):
-        import firmware_py.executor  # noqa: F401
+    instrument("firmware_py.executor")
 
 import json  # noqa: E402
 import math  # noqa: E402
