@@ -31,24 +31,9 @@ STATS_FIELDS = {"capture_fps", "inference_fps", "latency_ms", "dropped", "droppe
                 "throttled", "bad_frames_total", "frames_total", "rss_mb", "source_state"}
 
 
-def _lib_missing():
-    try:
-        from firmware_py import _native
-        _native.lib()
-    except Exception as e:  # noqa: BLE001
-        return "libbnn.so not built (./build.sh): %s" % e
-    return None
+# (skipped by conftest.py when libbnn.so is not built)
 
 
-pytestmark = pytest.mark.skipif(_lib_missing() is not None, reason=str(_lib_missing()))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    if os.path.isfile(DEFAULT_MODEL):
-        return DEFAULT_MODEL
-    from app.testmodel import write_synthetic_detector
-    return write_synthetic_detector(str(tmp_path_factory.mktemp("m") / "det.bnn"), size=160)
 
 
 @pytest.fixture(scope="module")

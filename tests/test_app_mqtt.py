@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) is not installed")
 mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
 
-from app import DEFAULT_MODEL, ROOT  # noqa: E402
+from app import ROOT  # noqa: E402
 
 SAMPLE = os.path.join(ROOT, "app", "samples", "people-384x216.mp4")
 MOSQUITTO = shutil.which("mosquitto") or next(
@@ -103,12 +103,6 @@ class Subscriber:
         self.c.loop_stop()
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    if os.path.isfile(DEFAULT_MODEL):
-        return DEFAULT_MODEL
-    from app.testmodel import write_synthetic_detector
-    return write_synthetic_detector(str(tmp_path_factory.mktemp("m") / "det.bnn"), size=160)
 
 
 def test_parse_mqtt():

@@ -11,16 +11,7 @@ pytest.importorskip("onnx", reason="the ONNX cases need onnx (pip install onnx)"
 pytest.importorskip("onnxruntime", reason="the Detector .onnx case needs onnxruntime")
 
 
-def _lib_missing():
-    try:
-        from firmware_py import _native
-        _native.lib()
-    except Exception as e:  # noqa: BLE001
-        return "libbnn.so not built (./build.sh): %s" % e
-    return None
-
-
-pytestmark = pytest.mark.skipif(_lib_missing() is not None, reason=str(_lib_missing()))
+# (skipped by conftest.py when libbnn.so is not built)
 
 from tests import bad_input  # noqa: E402
 

@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 
+from tests.conftest import wait_child
+
 import firmware_py as fp
 from firmware_py import _native
 from firmware_py.executor import overhead_report
@@ -702,7 +704,6 @@ def test_ops_out_argument_is_validated():
 def test_model_in_forked_child_raises(tmp_path):
     """A Model's prepared C calls must not reach the parent's worker threads from a forked
     child (they do not exist there: a hang): run raises ValueError instead."""
-    import time
     import warnings
 
     rng = np.random.default_rng(12)
@@ -725,15 +726,5 @@ def test_model_in_forked_child_raises(tmp_path):
         except BaseException:
             code = 2
         os._exit(code)
-    deadline = time.time() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("child process hung after fork")
-        time.sleep(0.02)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    wait_child(pid)
     m.close()

@@ -30,29 +30,14 @@ import pytest
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) is not installed")
 
-from app import DEFAULT_MODEL, ROOT  # noqa: E402
+from app import ROOT  # noqa: E402
 
 SAMPLE = os.path.join(ROOT, "app", "samples", "people-384x216.mp4")
 
 
-def _lib_missing():
-    try:
-        from firmware_py import _native
-        _native.lib()
-    except Exception as e:  # noqa: BLE001
-        return "libbnn.so not built (./build.sh): %s" % e
-    return None
+# (skipped by conftest.py when libbnn.so is not built)
 
 
-pytestmark = pytest.mark.skipif(_lib_missing() is not None, reason=str(_lib_missing()))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    if os.path.isfile(DEFAULT_MODEL):
-        return DEFAULT_MODEL
-    from app.testmodel import write_synthetic_detector
-    return write_synthetic_detector(str(tmp_path_factory.mktemp("m") / "det.bnn"), size=160)
 
 
 class App:

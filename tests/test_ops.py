@@ -13,6 +13,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.conftest import wait_child
+
 import firmware_py as fp
 from firmware_py import _native
 from firmware_py._native import ffi
@@ -1002,7 +1004,6 @@ def test_bad_input_pools_xnor_fconv_add():
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_default_context_after_fork():
     """A forked child must not use (or join) the parent's worker threads."""
-    import time
     import warnings
 
     x = np.random.default_rng(61).standard_normal((64, 100)).astype(np.float32)
@@ -1024,15 +1025,5 @@ def test_default_context_after_fork():
         except BaseException:
             code = 2
         os._exit(code)
-    deadline = time.time() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("child process hung after fork")
-        time.sleep(0.02)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    wait_child(pid)
     parent_ctx.close()
