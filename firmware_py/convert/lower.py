@@ -43,16 +43,30 @@ def _ints(v, n, name, node):
     return [int(x) for x in v]
 
 
+def _scalar(const, node, what):
+    """A constant holding one number -> float (ConvertError otherwise)."""
+    c = np.asarray(const)
+    if c.size != 1 or c.dtype.kind not in "biuf":
+        raise ConvertError.at(node, "%s must be one number, got %s of shape %s" % (what, c.dtype, c.shape))
+    return float(c.reshape(-1)[0])
+
+
 def window_attrs(node, in_hw, kernel, kind):
     """(stride, pads[t, l, b, r]) from ONNX Conv / pool attributes, checked."""
     a = node.attrs
+    if min(kernel) < 1:
+        raise ConvertError.at(node, "kernel %s: sizes must be positive" % (list(kernel),))
     s = _ints(a.get("strides", [1, 1]), 2, "strides", node)
+    if min(s) < 1:
+        raise ConvertError.at(node, "strides %s must be positive" % (s,))
     d = _ints(a.get("dilations", [1, 1]), 2, "dilations", node)
     if d != [1, 1]:
         raise ConvertError.at(node, "dilations %s are not supported" % d, "use dilation 1")
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("NOTSET", ""):
         p = _ints(a.get("pads", [0, 0, 0, 0]), 4, "pads", node)
+        if min(p) < 0:
+            raise ConvertError.at(node, "negative pads %s are not supported" % (p,))
         pads = [p[0], p[1], p[2], p[3]]
     elif auto == "VALID":
         pads = [0, 0, 0, 0]
@@ -220,6 +234,8 @@ class Lowering:
         for name in self.g.outputs:
             if name in self.g.consts:
                 raise ConvertError("graph output %r is a constant" % name)
+            if name not in self.reps:
+                raise ConvertError("graph output %r is not computed by any node" % name)
             r = self.as_float(self.reps[name], type("N", (), {"op": "output", "name": name})())
             outputs.append((name, r))
         return outputs
@@ -315,6 +331,8 @@ class Lowering:
         if w.shape[1] != x.shape[1]:
             raise ConvertError.at(node, "weights have %d input channels, input has %d" % (w.shape[1], x.shape[1]))
         bias = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32).reshape(-1)
+        if bias.shape != (w.shape[0],):
+            raise ConvertError.at(node, "bias has %d values for %d output channels" % (bias.size, w.shape[0]))
         alpha = binary_alpha(w) if x.kind == "bits" else None
         out = self.new_float(node.outputs[0], out_shape)
         if alpha is not None:
@@ -349,6 +367,10 @@ class Lowering:
         x = self.rep(node.inputs[0], node)
         gamma, beta, mean, var = (np.asarray(self.const(n, node, w), np.float64).reshape(-1)
                                   for n, w in zip(node.inputs[1:5], ("scale", "bias", "mean", "var")))
+        if len(x.shape) not in (2, 4) or any(p.shape != (x.shape[1],) for p in (gamma, beta, mean, var)):
+            raise ConvertError.at(node, "scale/bias/mean/var of sizes %s for an input of shape %s"
+                                  % ([p.size for p in (gamma, beta, mean, var)], x.shape),
+                                  "one value per channel of an NCHW or NC tensor")
         eps = float(node.attrs.get("epsilon", 1e-5))
         s = gamma / np.sqrt(var + eps)
         return self._affine(node, x, s.astype(np.float32), (beta - mean * s).astype(np.float32))
@@ -448,9 +470,9 @@ class Lowering:
     def op_Clip(self, node):
         lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
         if len(node.inputs) > 1 and node.inputs[1]:
-            lo = float(np.asarray(self.const(node.inputs[1], node, "min")))
+            lo = _scalar(self.const(node.inputs[1], node, "min"), node, "min")
         if len(node.inputs) > 2 and node.inputs[2]:
-            hi = float(np.asarray(self.const(node.inputs[2], node, "max")))
+            hi = _scalar(self.const(node.inputs[2], node, "max"), node, "max")
         return self._unary(node, "clip", {"min": float(max(lo, -3.0e38)), "max": float(min(hi, 3.0e38))})
 
     def _pool_common(self, node, x):
@@ -557,12 +579,18 @@ class Lowering:
             raise ConvertError.at(node, "transA=1 is not supported")
         x = self.rep(node.inputs[0], node)
         bmat = np.asarray(self.const(node.inputs[1], node, "B (weights)"), np.float32)
+        if bmat.ndim != 2:
+            raise ConvertError.at(node, "Gemm weights must be 2-D, got shape %s" % (bmat.shape,))
         w = bmat if int(a.get("transB", 0)) else bmat.T
         w = (w * np.float32(a.get("alpha", 1.0))).astype(np.float32)
         bias = None
         if len(node.inputs) > 2 and node.inputs[2]:
             c = np.asarray(self.const(node.inputs[2], node, "C (bias)"), np.float32) * np.float32(a.get("beta", 1.0))
-            bias = np.broadcast_to(c.reshape(-1) if c.size == w.shape[0] else c, (w.shape[0],)).astype(np.float32)
+            try:
+                bias = np.broadcast_to(c.reshape(-1) if c.size == w.shape[0] else c, (w.shape[0],)).astype(np.float32)
+            except ValueError:
+                raise ConvertError.at(node, "bias C of shape %s does not broadcast to the %d outputs"
+                                      % (c.shape, w.shape[0])) from None
         return self._dense(node, x, np.ascontiguousarray(w), bias)
 
     def op_MatMul(self, node):
@@ -643,7 +671,7 @@ class Lowering:
             p = [int(v) for v in np.asarray(self.const(node.inputs[1], node, "pads")).reshape(-1)]
             value = 0.0
             if len(node.inputs) > 2 and node.inputs[2]:
-                value = float(np.asarray(self.const(node.inputs[2], node, "constant_value")).reshape(-1)[0])
+                value = _scalar(self.const(node.inputs[2], node, "constant_value"), node, "constant_value")
         if len(node.inputs) > 3 and node.inputs[3]:
             raise ConvertError.at(node, "Pad with axes is not supported")
         if len(x.shape) != 4 or len(p) != 8 or p[0] or p[1] or p[4] or p[5] or min(p) < 0:

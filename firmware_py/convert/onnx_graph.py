@@ -49,12 +49,56 @@ def _to_array(t, what):
         raise ConvertError("%s: malformed ONNX tensor: %s" % (what, e)) from None
 
 
-def _attrs(node, where) -> dict:
+def _schema(node, opset):
+    """The op's onnx schema, or None (an unknown op or a custom domain)."""
+    import onnx
+
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    try:
+        return onnx.defs.get_schema(node.op_type, opset or 17, node.domain)
+    except Exception:  # noqa: BLE001 - no schema: the lowering names the unsupported op
+        return None
+
+
+def _attr_types(node, opset):
+    """({attribute: AttributeProto type}, [required attributes]) from the op's schema, or
+    ({}, []) (an unknown op or domain)."""
+    schema = _schema(node, opset)
+    if schema is None:
+        return {}, []
+    return ({k: v.type for k, v in schema.attributes.items()},
+            sorted(k for k, v in schema.attributes.items() if v.required))
+
+
+def _check_arity(node, where, opset):
+    """ConvertError when a standard op has fewer or more inputs / outputs than its schema
+    allows (the lowering indexes them)."""
+    schema = _schema(node, opset)
+    if schema is None:
+        return
+    for what, items, lo, hi in (("inputs", node.input, schema.min_input, schema.max_input),
+                                ("outputs", node.output, schema.min_output, schema.max_output)):
+        if not lo <= len(items) <= hi:
+            raise ConvertError("%s: %d %s, the op takes %d..%d" % (where, len(items), what, lo, hi))
+
+
+def _attrs(node, where, opset=17) -> dict:
     import onnx
     from onnx import helper
 
     out = {}
+    types, required = _attr_types(node, opset)
+    missing = [k for k in required if k not in {a.name for a in node.attribute}]
+    if missing:
+        raise ConvertError("%s: missing required attribute(s) %s" % (where, missing))
     for a in node.attribute:
+        want = types.get(a.name)
+        if a.type == onnx.AttributeProto.UNDEFINED or (want is not None and a.type != want):
+            name = onnx.AttributeProto.AttributeType.Name
+            raise ConvertError("%s: attribute %r has type %s, expected %s" % (
+                where, a.name, name(a.type) if a.type in onnx.AttributeProto.AttributeType.values()
+                else a.type, name(want) if want is not None else "a defined type"))
         try:
             v = helper.get_attribute_value(a)
         except Exception as e:  # noqa: BLE001 - an attribute whose type and value disagree
@@ -131,11 +175,15 @@ def _check_strings(model):
 
 
 MAX_ELEMENTS = 2**31 - 1  # per tensor: the runtime counts elements in int32
+MAX_VECTOR = 1 << 16      # a 1-D tensor made from a constant shape (ConstantOfShape, Range, ...)
+# ops with a constant input that sets the output's shape -> that input's index
+_SHAPE_INPUT = {"ConstantOfShape": 0, "Expand": 1, "Tile": 1, "Reshape": 1, "Pad": 1, "Resize": 3}
 
 
 def _check_shape_constants(g, consts):
     """ConvertError for a node whose constant input asks for an output of more than
-    MAX_ELEMENTS elements (ConstantOfShape / Expand shapes, Tile repeats, Range bounds):
+    MAX_ELEMENTS elements, or a vector of more than MAX_VECTOR (ConstantOfShape / Expand /
+    Reshape / Resize shapes, Tile repeats, Pad pads, Range bounds):
     onnx's shape inference with data propagation, and constant folding, would try to
     materialise it -- a few bytes of ONNX could exhaust the memory.  No tensor that large
     can be converted anyway."""
@@ -161,19 +209,27 @@ def _check_shape_constants(g, consts):
                 return None
             return [float(x) if v.dtype.kind == "f" else int(x) for x in v.ravel()]
 
-        count = None
-        if n.op_type in ("ConstantOfShape", "Expand", "Tile"):
-            dims = const(0 if n.op_type == "ConstantOfShape" else 1)
+        count = rank = None
+        if n.op_type in _SHAPE_INPUT:
+            dims = const(_SHAPE_INPUT[n.op_type])
             if dims is not None:
-                count = math.prod(abs(int(d)) for d in dims if math.isfinite(d))
+                count = math.prod(abs(int(d)) for d in dims if math.isfinite(d) and d)
+                rank = len(dims) if n.op_type in ("ConstantOfShape", "Expand", "Reshape") else None
+                if n.op_type == "Pad":  # pads: each one bounds an output dimension
+                    count = max([abs(int(d)) for d in dims if math.isfinite(d)] + [0])
         elif n.op_type == "Range":
             b = [const(j) for j in range(3)]
             if all(x is not None and len(x) == 1 for x in b) and b[2][0] != 0 and \
                     all(math.isfinite(x[0]) for x in b):
-                count = max(math.ceil((b[1][0] - b[0][0]) / b[2][0]), 0)
+                count, rank = max(math.ceil((b[1][0] - b[0][0]) / b[2][0]), 0), 1
         if count is not None and count > MAX_ELEMENTS:
             raise ConvertError("%s: its constant input asks for an output of %d elements, more "
                                "than %d (the runtime's limit)" % (where, count, MAX_ELEMENTS))
+        if rank == 1 and count > MAX_VECTOR:
+            raise ConvertError("%s: its constant input asks for a vector of %d elements, more "
+                               "than %d (no parameter of a supported layer is that long, and onnx's "
+                               "shape inference would expand it element by element)"
+                               % (where, count, MAX_VECTOR))
 
 
 def import_graph(src, input_shapes=None) -> Graph:
@@ -210,9 +266,11 @@ def import_graph(src, input_shapes=None) -> Graph:
                     "pass input_shapes={%r: (n, c, h, w)} (--input-shape %s=1,3,224,224)"
                     % (vi.name, bad, dims, vi.name, vi.name))
             shape = tuple(shape)
-        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        et = vi.type.tensor_type.elem_type
+        if et != onnx.TensorProto.FLOAT:
+            et = onnx.TensorProto.DataType.Name(et) if et in onnx.TensorProto.DataType.values() else et
             raise ConvertError("input %r has element type %s; only float32 inputs are supported"
-                               % (vi.name, onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)))
+                               % (vi.name, et))
         inputs.append((vi.name, shape))
     if input_shapes:
         raise ConvertError("input_shapes names unknown inputs %s" % sorted(input_shapes))
@@ -254,8 +312,9 @@ def import_graph(src, input_shapes=None) -> Graph:
     nodes = []
     for i, n in enumerate(m2.graph.node):
         name = n.name or "%s_%d" % (n.op_type, i)
+        _check_arity(n, "%s node %r" % (n.op_type, name), opset)
         nodes.append(Node(n.op_type, name, list(n.input), list(n.output),
-                          _attrs(n, "%s node %r" % (n.op_type, name)), n.domain, n))
+                          _attrs(n, "%s node %r" % (n.op_type, name), opset), n.domain, n))
     nodes = _fold(nodes, consts, shapes, opset)
     metadata = {p.key: p.value for p in model.metadata_props}
     return Graph(nodes, consts, shapes, inputs, [o.name for o in g.output], metadata, opset, size)
