@@ -8,7 +8,7 @@ XNOR-Net (Rastegari et al., ECCV 2016):
     |x| <= 1 (zero elsewhere).
 
 In eval mode (what ``torch.onnx.export`` sees) the layers compute exactly
-``Sign(x)``, ``Where(W < 0, -1, 1) * ReduceMean(Abs(W))`` (constants, folded by the
+``Sign(x)``, ``Sign(2 Sign(W) + 1) * ReduceMean(Abs(W))`` (constants, folded by the
 converter) and, with K, ``Conv(ReduceMean(Abs(x), axis 1), box)``, which the converter
 recognises.  Weights map 0 to +1 like the runtime.  Activations use ONNX/PyTorch
 ``sign(0) = 0`` while the runtime maps 0 to +1; activations that are exactly 0.0 are
@@ -36,22 +36,29 @@ class _SignSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1).to(grad.dtype)
 
 
+def _sign_zero_plus(w):
+    """Sign(2 Sign(W) + 1): sign with 0 -> +1.  The exporter keeps these four small nodes
+    on W (a Where on W would be folded into a second full-size tensor: an ONNX file twice
+    as big); the converter folds them."""
+    return torch.sign(torch.sign(w) * 2 + 1)
+
+
 class _WeightSignSTE(_SignSTE):
     """sign with sign(0) = +1 forward; the same clipped straight-through gradient."""
 
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
+        return _sign_zero_plus(x)
 
 
 def binarize_weight(w: torch.Tensor) -> torch.Tensor:
     """W_B = sign(W) with an exactly-zero weight mapped to +1, the runtime's convention:
     with torch.sign a 0 stays 0, the filter is not +-alpha, and the converter has to keep
     that convolution in float (larger and slower).  Exported as constants."""
-    if torch.is_grad_enabled() and w.requires_grad:
+    if torch.is_grad_enabled() and w.requires_grad:  # (also while torch.onnx.export traces)
         return _WeightSignSTE.apply(w)
-    return torch.where(w < 0, -torch.ones_like(w), torch.ones_like(w))
+    return _sign_zero_plus(w)
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
