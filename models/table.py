@@ -19,7 +19,7 @@ import numpy as np
 from . import data
 from .nets import TRAINED, VARIANTS
 from .progress import Progress
-from .train import DISTILL_FROM, INIT_FROM, ZOO, evaluate_torch, export, load_trained, train
+from .train import DISTILL_FROM, INIT_FROM, NO_AUGMENT, ZOO, evaluate_torch, export, load_trained, train
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
 EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 5}
@@ -77,15 +77,16 @@ def write_tables(a, epochs, x_te, rows):
             rows = [r for r in prev["rows"] if r["variant"] not in done] + rows
     rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
     cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
-    recipe = {v: {"init": INIT_FROM.get(v), "distill": DISTILL_FROM.get(v)} for v in VARIANTS}
+    recipe = {v: {"init": INIT_FROM.get(v), "distill": DISTILL_FROM.get(v), "augment": v not in NO_AUGMENT}
+              for v in VARIANTS}
     meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe": recipe,
             "test_images": int(len(x_te)), "host": platform.machine(), "python": sys.version.split()[0],
             "rows": rows}
     (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
     lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
              "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
-             "xnor and xnor_k start from fp's trained weights, xnor is also distilled from fp; fp and bwn start "
-             "from scratch). "
+             "xnor and xnor_k start from fp's trained weights, xnor is also distilled from fp and trained "
+             "without the random shifts/flips the others get; fp and bwn start from scratch). "
              "Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
              "table (%s)." % (cmd, epochs, a.seed, platform.machine()), "",
              "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
