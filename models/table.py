@@ -77,7 +77,8 @@ def write_tables(a, epochs, x_te, rows):
             rows = [r for r in prev["rows"] if r["variant"] not in done] + rows
     rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
     cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
-    recipe = {v: {"init": INIT_FROM.get(v), "distill": DISTILL_FROM.get(v), "augment": v not in NO_AUGMENT}
+    no_aug = NO_AUGMENT.get(a.dataset, set())
+    recipe = {v: {"init": INIT_FROM.get(v), "distill": DISTILL_FROM.get(v), "augment": v not in no_aug}
               for v in VARIANTS}
     meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe": recipe,
             "test_images": int(len(x_te)), "host": platform.machine(), "python": sys.version.split()[0],
@@ -85,10 +86,11 @@ def write_tables(a, epochs, x_te, rows):
     (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
     lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
              "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
-             "xnor and xnor_k start from fp's trained weights, xnor is also distilled from fp and trained "
-             "without the random shifts/flips the others get; fp and bwn start from scratch). "
+             "xnor and xnor_k start from fp's trained weights, xnor is also distilled from fp; %s"
+             "fp and bwn start from scratch). "
              "Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
-             "table (%s)." % (cmd, epochs, a.seed, platform.machine()), "",
+             "table (%s)." % (cmd, epochs, a.seed, "".join("%s trains without the random shifts/flips; " % v
+                                                for v in sorted(no_aug)), platform.machine()), "",
              "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
