@@ -13,21 +13,9 @@ import numpy as np
 __all__ = ["write_synthetic_detector"]
 
 
-def _pack(w_pm1):
-    """+-1 float [..., c] -> uint32 [..., words(c)] (bit 1 = -1), tail bits 0."""
-    c = w_pm1.shape[-1]
-    words = (c + 31) // 32
-    bits = (w_pm1 < 0).astype(np.uint8)
-    pad = words * 32 - c
-    if pad:
-        bits = np.concatenate([bits, np.zeros(bits.shape[:-1] + (pad,), np.uint8)], -1)
-    packed = np.packbits(bits, axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u4").reshape(w_pm1.shape[:-1] + (words,))
-
-
 def write_synthetic_detector(path, size=160, width=32, seed=0, class_names=("person",)):
     """Writes the model; returns its path.  size: square input (a multiple of 16)."""
-    from firmware_py.model_format import write_model
+    from firmware_py.model_format import pack_signs, write_model
 
     rng = np.random.default_rng(seed)
     nc = len(class_names)
@@ -69,7 +57,7 @@ def write_synthetic_detector(path, size=160, width=32, seed=0, class_names=("per
         h, w = h // s, w // s
         wt = np.where(rng.random((cout, 3, 3, cin)) < 0.5, -1.0, 1.0).astype(np.float32)
         x = node("bconv2d", [x], "b%d" % i, "bits", [1, h, w, cout], dict(win(3, s), output="bits"),
-                 {"weights": _pack(wt),
+                 {"weights": pack_signs(wt),
                   "threshold": rng.integers(-3, 4, cout).astype(np.int32)})
         cin = cout
     no = na * (5 + nc)
@@ -78,7 +66,7 @@ def write_synthetic_detector(path, size=160, width=32, seed=0, class_names=("per
     for a in range(na):
         add[a * (5 + nc) + 4] = -4.0  # objectness: a few boxes pass conf 0.25
     x = node("bconv2d", [x], "head", "float", [1, h, w, no], dict(win(1, 1), output="float"),
-             {"weights": _pack(wt), "mul": np.full(no, 1.7 / np.sqrt(cin), np.float32), "add": add})
+             {"weights": pack_signs(wt), "mul": np.full(no, 1.7 / np.sqrt(cin), np.float32), "add": add})
     stride = size // h
     graph = {
         "format": "bnn-graph", "producer": "app.testmodel (synthetic, random weights)",

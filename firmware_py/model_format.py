@@ -37,6 +37,7 @@ __all__ = [
     "read_model",
     "validate_graph",
     "packed_words",
+    "pack_signs",
 ]
 
 
@@ -104,6 +105,19 @@ OPS = {
 def packed_words(c):
     """32-bit words holding c channels."""
     return (int(c) + 31) // 32
+
+
+def pack_signs(w):
+    """numpy bit packing of the last axis as the format stores binary tensors: bit = w < 0
+    (1 means -1), channel c at bit c % 32 of word c // 32, tail bits 0.  Returns uint32
+    [..., packed_words(c)]."""
+    w = np.asarray(w)
+    c = w.shape[-1]
+    words = packed_words(c)
+    bits = np.zeros(w.shape[:-1] + (words * 32,), dtype=np.uint8)
+    bits[..., :c] = w < 0
+    packed = np.packbits(bits, axis=-1, bitorder="little")  # 4 bytes per word, LSB first
+    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32).reshape(w.shape[:-1] + (words,))
 
 
 def _fail(msg, *args):

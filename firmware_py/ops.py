@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _native
 from ._native import ffi, lib, check
+from .model_format import pack_signs
 
 __all__ = [
     "Context",
@@ -505,16 +506,6 @@ def unpack(bits, c, out=None):
     return out
 
 
-def _pack_np(w):
-    """numpy bit packing of the last axis (bit = w < 0), used for weights at create time."""
-    c = w.shape[-1]
-    words = packed_words(c)
-    bits = np.zeros(w.shape[:-1] + (words * 32,), dtype=np.uint8)
-    bits[..., :c] = w < 0
-    packed = np.packbits(bits, axis=-1, bitorder="little")  # 4 bytes per word, LSB first
-    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32)
-
-
 def _packed_input(name, x, n, h, w, c):
     x = _arr(name, x, (np.uint32,), ndim=4)
     want = (n, h, w, packed_words(c))
@@ -637,7 +628,7 @@ class BConv2d(_Layer):
                 outp.flip = pf
 
         w_ohwi = np.ascontiguousarray(np.transpose(wt.astype(np.float32, copy=False), (0, 2, 3, 1)))
-        wbits = _pack_np(w_ohwi)  # [out_c][kh][kw][words(c)]
+        wbits = pack_signs(w_ohwi)  # [out_c][kh][kw][words(c)]
         L = lib()
         out = ffi.new("bnn_bconv2d **")
         check(

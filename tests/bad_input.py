@@ -53,17 +53,6 @@ UNHELPFUL = (KeyError, IndexError, AttributeError, ZeroDivisionError, NameError,
 
 
 # ---- the inputs ----------------------------------------------------------------------------
-def _pack(w_pm1):
-    c = w_pm1.shape[-1]
-    words = (c + 31) // 32
-    bits = (w_pm1 < 0).astype(np.uint8)
-    pad = words * 32 - c
-    if pad:
-        bits = np.concatenate([bits, np.zeros(bits.shape[:-1] + (pad,), np.uint8)], -1)
-    packed = np.packbits(bits, axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u4").reshape(w_pm1.shape[:-1] + (words,))
-
-
 def _signs(shape, k):
     """A fixed +-1 pattern (no random numbers)."""
     n = int(np.prod(shape))
@@ -73,7 +62,7 @@ def _signs(shape, k):
 def write_tiny_detector(path, metadata_detector=None):
     """images (1,3,32,32) -> fconv2d 3x3/2 (8) -> bitpack -> bconv2d 3x3/2 (32, bits)
     -> bconv2d 1x1 head (float, 3 anchors x 6) at stride 8."""
-    from firmware_py.model_format import write_model
+    from firmware_py.model_format import pack_signs, write_model
     win = lambda k, s: {"kernel": [k, k], "stride": [s, s], "pads": [k // 2] * 4}  # noqa: E731
     no = 3 * 6
     graph = {
@@ -105,9 +94,9 @@ def write_tiny_detector(path, metadata_detector=None):
     tensors = {
         "stem.w": (_signs((8, 3, 3, 3), 1) * 0.25).astype(np.float32),
         "stem.b": np.zeros(8, np.float32),
-        "b1.w": _pack(_signs((32, 3, 3, 8), 2)),
+        "b1.w": pack_signs(_signs((32, 3, 3, 8), 2)),
         "b1.t": np.zeros(32, np.int32),
-        "head.w": _pack(_signs((no, 1, 1, 32), 3)),
+        "head.w": pack_signs(_signs((no, 1, 1, 32), 3)),
         "head.m": np.full(no, 0.1, np.float32),
         "head.a": np.zeros(no, np.float32),
     }
