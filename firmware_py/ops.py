@@ -278,9 +278,10 @@ def _int(name, v, lo=None, hi=None):
     return v
 
 
-def _channels_last_f32(x):
-    """float32 x with channels on the last axis -> (x, channels, pixels), both in int32"""
-    x = _arr("x", x, (np.float32,), min_ndim=1)
+def _channels_last(x, dtypes=(np.float32,)):
+    """x (float32 unless told) with channels on the last axis -> (x, channels, pixels),
+    both in int32"""
+    x = _arr("x", x, dtypes, min_ndim=1)
     c = x.shape[-1]
     if c < 1:
         raise ValueError("x must have at least one channel (last axis), got shape %s" % (x.shape,))
@@ -426,14 +427,7 @@ def bitpack(x, threshold=0, ctx=None, out=None):
     types ``threshold`` is the zero point (an int).  Returns uint32 of shape
     x.shape[:-1] + (packed_words(c),) (written into ``out`` when given).
     """
-    x = _arr("x", x, (np.float32, np.uint8, np.int8), min_ndim=1)
-    c = x.shape[-1]
-    if c < 1:
-        raise ValueError("x must have at least one channel (last axis), got shape %s" % (x.shape,))
-    _int("x.shape[-1] (channels)", c, 1, _INT32_MAX)
-    pixels = int(np.prod(x.shape[:-1], dtype=np.int64))
-    if pixels > _INT32_MAX:
-        raise ValueError("x has too many pixels (%d > 2**31 - 1)" % pixels)
+    x, c, pixels = _channels_last(x, (np.float32, np.uint8, np.int8))
     if x.dtype == np.float32:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
             raise ValueError("threshold must be a number, got %r" % (threshold,))
@@ -467,7 +461,7 @@ def bitpack_affine(x, scale=None, bias=None, threshold=0.0, ctx=None, out=None):
     exactly as separate Mul and Add; scale / bias None = 1 / 0, or a number, or a [c]
     array).  ReActNet's RSign sign(x - b) is ``bitpack_affine(x, bias=-b)``.  Returns
     uint32 of shape x.shape[:-1] + (packed_words(c),) (written into ``out`` when given)."""
-    x, c, pixels = _channels_last_f32(x)
+    x, c, pixels = _channels_last(x)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
         raise ValueError("threshold must be a number, got %r" % (threshold,))
     sc = None if scale is None else _chan_param("scale", scale, c)
@@ -902,7 +896,7 @@ def eltwise(x, steps=(), residual=None, out=None, ctx=None):
     Parameters are numbers or arrays of shape (c,) or (1,).  Returns float32 of x's shape
     (written into ``out`` when given; ``out`` may be x or residual itself).  The results
     are those of numpy doing the same operations in float32."""
-    x, c, pixels = _channels_last_f32(x)
+    x, c, pixels = _channels_last(x)
     if residual is not None:
         residual = _arr("residual", residual, (np.float32,))
         if residual.shape != x.shape:
