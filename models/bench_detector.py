@@ -3,7 +3,7 @@ onnxruntime, 1 thread and all threads.  Prints one JSON document.
 
     python -m models.bench_detector [--bnn models/zoo/person/binary.bnn]
                                     [--onnx models/zoo/person/fp_twin.onnx] [--seconds 3]
-                                    [--threads 1,2] [--downsample avg] [--widths 32,64,128,256,512]
+                                    [--threads 1,2] [--downsample avg] [--widths 16,32,64,128,512]
 
 For each thread count the two runtimes are timed in alternating rounds (ours, then
 onnxruntime, again and again for --seconds each in total), so that a machine whose load
@@ -162,7 +162,7 @@ def main(argv=None):
     ap.add_argument("--bnn", default=str(ZOO / "binary.bnn"))
     ap.add_argument("--onnx", default=str(ZOO / "fp_twin.onnx"))
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per runtime and measurement")
-    ap.add_argument("--imgsz", type=int, default=256, help="for the untrained stand-ins")
+    ap.add_argument("--imgsz", type=int, default=192, help="for the untrained stand-ins (models/detector.py IMGSZ)")
     ap.add_argument("--downsample", choices=("real", "avg"), help="for the untrained stand-ins")
     ap.add_argument("--widths", help="for the untrained stand-ins: 5 comma-separated widths")
     ap.add_argument("--threads", default="", help="comma-separated thread counts (default 1 and all)")

@@ -1,15 +1,15 @@
 """A tiny-YOLO-style binarized person detector (and its full-precision twin).
 
 Architecture (``build_detector``; input float32 NCHW RGB in [0, 1], square ``imgsz``,
-a multiple of 32; default widths (32, 64, 128, 256, 512), depths (1, 1, 2, 1)):
+a multiple of 32, default 192; default widths (16, 32, 64, 128, 512), depths (1, 1, 2, 1)):
 
-    stem     float Conv 3x3 s2 3->32 + BN                                   /2
-    stage 1  DownBlock 32->64   (+1 Block 64)                               /4
-    stage 2  DownBlock 64->128  (+1 Block 128)                              /8
-    stage 3  DownBlock 128->256 (+2 Block 256)          = C4                /16
-    stage 4  DownBlock 256->512 (+1 Block 512)          = C5                /32
+    stem     float Conv 3x3 s2 3->16 + BN                                   /2
+    stage 1  DownBlock 16->32   (+1 Block 32)                               /4
+    stage 2  DownBlock 32->64   (+1 Block 64)                               /8
+    stage 3  DownBlock 64->128  (+2 Block 128)          = C4                /16
+    stage 4  DownBlock 128->512 (+1 Block 512)          = C5                /32
     neck     Block-style 1x1 512->128 on C5 (no shortcut), nearest x2, Concat with
-             C4 (384), Block-style 3x3 384->256 with C4 as its shortcut = P4
+             C4 (256), Block-style 3x3 256->128 with C4 as its shortcut = P4
     heads    float Conv 1x1 on P4 and on C5 -> na*(5+nc) channels each (raw logits)
 
 Every convolution between the stem and the heads is binary in the ``binary`` variant
@@ -22,10 +22,11 @@ supports:
   * real-valued (Bi-Real) shortcuts: each block adds its input to BN(bconv(sign(x)));
   * real-valued downsampling: the shortcut of a stride-2 block is AvgPool 2x2 and the
     input repeated along channels (``downsample="avg"``, the default: no float MACs) or
-    AvgPool 2x2 -> float Conv 1x1 -> BN (``downsample="real"``).  Measured on an untrained
-    stand-in (``python -m models.bench_detector``, x86, 1 thread): "avg" 3.35 ms and a
-    0.97 MB file vs the FP twin's 29.5 ms / 25.1 MB ONNX; "real" 4.06 ms and 1.68 MB (its
-    1x1 float weights are 0.7 MB: 15x smaller than the twin, short of the 20x target);
+    AvgPool 2x2 -> float Conv 1x1 -> BN (``downsample="real"``).  Measured on untrained
+    stand-ins (``python -m models.bench_detector``, x86, 1 thread) at 256x256 with widths
+    (32, 64, 128, 256, 512): "avg" 3.35 ms and a 0.97 MB file vs the FP twin's 29.5 ms /
+    25.1 MB ONNX; "real" 4.06 ms and 1.68 MB (its 1x1 float weights are 0.7 MB: 15x
+    smaller than the twin, short of the 20x target);
   * ReActNet's learnable per-channel threshold before the sign (RSign: Sign(x - b),
     a per-channel Sub folded into the integer thresholds) and RPReLU after the sum
     (Sub, PRelu, Add per channel);
@@ -33,6 +34,14 @@ supports:
     scale instead of mean|W|; ``learn_scale=True``).
 ``arch="plain"``: the classic XNOR-Net stack without shortcuts, downsampling by a 2x2
 max-pool on the bits before a stride-1 binary conv (bmaxpool2d in the runtime).
+
+Why 192 and (16, 32, 64, 128, 512): training cost on 2 CPU cores (fp twin, batch 32,
+measured with --limit 320 --max-steps 8): 12.6 img/s at 256 with (32 .. 512), 56 img/s at
+192 with these widths, ~85 s per epoch of the people set.  Narrow early stages are cheap
+at high resolution; the wide last stage (6x6 at 192) costs little time and keeps the
+binary model's share of the fp twin's size and time small (untrained stand-ins at 192,
+``--seconds 2``: (16 .. 256) 5.6x faster and 20.4x smaller -- too close to the targets;
+(16, 32, 64, 128, 512) 7.3x and 24.1x).
 
 The fp twin replaces Sign by Hardtanh (Clip(-1, 1)), the ``+-alpha`` weights by the
 real weights; everything else is the same.
@@ -53,7 +62,8 @@ import torch.nn.functional as F
 
 from .layers import BinaryConv2d, binarize, binarize_weight
 
-WIDTHS = (32, 64, 128, 256, 512)
+WIDTHS = (16, 32, 64, 128, 512)
+IMGSZ = 192
 DEPTHS = (1, 1, 2, 1)
 NECK = 128
 STRIDES = (16, 32)
@@ -163,7 +173,7 @@ class Block(nn.Module):
 
 # ---------------------------------------------------------------------------------------
 # the network
-def default_config(variant="binary", imgsz=256, nc=1, anchors=None, **kw) -> dict:
+def default_config(variant="binary", imgsz=IMGSZ, nc=1, anchors=None, **kw) -> dict:
     if variant not in VARIANTS:
         raise ValueError("variant must be one of %s" % (VARIANTS,))
     if imgsz % 32:

@@ -1,7 +1,7 @@
 """Train the person detector (models/detector.py), resumably:
 
-    python -m models.train_detector --variant fp --epochs 100 --imgsz 256
-    python -m models.train_detector --variant binary --epochs 100 --imgsz 256 --init-from fp --distill 1,1
+    python -m models.train_detector --variant fp --epochs 50
+    python -m models.train_detector --variant binary --epochs 50 --init-from fp --distill 1,1
 
 Data: ../shared/data/people (train split; val split evaluated every --val-every epochs),
 decoded once, resized (long side = imgsz) and cached in memory (--cache disk also keeps a
@@ -307,7 +307,7 @@ def parser():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", choices=D.VARIANTS, required=True)
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--imgsz", type=int, default=256)
+    ap.add_argument("--imgsz", type=int, default=D.IMGSZ)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.05, help="AdamW weight decay of float conv weights")
@@ -315,7 +315,7 @@ def parser():
     ap.add_argument("--arch", choices=("bireal", "plain"), default="bireal")
     ap.add_argument("--downsample", choices=("real", "avg"), default="avg")
     ap.add_argument("--learn-scale", action="store_true", help="learnable per-channel scales of the binary convs")
-    ap.add_argument("--widths", default="", help="channel widths, 5 comma-separated (default 32,64,128,256,512)")
+    ap.add_argument("--widths", default="", help="channel widths, 5 comma-separated (default %s)" % ",".join(map(str, D.WIDTHS)))
     ap.add_argument("--default-anchors", action="store_true", help="fixed anchors instead of k-means on the data")
     ap.add_argument("--mosaic", type=float, default=1.0, help="mosaic probability")
     ap.add_argument("--init-from", default=None, help="checkpoint name to initialise from (e.g. fp)")
