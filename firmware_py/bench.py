@@ -117,10 +117,14 @@ def build_static_bench(arch: str) -> Path:
     return out
 
 
-def _guest_instructions(arch: str, exe: Path, plugin: Path, args) -> int:
+def _guest_instructions(arch: str, exe: Path, plugin: Path, args, qemu_args=()) -> int:
+    """the guest instructions of one run of ``exe args`` under qemu-user (``qemu_args``
+    go to qemu, e.g. ``-L rootfs``)"""
     _, _, qemu, _ = CROSS[arch]
-    res = subprocess.run(["env", "-i", qemu, "-plugin", str(plugin), "-d", "plugin", str(exe), *map(str, args)],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(["env", "-i", qemu, *map(str, qemu_args), "-plugin", str(plugin), "-d", "plugin", str(exe),
+                          *map(str, args)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{qemu} {exe} failed (exit {res.returncode}): {res.stderr[-2000:]}")
     m = re.search(r"icount total (\d+)", res.stdout + res.stderr)
     if not m:
         raise RuntimeError(f"no icount in output: {res.stderr[-500:]}")

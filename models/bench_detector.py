@@ -4,6 +4,7 @@ onnxruntime, 1 thread and all threads.  Prints one JSON document.
     python -m models.bench_detector [--bnn models/zoo/person/binary.bnn]
                                     [--onnx models/zoo/person/fp_twin.onnx] [--seconds 3]
                                     [--threads 1,2] [--downsample avg] [--widths 16,32,64,128,512]
+                                    [--icount aarch64,armhf]
 
 For each thread count the two runtimes are timed in alternating rounds (ours, then
 onnxruntime, again and again for --seconds each in total), so that a machine whose load
@@ -24,6 +25,19 @@ does not depend on the weights -- and ``"untrained": true``; --downsample / --wi
 --imgsz change that architecture (models/detector.py default_config) to measure
 alternatives.  (A binary conv weight of exactly 0 would binarise to 0, not +-1, and the
 converter would keep that conv float: the stand-ins nudge such weights to 1e-6.)
+
+``--icount aarch64,armhf`` adds ``icount``: per ARM architecture the guest instructions
+per frame of our runtime, 1 thread, for ``net`` (Detector.raw) and ``detect`` (a 640x480
+frame), counted under qemu-user with ../shared/tools/arm-icount.  The Python of the Debian
+ARM userland of ../shared/tools/arm-rootfs runs firmware_py with the package's ARM library
+(firmware_py/_lib/<arch>/libbnn.so, built by ./build.sh <arch>); ``path`` is the code path
+that library chose.  Each count is the difference of two runs that differ only in the
+number of frames (1 + N vs 1, N = ICOUNT_FRAMES), divided by N, so start-up, imports and
+model loading cancel.  Start-up is not quite repeatable (libraries poll the clock: under
+qemu-arm importing OpenCV varies by ~2M instructions a run, under qemu-aarch64 by
+thousands): ``noise_per_frame`` is the difference of two identical runs divided by N.  The
+fp twin is not counted (no onnxruntime in that userland).  A missing userland, qemu or
+library stops the benchmark before anything is timed, with the command to run.
 """
 from __future__ import annotations
 
@@ -32,7 +46,9 @@ import collections
 import json
 import os
 import platform
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +57,36 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "models" / "zoo" / "person"
+ROOTFS = Path("/var/cache/arm-rootfs")  # ../shared/tools/arm-rootfs/build.sh puts its userlands here
+ROOTFS_ARCH = {"aarch64": "arm64", "armhf": "armhf"}  # our name -> Debian's
+ICOUNT_FRAMES = 10
+
+# Run by the ARM userland's python3 under qemu -L: with -S, as site would also read the
+# host's /usr/local .pth files (-L falls back to host paths), and with Debian's packages on
+# their host path (sys.prefix is one), as qemu-arm's -L does not redirect statx.  argv: repo,
+# model, net frames, detect frames, where to write what it ran on.
+_GUEST = r"""
+import json, platform, sys
+root, model, n_net, n_detect, info = sys.argv[1:]
+sys.path[:0] = [root]
+sys.path.append(sys.prefix + "/lib/python3/dist-packages")
+import numpy as np
+from firmware_py import _native
+from firmware_py.detect import Detector, _cv2
+if _cv2 is not None:
+    _cv2.setNumThreads(1)
+det = Detector(model, num_threads=1, conf=0.25)
+frame = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
+x, _ = det.preprocess(frame)
+for _ in range(int(n_net)):
+    det.raw(x)
+for _ in range(int(n_detect)):
+    det.detect(frame)
+with open(info, "w") as f:
+    json.dump({"machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
+               "opencv": _cv2.__version__ if _cv2 is not None else None, "library": _native.library_path(),
+               "path": det.runner.model._ctx.path, "input": list(det.input_size)}, f)
+"""
 
 
 def _untrained(tmp, imgsz, overrides, seed=0):
@@ -116,7 +162,52 @@ def _stats(ts):
             "min_ms": round(min(ts) * 1e3, 3), "calls": len(ts)}
 
 
-def bench(bnn, onnx_path, seconds=3.0, untrained=False, threads=None, config=None):
+def _icount_rootfs(arch):
+    """the ARM userland for ``arch``; exits with the command to run when something is missing"""
+    from firmware_py.bench import CROSS
+
+    qemu, rootfs = CROSS[arch][2], ROOTFS / ROOTFS_ARCH[arch]
+    lib = ROOT / "firmware_py" / "_lib" / arch / "libbnn.so"
+    if shutil.which(qemu) is None:
+        sys.exit(f"--icount {arch}: {qemu} not found: run apt-get install qemu-user")
+    if not (rootfs / ".complete").exists():
+        sys.exit(f"--icount {arch}: no ARM Python userland at {rootfs}: run "
+                 f"../shared/tools/arm-rootfs/build.sh {ROOTFS_ARCH[arch]} (as root, ~7 minutes once)")
+    if not lib.exists():
+        sys.exit(f"--icount {arch}: {lib.relative_to(ROOT)} is missing: run ./build.sh {arch}")
+    return rootfs
+
+
+def icount(arch, bnn, frames=ICOUNT_FRAMES):
+    """guest instructions per frame of ``bnn`` on ``arch`` (see the module docstring)"""
+    from firmware_py.bench import CROSS, _guest_instructions, _icount_plugin
+
+    rootfs, plugin = _icount_rootfs(arch), _icount_plugin()
+    # libblas.so.3 is an absolute symlink into /etc/alternatives, which -L does not follow;
+    # a host path, as qemu-arm's -L does not redirect statx (what ld.so checks dirs with)
+    blas = rootfs / "usr" / "lib" / Path(CROSS[arch][3]).name / "openblas-pthread"
+    with tempfile.TemporaryDirectory() as tmp:
+        info = os.path.join(tmp, "info.json")
+
+        def total(n_net, n_detect):
+            return _guest_instructions(
+                arch, rootfs / "usr" / "bin" / "python3", plugin,
+                ["-S", "-B", "-c", _GUEST, ROOT, os.path.abspath(bnn), n_net, n_detect, info],
+                qemu_args=["-L", rootfs, "-E", f"LD_LIBRARY_PATH={blas}", "-E", "PYTHONHASHSEED=0",
+                           "-E", "OPENBLAS_NUM_THREADS=1"])
+
+        base = total(1, 1)
+        with open(info) as f:
+            res = json.load(f)
+        res["library"] = os.path.relpath(res["library"], ROOT)
+        res.update(threads=1, frames=frames,
+                   net={"instructions_per_frame": round((total(1 + frames, 1) - base) / frames)},
+                   detect={"instructions_per_frame": round((total(1, 1 + frames) - base) / frames)},
+                   noise_per_frame=round(abs(total(1, 1) - base) / frames))  # two identical runs
+    return res
+
+
+def bench(bnn, onnx_path, seconds=3.0, untrained=False, threads=None, config=None, icount_archs=()):
     from firmware_py.detect import Detector
 
     frame = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
@@ -152,6 +243,10 @@ def bench(bnn, onnx_path, seconds=3.0, untrained=False, threads=None, config=Non
                               "by_op_ms": {k: round(v, 3) for k, v in sorted(by.items(), key=lambda kv: -kv[1])}}
         res["threads"][str(nt)] = row
         ours.runner.model.close()
+    if icount_archs:
+        res["icount"] = {arch: icount(arch, bnn) for arch in icount_archs}
+        res["icount"]["fp_twin"] = ("not counted: the ARM userland has no onnxruntime "
+                                    "(Debian bookworm does not package it)")
     print(json.dumps(res, indent=1), flush=True)
     return res
 
@@ -166,8 +261,19 @@ def main(argv=None):
     ap.add_argument("--downsample", choices=("real", "avg"), help="for the untrained stand-ins")
     ap.add_argument("--widths", help="for the untrained stand-ins: 5 comma-separated widths")
     ap.add_argument("--threads", default="", help="comma-separated thread counts (default 1 and all)")
+    ap.add_argument("--icount", default="", metavar="ARCHS",
+                    help="also count ARM guest instructions per frame under qemu: aarch64 and/or armhf")
     a = ap.parse_args(argv)
     threads = [int(t) for t in a.threads.split(",")] if a.threads else None
+    archs = [v for v in a.icount.split(",") if v]
+    for arch in archs:  # before anything slow: a missing prerequisite stops with what to run
+        if arch not in ROOTFS_ARCH:
+            ap.error(f"--icount: {arch!r} is not one of {', '.join(ROOTFS_ARCH)}")
+        _icount_rootfs(arch)
+    if archs:
+        from firmware_py.bench import _icount_plugin
+
+        _icount_plugin()  # builds build/tools/libicount.so once
     overrides = {}
     if a.downsample:
         overrides["downsample"] = a.downsample
@@ -182,7 +288,7 @@ def main(argv=None):
             untrained = True
             cfg = D.default_config("binary", a.imgsz, **overrides)
             config = {k: cfg[k] for k in ("imgsz", "widths", "depths", "neck", "arch", "downsample")}
-        return bench(bnn, onnx_path, a.seconds, untrained, threads, config)
+        return bench(bnn, onnx_path, a.seconds, untrained, threads, config, archs)
 
 
 if __name__ == "__main__":
