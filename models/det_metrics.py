@@ -108,7 +108,7 @@ def evaluate(preds, gts, max_det=100, iou_thresholds=IOU_THRESHOLDS):
 
 
 def evaluate_pycocotools(preds, gts, max_det=100):
-    """the same through pycocotools (for the test): (map50, map)"""
+    """the same through pycocotools (the tests and eval_detector --pycocotools): (map50, map)"""
     import contextlib
     import io
 

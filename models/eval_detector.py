@@ -10,7 +10,8 @@ firmware_py.detect.Detector on the original images (letterbox, decode, NMS exact
 the Pi), or one of our training checkpoints (.npz, its EMA weights, in PyTorch).
 --data: people (../shared/data/people; split test by default) or coco128 (its person
 class; the 128 val2017 images).  Detections: conf 0.001, NMS IoU 0.6, at most 300 per
-image (the usual mAP protocol).  Prints one JSON object.
+image (the usual mAP protocol).  Prints one JSON object.  --pycocotools also scores the
+same predictions with pycocotools (``coco_map50``, ``coco_map50_95``) as a cross-check.
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ import time
 
 import numpy as np
 
-from .det_metrics import evaluate
+from .det_metrics import evaluate, evaluate_pycocotools
 from .yolo_data import DATASETS, YoloDataset, _imdecode
 
 
-def evaluate_file(path, data="people", split="test", conf=0.001, iou=0.6, threads=None, limit=None, quiet=False):
+def evaluate_file(path, data="people", split="test", conf=0.001, iou=0.6, threads=None, limit=None, quiet=False,
+                  pycocotools=False):
     from firmware_py.detect import Detector
 
     from .progress import Progress
@@ -44,6 +46,8 @@ def evaluate_file(path, data="people", split="test", conf=0.001, iou=0.6, thread
         bar.close()
     res = evaluate(preds, gts)
     res["seconds_per_image"] = (time.time() - t0) / max(1, len(ds))
+    if pycocotools:
+        res["coco_map50"], res["coco_map50_95"] = evaluate_pycocotools(preds, gts)
     return res
 
 
@@ -67,15 +71,16 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto", help="for .npz checkpoints")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--pycocotools", action="store_true", help="also score with pycocotools (.bnn/.onnx)")
     a = ap.parse_args(argv)
     split = a.split or ("val" if a.data == "coco128" else "test")
     if a.weights.endswith(".npz"):
         res = evaluate_checkpoint(a.weights, a.data, split, a.device, a.limit)
     else:
-        res = evaluate_file(a.weights, a.data, split, threads=a.threads, limit=a.limit)
+        res = evaluate_file(a.weights, a.data, split, threads=a.threads, limit=a.limit, pycocotools=a.pycocotools)
     out = {"weights": a.weights, "data": a.data, "split": split, "map50": round(res["map50"], 4),
            "map50_95": round(res["map"], 4), "images": res["n_images"], "boxes": res["n_gt"]}
-    for k in ("seconds_per_image", "step"):
+    for k in ("coco_map50", "coco_map50_95", "seconds_per_image", "step"):
         if k in res:
             out[k] = round(res[k], 4) if isinstance(res[k], float) else res[k]
     print(json.dumps(out))

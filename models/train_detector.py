@@ -1,7 +1,7 @@
 """Train the person detector (models/detector.py), resumably:
 
     python -m models.train_detector --variant fp --epochs 50
-    python -m models.train_detector --variant binary --epochs 50 --init-from fp --distill 1,1
+    python -m models.train_detector --variant binary --epochs 25 --init-from fp --distill 1,1
 
 Data: ../shared/data/people (train split; val split evaluated every --val-every epochs),
 decoded once, resized (long side = imgsz) and cached in memory (--cache disk also keeps a
