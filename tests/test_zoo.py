@@ -1,0 +1,107 @@
+"""The shipped person detector (models/zoo/person): its files load, carry what the device
+needs, agree with their ONNX source in onnxruntime, and find people in real video."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+ZOO = os.path.join(ROOT, "models", "zoo", "person")
+BNN, ONNX, TWIN = (os.path.join(ZOO, f) for f in ("binary.bnn", "binary.onnx", "fp_twin.onnx"))
+SAMPLE = os.path.join(ROOT, "app", "samples", "people-384x216.mp4")
+PERSON_CLIP = os.path.join(ROOT, "..", "shared", "data", "videos", "one-by-one-person-detection.mp4")
+
+pytestmark = pytest.mark.skipif(not all(os.path.isfile(p) for p in (BNN, ONNX, TWIN)),
+                                reason="the person detector is not shipped (models/zoo/person)")
+
+
+def _frames(path, n, step=1):
+    cv2 = pytest.importorskip("cv2")
+    cap = cv2.VideoCapture(path)
+    out, i = [], 0
+    while len(out) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            out.append(f)
+        i += 1
+    cap.release()
+    assert out, "no frames read from %s" % path
+    return out
+
+
+def test_shipped_files_carry_the_detector_metadata():
+    from firmware_py.detect import Detector
+
+    for path in (BNN, TWIN):
+        det = Detector(path, num_threads=1)
+        assert det.class_names == ["person"]
+        assert det.input_size[0] == det.input_size[1] and det.input_size[0] % 32 == 0
+    # the binary file is the small one
+    assert os.path.getsize(TWIN) >= 20 * os.path.getsize(BNN)
+
+
+def test_shipped_bnn_matches_its_onnx_in_onnxruntime():
+    pytest.importorskip("onnxruntime")
+    from firmware_py.detect import Detector
+
+    ours, ort = Detector(BNN, num_threads=1), Detector(ONNX, num_threads=1)
+    worst = 0.0
+    for frame in _frames(SAMPLE, 8, step=10):
+        x, _ = ours.preprocess(frame)
+        a, b = ours.raw(x), ort.raw(x)
+        for u, v in zip(a, b):
+            worst = max(worst, float(np.max(np.abs(u - v)) / (np.max(np.abs(v)) + 1e-6)))
+    # float accumulation order differs (stem, heads); the binary part is exact
+    assert worst < 1e-3, worst
+
+
+@pytest.mark.skipif(not os.path.isfile(PERSON_CLIP), reason="needs ../shared/data/videos")
+def test_shipped_detector_finds_the_person_in_real_video():
+    """one-by-one-person-detection.mp4: people walk through a corridor.  The binary
+    detector must find a person in most frames where its fp twin finds one, and the
+    boxes must overlap."""
+    from firmware_py.detect import Detector
+
+    ours, twin = Detector(BNN, num_threads=1, conf=0.25), Detector(TWIN, num_threads=1, conf=0.25)
+    frames = _frames(PERSON_CLIP, 60, step=5)
+    both = twin_hits = 0
+    for f in frames:
+        t = twin.detect(f)
+        if len(t) == 0:
+            continue
+        twin_hits += 1
+        o = ours.detect(f)
+        if len(o) and _best_iou(o.boxes, t.boxes[int(np.argmax(t.scores))]) > 0.3:
+            both += 1
+    print("\nfp twin found a person in %d of %d frames; the binary model agreed in %d"
+          % (twin_hits, len(frames), both))
+    assert twin_hits >= len(frames) // 4
+    assert both >= 0.5 * twin_hits
+
+
+def _best_iou(boxes, box):
+    x1 = np.maximum(boxes[:, 0], box[0])
+    y1 = np.maximum(boxes[:, 1], box[1])
+    x2 = np.minimum(boxes[:, 2], box[2])
+    y2 = np.minimum(boxes[:, 3], box[3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return float(np.max(inter / (area(boxes) + area(box) - inter + 1e-9)))
+
+
+def test_app_runs_the_shipped_detector_by_default(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "e.jsonl"
+    r = subprocess.run([sys.executable, "-m", "app", "--source", SAMPLE, "--max-frames", "30", "--threads", "1",
+                        "--out", str(out), "--format", "json", "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["type"] == "summary" and summary["frames_total"] == 30
+    assert os.path.join("zoo", "person", "binary.bnn") in r.stderr  # "model PATH (...)" at start
