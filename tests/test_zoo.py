@@ -65,6 +65,7 @@ def test_shipped_detector_finds_the_person_in_real_video():
     detector must find a person in most frames where its fp twin finds one, and the
     boxes must overlap."""
     from firmware_py.detect import Detector
+    from models.det_metrics import box_iou
 
     ours, twin = Detector(BNN, num_threads=1, conf=0.25), Detector(TWIN, num_threads=1, conf=0.25)
     frames = _frames(PERSON_CLIP, 60, step=5)
@@ -75,22 +76,12 @@ def test_shipped_detector_finds_the_person_in_real_video():
             continue
         twin_hits += 1
         o = ours.detect(f)
-        if len(o) and _best_iou(o.boxes, t.boxes[int(np.argmax(t.scores))]) > 0.3:
+        if len(o) and box_iou(o.boxes, t.boxes[int(np.argmax(t.scores))]).max() > 0.3:
             both += 1
     print("\nfp twin found a person in %d of %d frames; the binary model agreed in %d"
           % (twin_hits, len(frames), both))
     assert twin_hits >= len(frames) // 4
     assert both >= 0.5 * twin_hits
-
-
-def _best_iou(boxes, box):
-    x1 = np.maximum(boxes[:, 0], box[0])
-    y1 = np.maximum(boxes[:, 1], box[1])
-    x2 = np.minimum(boxes[:, 2], box[2])
-    y2 = np.minimum(boxes[:, 3], box[3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return float(np.max(inter / (area(boxes) + area(box) - inter + 1e-9)))
 
 
 def test_app_runs_the_shipped_detector_by_default(tmp_path):
