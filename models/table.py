@@ -19,7 +19,7 @@ import numpy as np
 from . import data
 from .nets import TRAINED, VARIANTS
 from .progress import Progress
-from .train import DISTILL_FROM, INIT_FROM, NO_AUGMENT, ZOO, evaluate_torch, export, load_trained, train
+from .train import ZOO, evaluate_torch, export, load_trained, recipe, train
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
 EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 5}
@@ -66,6 +66,27 @@ def remeasure_latency(a, epochs, x_te):
     return write_tables(a, epochs, x_te, rows)
 
 
+def _names(vs):
+    return " and ".join(vs) if len(vs) <= 2 else ", ".join(vs[:-1]) + " and " + vs[-1]
+
+
+def describe(recipes) -> str:
+    """the training recipes of the trained variants, in words"""
+    parts = []
+    trained = [v for v in VARIANTS if v in TRAINED]
+    for src in dict.fromkeys(r["init"] for r in recipes.values() if r["init"]):
+        vs = [v for v in trained if recipes[v]["init"] == src]
+        parts.append("%s start%s from %s's trained weights" % (_names(vs), "" if len(vs) > 1 else "s", src))
+    for v in trained:
+        if recipes[v]["distill"]:
+            parts.append("%s is distilled from %s" % (v, recipes[v]["distill"]))
+        if not recipes[v]["augment"]:
+            parts.append("%s trains without the random shifts/flips" % v)
+    scratch = [v for v in trained if not recipes[v]["init"]]
+    parts.append("%s start%s from scratch" % (_names(scratch), "" if len(scratch) > 1 else "s"))
+    return "; ".join(parts)
+
+
 def write_tables(a, epochs, x_te, rows):
     out = ZOO / a.dataset
     # keep the rows of variants not evaluated in this run (same epochs and seed)
@@ -77,20 +98,15 @@ def write_tables(a, epochs, x_te, rows):
             rows = [r for r in prev["rows"] if r["variant"] not in done] + rows
     rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
     cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
-    no_aug = NO_AUGMENT.get(a.dataset, set())
-    recipe = {v: {"init": INIT_FROM.get(v), "distill": DISTILL_FROM.get(v), "augment": v not in no_aug}
-              for v in VARIANTS}
-    meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe": recipe,
+    recipes = {v: recipe(a.dataset, v) for v in VARIANTS}
+    meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe": recipes,
             "test_images": int(len(x_te)), "host": platform.machine(), "python": sys.version.split()[0],
             "rows": rows}
     (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
     lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
              "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
-             "xnor and xnor_k start from fp's trained weights, xnor is also distilled from fp; %s"
-             "fp and bwn start from scratch). "
-             "Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
-             "table (%s)." % (cmd, epochs, a.seed, "".join("%s trains without the random shifts/flips; " % v
-                                                for v in sorted(no_aug)), platform.machine()), "",
+             "%s). Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
+             "table (%s)." % (cmd, epochs, a.seed, describe(recipes), platform.machine()), "",
              "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -29,8 +29,12 @@ WIDTH = (32, 64, 64, 128, 128)
 DEFAULTS = {"batch": 128, "lr": 2e-3, "width": WIDTH}
 # XNOR variants start from the trained fp network's weights (common BNN practice: the
 # latent real weights and BN statistics of a trained float net are a far better start
-# than random ones for sign-activated layers); fp and bwn start from scratch.
+# than random ones for sign-activated layers); fp starts from scratch, and so does bwn
+# except on CIFAR-10: there, 5 epochs from scratch left bwn 2.71 points below fp
+# (74.95 vs 77.66), so CIFAR-10's bwn starts from fp too.  Fashion-MNIST's and MNIST's
+# bwn met the 1.5-point target from scratch; their shipped files stay reproducible.
 INIT_FROM = {"xnor": "fp", "xnor_k": "fp"}
+INIT_FROM_DATASET = {"cifar10": {"bwn": "fp"}}
 # xnor is also distilled from the trained fp network (loss = (CE + T^2 * KL(teacher_T ||
 # student_T)) / 2, T = 2): the binary net learns the float net's soft outputs.
 DISTILL_FROM = {"xnor": "fp"}
@@ -41,6 +45,14 @@ KD_T = 2.0
 # Measured on Fashion-MNIST only, so only there (MNIST's and CIFAR-10's xnor keep the
 # augmentation).  The CLI's --augment overrides it.
 NO_AUGMENT = {"fashion-mnist": {"xnor"}}
+
+
+def recipe(dataset, variant) -> dict:
+    """How a variant is trained on a dataset: the variant it starts from (None: from
+    scratch), the one it is distilled from (None: none), whether it is augmented."""
+    return {"init": INIT_FROM_DATASET.get(dataset, {}).get(variant, INIT_FROM.get(variant)),
+            "distill": DISTILL_FROM.get(variant),
+            "augment": variant not in NO_AUGMENT.get(dataset, ())}
 
 
 def build(dataset, variant):
@@ -96,11 +108,12 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     start = 0
     path = ckpt_path(dataset, variant)
     config = {"epochs": epochs, "seed": seed, "width": list(WIDTH)}
+    how = recipe(dataset, variant)
     if augment is None:
-        augment = variant not in NO_AUGMENT.get(dataset, ())
+        augment = how["augment"]
     if not augment:
         config["augment"] = False
-    init = INIT_FROM.get(variant)
+    init = how["init"]
     if init:
         config["init"] = init
         src = checkpoint.load(ckpt_path(dataset, init))
@@ -108,9 +121,9 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
             raise RuntimeError("%s/%s starts from %s, which is not trained yet: train it first" % (dataset, variant, init))
         model.load_state_dict(src["model"], strict=True)
     teacher = None
-    if DISTILL_FROM.get(variant):
-        config["distill"] = DISTILL_FROM[variant]
-        teacher = load_trained(dataset, DISTILL_FROM[variant], epochs, seed)
+    if how["distill"]:
+        config["distill"] = how["distill"]
+        teacher = load_trained(dataset, how["distill"], epochs, seed)
         for p in teacher.parameters():
             p.requires_grad_(False)
     if path.exists():
