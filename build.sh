@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the C runtime (csrc/neon/**/*.c) for the host and the Raspberry Pi targets,
-# runs the tests and packs the Pi tarball.   Usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|asan-test|test|dist|demo|fuzz|clean]
+# runs the tests and packs the Pi tarball.   Usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|tsan|asan-test|test|dist|demo|fuzz|clean]
 #   outputs: firmware_py/_lib/<arch>/libbnn.so, build/<arch>/libbnn.a, build/<arch>/tests/test_*
 #   a C test is any tests/c/test_*.c (one standalone program, linked against libbnn.a).
 set -euo pipefail
@@ -75,6 +75,7 @@ build() {
   read -ra CFLAGS <<<"${ARCH_FLAGS[$arch]}"; CFLAGS=("${COMMON[@]}" "${CFLAGS[@]}")
   OUT=build/$arch${variant:+-$variant}; OBJ=$OUT/obj
   [[ $variant == asan ]] && CFLAGS+=(-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all)
+  [[ $variant == tsan ]] && CFLAGS+=(-O1 -g -fsanitize=thread)  # the C tests, for the thread pool
   # Pi 1 / Zero: Debian's armhf crt files and static libgcc are armv7/Thumb-2 code, so the
   # armv6 library links no start files and takes libgcc from the Pi's own libgcc_s.so.1.
   [[ $arch == armv6 ]] && ldflags+=(-nostartfiles -shared-libgcc)
@@ -88,13 +89,13 @@ build() {
   "$CCX" "${CFLAGS[@]}" -shared -Wl,-soname,libbnn.so -Wl,-z,defs -Wl,--version-script="$OUT/exports.map" \
     "${ldflags[@]}" -o "$OUT/libbnn.so" $(find "$OBJ" -name '*.o' | sort) -lm
   check_exports "$arch" "$OUT/libbnn.so"
-  if [[ -z $variant ]]; then  # the sanitizer library stays in build/<arch>-asan/ (BNN_LIBRARY)
+  if [[ -z $variant ]]; then  # a sanitizer library stays in build/<arch>-<variant>/ (BNN_LIBRARY)
     # replace, never overwrite in place: a running process has the old file mapped
     mkdir -p "firmware_py/_lib/$arch"; cp "$OUT/libbnn.so" "firmware_py/_lib/$arch/.libbnn.so.tmp"
     mv -f "firmware_py/_lib/$arch/.libbnn.so.tmp" "firmware_py/_lib/$arch/libbnn.so"
     echo "ok: firmware_py/_lib/$arch/libbnn.so"
   else
-    echo "ok: $OUT/libbnn.so (not installed; use BNN_LIBRARY=$OUT/libbnn.so with LD_PRELOAD, see asan_env)"
+    echo "ok: $OUT/libbnn.so ($variant build, not installed)"
   fi
   local tests; tests=$(find tests/c -maxdepth 1 -name 'test_*.c' | sort)
   [[ -z $tests ]] || parallel compile_test <<<"$tests"
@@ -154,6 +155,7 @@ check_elf() {  # (tool output is captured first: `cmd | grep -q` fails under pip
 }
 
 asan_tests() { ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_tests build/x86_64-asan; }
+tsan_tests() { TSAN_OPTIONS=halt_on_error=1 run_tests build/x86_64-tsan; }
 
 # ---- Python driving the ASan+UBSan libbnn.so (build/<host>-asan/libbnn.so) -----------------------
 # CPython is not instrumented, so GCC's libasan is preloaded (it must come first, to replace
@@ -286,6 +288,7 @@ case "${1:-host}" in
   host) build "$HOST" ;;
   x86_64|aarch64|armhf|armv6) build "$1" ;;
   asan) build "$HOST" asan ;;  # build/<host>-asan/: ASan+UBSan libbnn.so, libbnn.a and C tests
+  tsan) build "$HOST" tsan ;;  # build/<host>-tsan/: the same with ThreadSanitizer
   asan-test)  # only the sanitizer steps of 'test' (host): C tests and the Python tests calling C
     step "build $HOST-asan" build "$HOST" asan
     step "C tests $HOST asan+ubsan" eval 'ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_tests build/$HOST-asan'
@@ -297,9 +300,11 @@ case "${1:-host}" in
     [[ $HOST == x86_64 ]] || die "'test' runs the Pi targets under qemu on an x86-64 host; on a Pi use ./build.sh host and run build/<arch>/tests/*"
     step "build x86_64" build x86_64
     step "build x86_64-asan" build x86_64 asan
+    step "build x86_64-tsan" build x86_64 tsan
     for a in aarch64 armhf armv6; do step "build $a" build "$a"; done
     step "C tests x86_64" run_tests build/x86_64
     step "C tests x86_64 asan+ubsan" asan_tests
+    step "C tests x86_64 tsan" tsan_tests
     step "C tests aarch64 (qemu)" run_tests build/aarch64 qemu-aarch64 -L /usr/aarch64-linux-gnu
     step "C tests armhf (qemu)" run_tests build/armhf qemu-arm -L /usr/arm-linux-gnueabihf
     # armv6: Debian's armhf libc uses armv7 instructions, so every program dies with SIGILL
@@ -321,5 +326,5 @@ case "${1:-host}" in
     echo "demo: models/zoo/person/binary.bnn is not trained yet; running the classifier demo" >&2
     exec python3 -m firmware_py.demo "$@" ;;
   clean) rm -rf build dist firmware_py/_lib ;;
-  *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|asan-test|test|dist|demo|fuzz|clean]" ;;
+  *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|tsan|asan-test|test|dist|demo|fuzz|clean]" ;;
 esac

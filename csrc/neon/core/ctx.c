@@ -1,7 +1,8 @@
-/* Context: thread pool (pthreads, no busy waiting), scratch arena, code-path choice. */
+/* Context: thread pool (pthreads; waiters spin briefly, then sleep), scratch arena, code-path choice. */
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "internal.h"
 
@@ -132,6 +133,38 @@ size_t bnn_elems4(int64_t a, int64_t b, int64_t c, int64_t d) {
 }
 
 /* ---- thread pool ----------------------------------------------------------------------- */
+/* A thread that waits (a worker for the next op, the caller for the workers) first spins
+ * for up to BNN_SPIN_NS, then sleeps on a condition variable.  A network is a chain of
+ * ops of tens of microseconds each; waking a sleeping thread costs about as much, so
+ * without the spin two threads were slower than one on small layers.  After the last op
+ * of a frame the workers sleep again within BNN_SPIN_NS. */
+#define BNN_SPIN_NS 200000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || (defined(__ARM_ARCH) && __ARM_ARCH >= 7)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+typedef struct { unsigned n; struct timespec end; } spinner;
+
+/* 1 while the spin budget lasts (the clock is read once every 64 calls) */
+static int spin_on(spinner *s) {
+    cpu_relax();
+    if ((++s->n & 63) != 0) return 1;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if (s->n == 64) {
+        s->end = t;
+        s->end.tv_nsec += BNN_SPIN_NS;
+        if (s->end.tv_nsec >= 1000000000L) { s->end.tv_sec++; s->end.tv_nsec -= 1000000000L; }
+        return 1;
+    }
+    return t.tv_sec < s->end.tv_sec || (t.tv_sec == s->end.tv_sec && t.tv_nsec < s->end.tv_nsec);
+}
+
 static void run_chunk(bnn_ctx *ctx, int idx) {
     int64_t n_chunks = ctx->num_threads;
     int64_t units = (ctx->n_items + ctx->grain - 1) / ctx->grain;
@@ -149,18 +182,23 @@ static void *worker_main(void *p) {
     bnn_ctx *ctx = ((worker_arg *)p)->ctx;
     int idx = ((worker_arg *)p)->idx;
     free(p);
-    uint64_t seen = 0;
-    pthread_mutex_lock(&ctx->mu);
+    unsigned seen = 0;
     for (;;) {
-        while (!ctx->stop && ctx->generation == seen) pthread_cond_wait(&ctx->cv_work, &ctx->mu);
-        if (ctx->stop) break;
-        seen = ctx->generation;
-        pthread_mutex_unlock(&ctx->mu);
+        spinner sp = {0};
+        while (atomic_load(&ctx->generation) == seen && !atomic_load(&ctx->stop) && spin_on(&sp)) {}
+        if (atomic_load(&ctx->generation) == seen && !atomic_load(&ctx->stop)) {
+            pthread_mutex_lock(&ctx->mu);
+            while (!atomic_load(&ctx->stop) && atomic_load(&ctx->generation) == seen)
+                pthread_cond_wait(&ctx->cv_work, &ctx->mu);
+            pthread_mutex_unlock(&ctx->mu);
+        }
+        if (atomic_load(&ctx->stop)) break;
+        seen = atomic_load(&ctx->generation);
         run_chunk(ctx, idx);
-        pthread_mutex_lock(&ctx->mu);
-        if (--ctx->pending == 0) pthread_cond_signal(&ctx->cv_done);
+        pthread_mutex_lock(&ctx->mu); /* the caller may be asleep on cv_done */
+        if (atomic_fetch_sub(&ctx->pending, 1) == 1) pthread_cond_signal(&ctx->cv_done);
+        pthread_mutex_unlock(&ctx->mu);
     }
-    pthread_mutex_unlock(&ctx->mu);
     return NULL;
 }
 
@@ -176,19 +214,23 @@ void bnn_parallel_for(bnn_ctx *ctx, int64_t n_items, int64_t grain, bnn_task_fn 
     ctx->arg = arg;
     ctx->n_items = n_items;
     ctx->grain = grain;
-    ctx->pending = ctx->n_workers;
-    ctx->generation++;
+    atomic_store(&ctx->pending, ctx->n_workers);
+    atomic_fetch_add(&ctx->generation, 1); /* publishes the fields above to spinning workers */
     pthread_cond_broadcast(&ctx->cv_work);
     pthread_mutex_unlock(&ctx->mu);
     run_chunk(ctx, 0); /* the calling thread takes chunk 0 */
-    pthread_mutex_lock(&ctx->mu);
-    while (ctx->pending > 0) pthread_cond_wait(&ctx->cv_done, &ctx->mu);
-    pthread_mutex_unlock(&ctx->mu);
+    spinner sp = {0};
+    while (atomic_load(&ctx->pending) > 0 && spin_on(&sp)) {}
+    if (atomic_load(&ctx->pending) > 0) {
+        pthread_mutex_lock(&ctx->mu);
+        while (atomic_load(&ctx->pending) > 0) pthread_cond_wait(&ctx->cv_done, &ctx->mu);
+        pthread_mutex_unlock(&ctx->mu);
+    }
 }
 
 static void stop_workers(bnn_ctx *ctx, int started) {
     pthread_mutex_lock(&ctx->mu);
-    ctx->stop = 1;
+    atomic_store(&ctx->stop, 1);
     pthread_cond_broadcast(&ctx->cv_work);
     pthread_mutex_unlock(&ctx->mu);
     for (int i = 0; i < started; i++) pthread_join(ctx->threads[i], NULL);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include "../include/bnn.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -28,9 +29,11 @@ struct bnn_ctx {
     int n_workers; /* num_threads - 1 */
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
-    uint64_t generation;
-    int pending;
-    int stop;
+    /* written under mu; read lock-free by the spinning waiters (32-bit: lock-free on every
+     * target, armv6 included, without libatomic) */
+    atomic_uint generation;
+    atomic_int pending;
+    atomic_int stop;
     bnn_task_fn fn;
     void *arg;
     int64_t n_items, grain;
