@@ -135,10 +135,13 @@ def main(argv=None):
         return
     rows = []
     for v in variants:
+        # what v starts from, is distilled from (naive: is derived from) first; each a no-op
+        # when its checkpoint is complete
+        how = recipe(a.dataset, v)
+        for dep in dict.fromkeys(d for d in (how["init"], how["distill"], "fp" if v == "naive" else None) if d):
+            train(a.dataset, dep, epochs, a.seed, a.threads, quiet=True)
         if v in TRAINED:
-            train(a.dataset, v, epochs, a.seed, a.threads, quiet=True)  # no-op when the checkpoint is complete
-        if v == "naive" and "fp" not in variants:
-            train(a.dataset, "fp", epochs, a.seed, a.threads, quiet=True)
+            train(a.dataset, v, epochs, a.seed, a.threads, quiet=True)
         model = load_trained(a.dataset, v, epochs, a.seed)
         acc_torch = evaluate_torch(model, x_te, y_te)
         onnx_path = export(model, a.dataset, v)
