@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 #include "internal.h"
@@ -137,7 +138,9 @@ size_t bnn_elems4(int64_t a, int64_t b, int64_t c, int64_t d) {
  * for up to BNN_SPIN_NS, then sleeps on a condition variable.  A network is a chain of
  * ops of tens of microseconds each; waking a sleeping thread costs about as much, so
  * without the spin two threads were slower than one on small layers.  After the last op
- * of a frame the workers sleep again within BNN_SPIN_NS. */
+ * of a frame the workers sleep again within BNN_SPIN_NS.  While spinning they yield the
+ * CPU every 64 pauses, so other runnable threads of the process (capture, decode) are
+ * not kept waiting by a spinning worker. */
 #define BNN_SPIN_NS 200000
 
 static inline void cpu_relax(void) {
@@ -150,10 +153,11 @@ static inline void cpu_relax(void) {
 
 typedef struct { unsigned n; struct timespec end; } spinner;
 
-/* 1 while the spin budget lasts (the clock is read once every 64 calls) */
+/* 1 while the spin budget lasts (every 64 calls: yield the CPU once, read the clock) */
 static int spin_on(spinner *s) {
     cpu_relax();
     if ((++s->n & 63) != 0) return 1;
+    sched_yield(); /* a runnable thread of the application (capture, decode) goes first */
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     if (s->n == 64) {
