@@ -134,14 +134,14 @@ def main(argv=None):
         print("\n".join(remeasure_latency(a, epochs, x_te)))
         return
     rows = []
+    ready = set()  # trained (or found complete) in this run: train() loads the whole training set
     for v in variants:
-        # what v starts from, is distilled from (naive: is derived from) first; each a no-op
-        # when its checkpoint is complete
+        # what v starts from, is distilled from (naive: is derived from) first
         how = recipe(a.dataset, v)
-        for dep in dict.fromkeys(d for d in (how["init"], how["distill"], "fp" if v == "naive" else None) if d):
-            train(a.dataset, dep, epochs, a.seed, a.threads, quiet=True)
-        if v in TRAINED:
-            train(a.dataset, v, epochs, a.seed, a.threads, quiet=True)
+        deps = (how["init"], how["distill"], "fp" if v == "naive" else None, v if v in TRAINED else None)
+        for t in dict.fromkeys(d for d in deps if d and d not in ready):
+            train(a.dataset, t, epochs, a.seed, a.threads, quiet=True)  # a no-op when its checkpoint is complete
+            ready.add(t)
         model = load_trained(a.dataset, v, epochs, a.seed)
         acc_torch = evaluate_torch(model, x_te, y_te)
         onnx_path = export(model, a.dataset, v)

@@ -182,6 +182,11 @@ static void run_chunk(bnn_ctx *ctx, int idx) {
 
 typedef struct { bnn_ctx *ctx; int idx; } worker_arg;
 
+/* a worker that has run generation `seen` has nothing to do (and is not told to stop) */
+static int idle(bnn_ctx *ctx, unsigned seen) {
+    return atomic_load(&ctx->generation) == seen && !atomic_load(&ctx->stop);
+}
+
 static void *worker_main(void *p) {
     bnn_ctx *ctx = ((worker_arg *)p)->ctx;
     int idx = ((worker_arg *)p)->idx;
@@ -189,11 +194,10 @@ static void *worker_main(void *p) {
     unsigned seen = 0;
     for (;;) {
         spinner sp = {0};
-        while (atomic_load(&ctx->generation) == seen && !atomic_load(&ctx->stop) && spin_on(&sp)) {}
-        if (atomic_load(&ctx->generation) == seen && !atomic_load(&ctx->stop)) {
+        while (idle(ctx, seen) && spin_on(&sp)) {}
+        if (idle(ctx, seen)) {
             pthread_mutex_lock(&ctx->mu);
-            while (!atomic_load(&ctx->stop) && atomic_load(&ctx->generation) == seen)
-                pthread_cond_wait(&ctx->cv_work, &ctx->mu);
+            while (idle(ctx, seen)) pthread_cond_wait(&ctx->cv_work, &ctx->mu);
             pthread_mutex_unlock(&ctx->mu);
         }
         if (atomic_load(&ctx->stop)) break;
