@@ -284,7 +284,9 @@ dist() {
   for a in app models README.md pyproject.toml LICENSE; do [[ -e $a ]] && files+=("$a"); done
   [[ -e pyproject.toml ]] || echo "build.sh: warning: no pyproject.toml, the tarball cannot be pip-installed" >&2
   mkdir -p dist
-  tar --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --transform "s,^,bnn-pi-$v/," \
+  # the device runs .bnn files: no ONNX (no onnxruntime there), training checkpoints or data caches
+  tar --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --exclude=models/.ckpt --exclude=models/.cache \
+    --exclude='models/zoo/*.onnx' --transform "s,^,bnn-pi-$v/," \
     -czf "dist/bnn-pi-$v.tar.gz" "${files[@]}"
   log "dist/bnn-pi-$v.tar.gz"; tar -tzf "dist/bnn-pi-$v.tar.gz" | grep -E 'libbnn.so$'
 }
