@@ -16,6 +16,7 @@ from ._native import (  # noqa: F401
 )
 from .model_format import ModelFormatError  # noqa: F401
 from .executor import Model, load  # noqa: F401
+from .zoo import zoo_path  # noqa: F401
 from .ops import (  # noqa: F401
     BConv2d,
     Context,
@@ -49,6 +50,7 @@ __all__ = [
     "ModelFormatError",
     "Model",
     "load",
+    "zoo_path",
     "BConv2d",
     "Context",
     "FConv2d",

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import load
+from . import load, zoo_path
 
-ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo" / "fashion-mnist"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot"]
 
@@ -25,8 +24,8 @@ CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m firmware_py.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ZOO / "xnor.bnn"))
-    ap.add_argument("--samples", default=str(ZOO / "samples.npz"))
+    ap.add_argument("--model", default=zoo_path("fashion-mnist", "xnor.bnn"))
+    ap.add_argument("--samples", default=zoo_path("fashion-mnist", "samples.npz"))
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     for p in (a.model, a.samples):

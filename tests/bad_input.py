@@ -41,7 +41,7 @@ are shown as `<tmp>/`, the repository as `<repo>/`.  The models are built by
 `ModelFormatError` and `ConvertError` are `ValueError` subclasses
 (`firmware_py.ModelFormatError`, `firmware_py.convert.ConvertError`); I/O problems are
 `OSError`s.  On the command line `python -m firmware_py` prints `error: <message>` and
-exits 1; `python -m app` prints `app: <message>` and exits 2 (model) or 1 (source).
+exits 1; `python -m bnn_camera` prints `app: <message>` and exits 2 (model) or 1 (source).
 Text that comes from another package (onnx / protobuf / onnxruntime, and the first bytes
 of an ONNX file) is shown as this machine produced it; the up-to-date check ignores it.
 """
@@ -381,19 +381,19 @@ def _cli(args):
     return r.returncode, (last[-1] if last else (lines[-1] if lines else ""))
 
 
-case(A, "app: model does not exist", "python -m app --model <tmp>/missing.bnn", "cli")(
-    lambda c: _cli(["-m", "app", "--model", c.p("missing.bnn"), "--source", "x.mp4"]))
-case(A, "app: model is not a model", "python -m app --model notes.bnn", "cli")(
-    lambda c: _cli(["-m", "app", "--model", c.file("notes2.bnn", b"hello\n" * 20),
+case(A, "app: model does not exist", "python -m bnn_camera --model <tmp>/missing.bnn", "cli")(
+    lambda c: _cli(["-m", "bnn_camera", "--model", c.p("missing.bnn"), "--source", "x.mp4"]))
+case(A, "app: model is not a model", "python -m bnn_camera --model notes.bnn", "cli")(
+    lambda c: _cli(["-m", "bnn_camera", "--model", c.file("notes2.bnn", b"hello\n" * 20),
                     "--source", "x.mp4"]))
 case(A, "app: a classifier as the detector",
-     "python -m app --model <repo>/models/zoo/fashion-mnist/xnor.bnn", "cli")(
-    lambda c: _cli(["-m", "app", "--model", os.path.join(ROOT, "models", "zoo",
+     "python -m bnn_camera --model <repo>/models/zoo/fashion-mnist/xnor.bnn", "cli")(
+    lambda c: _cli(["-m", "bnn_camera", "--model", os.path.join(ROOT, "models", "zoo",
                                                          "fashion-mnist", "xnor.bnn"),
                     "--source", "x.mp4"]))
-case(A, "app: source file does not exist", "python -m app --model det.bnn --source "
+case(A, "app: source file does not exist", "python -m bnn_camera --model det.bnn --source "
      "<tmp>/missing.mp4", "cli")(
-    lambda c: _cli(["-m", "app", "--model", c.det, "--source", c.p("missing.mp4")]))
+    lambda c: _cli(["-m", "bnn_camera", "--model", c.det, "--source", c.p("missing.mp4")]))
 case(A, "firmware_py info on a non-model", "python -m firmware_py info notes.bnn", "cli")(
     lambda c: _cli(["-m", "firmware_py", "info", c.file("notes3.bnn", b"hello\n" * 20)]))
 case(A, "firmware_py convert with an unsupported op",

@@ -1,9 +1,9 @@
-"""The headless camera app (python -m app): real video through OpenCV, the CLI end to end,
+"""The headless camera app (python -m bnn_camera): real video through OpenCV, the CLI end to end,
 drop-oldest queueing, EOF / unplug + reconnect / corrupt frames, SIGTERM / SIGINT, HTTP
 (MJPEG, Prometheus, healthz), a scaled-down RSS soak and the overhead benchmark.
 
 The model is the shipped detector when it exists, else a small synthetic .bnn
-(app.testmodel: a real firmware_py graph with random weights and the detector metadata)."""
+(bnn_camera.testmodel: a real firmware_py graph with random weights and the detector metadata)."""
 import json
 import os
 import re
@@ -18,14 +18,14 @@ import urllib.request
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) is not installed")
+import cv2
 
-from app import DEFAULT_MODEL, ROOT  # noqa: E402
+from bnn_camera import DEFAULT_MODEL, ROOT  # noqa: E402
 
 VIDEOS = os.path.join(ROOT, "..", "shared", "data", "videos")
 PERSON = os.path.join(VIDEOS, "one-by-one-person-detection.mp4")
 VTEST = os.path.join(VIDEOS, "vtest.avi")
-SAMPLE = os.path.join(ROOT, "app", "samples", "people-384x216.mp4")
+SAMPLE = os.path.join(ROOT, "bnn_camera", "samples", "people-384x216.mp4")
 STATS_FIELDS = {"capture_fps", "inference_fps", "latency_ms", "dropped", "dropped_total",
                 "detections", "power", "power_reason", "energy_mj_per_frame", "cpu_temp_c",
                 "throttled", "bad_frames_total", "frames_total", "rss_mb", "source_state"}
@@ -59,7 +59,7 @@ def _clip(path, out, n, size=(192, 108), fourcc="MJPG", start=0):
 
 
 def _run_app(args, timeout=120, **kw):
-    return subprocess.run([sys.executable, "-m", "app"] + args, cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bnn_camera"] + args, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
 
@@ -74,7 +74,7 @@ def test_bundled_sample_is_small_and_attributed():
     assert c.isOpened() and int(c.get(cv2.CAP_PROP_FRAME_COUNT)) == 300
     assert (int(c.get(cv2.CAP_PROP_FRAME_WIDTH)), int(c.get(cv2.CAP_PROP_FRAME_HEIGHT))) == \
         (384, 216)
-    text = open(os.path.join(ROOT, "app", "samples", "ATTRIBUTION.md")).read()
+    text = open(os.path.join(ROOT, "bnn_camera", "samples", "ATTRIBUTION.md")).read()
     assert "CC BY 4.0" in text and "Intel" in text and "people-384x216.mp4" in text
 
 
@@ -113,11 +113,16 @@ def test_cli_clip_300_frames_writes_json_lines(model, tmp_path):
 
 
 def test_cli_missing_shipped_model_says_so(tmp_path):
-    if os.path.isfile(DEFAULT_MODEL):
-        pytest.skip("the shipped detector exists")
-    r = _run_app(["--source", SAMPLE, "--max-frames", "5"])
-    assert r.returncode == 2
-    assert "models/zoo/person/binary.bnn" in r.stderr and "--model" in r.stderr
+    """a copy of the two packages without models/zoo (as a broken install would be)"""
+    for pkg in ("firmware_py", "bnn_camera"):
+        shutil.copytree(os.path.join(ROOT, pkg), str(tmp_path / pkg),
+                        ignore=shutil.ignore_patterns("__pycache__", "samples"))
+    r = subprocess.run([sys.executable, "-m", "bnn_camera", "--source", SAMPLE, "--max-frames", "5"],
+                       cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "models/zoo/person/binary.bnn does not exist" in r.stderr and "--model" in r.stderr
+    r = _run_app(["--model", str(tmp_path / "nope.bnn"), "--source", SAMPLE])
+    assert r.returncode == 2 and "model not found" in r.stderr
     r = _run_app(["--model", str(tmp_path / "nope.bnn"), "--source", SAMPLE])
     assert r.returncode == 2 and "model not found" in r.stderr
 
@@ -131,18 +136,18 @@ def test_cli_text_format_and_summary(model):
 
 
 def test_real_videos_through_opencv(detector, tmp_path):
-    from app.pipeline import Pipeline
-    from app.sources import CvSource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import CvSource
     for path, n in ((VTEST, 25), (PERSON, 25)):
         if not os.path.exists(path):
-            pytest.skip("%s is missing (../shared/data/videos)" % path)
+            pytest.skip("needs ../shared/data/videos (%s is missing)" % path)
         pipe = Pipeline(detector, CvSource(path, "file"), max_frames=n, report_interval=0.2)
         s = pipe.run()
         assert s["frames_total"] == n and s["bad_frames_total"] == 0, s
 
 
 def test_queue_drops_oldest_and_counts():
-    from app.pipeline import Closed, FrameQueue
+    from bnn_camera.pipeline import Closed, FrameQueue
     q = FrameQueue(2)
     assert q.put_drop_oldest(1) == 0 and q.put_drop_oldest(2) == 0
     assert q.put_drop_oldest(3) == 1
@@ -155,8 +160,8 @@ def test_queue_drops_oldest_and_counts():
 def test_live_source_drops_when_inference_lags(detector):
     """A camera-like source (never waits) faster than inference: frames are dropped,
     counted, and the frames processed are the newest ones."""
-    from app.pipeline import Pipeline
-    from app.sources import MemorySource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import MemorySource
 
     class Slow:
         class_names = detector.class_names
@@ -175,8 +180,8 @@ def test_live_source_drops_when_inference_lags(detector):
 
 
 def test_eof_ends_cleanly_and_loop_restarts(detector, tmp_path):
-    from app.pipeline import Pipeline
-    from app.sources import CvSource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import CvSource
     clip = _clip(PERSON if os.path.exists(PERSON) else SAMPLE, tmp_path / "c.avi", 12)
     s = Pipeline(detector, CvSource(clip, "file"), report_interval=0.2).run()
     assert s["frames_total"] == 12 and s["source_state"] == "ended" and "error" not in s
@@ -186,8 +191,8 @@ def test_eof_ends_cleanly_and_loop_restarts(detector, tmp_path):
 
 
 def test_corrupt_images_are_skipped_and_counted(detector, tmp_path):
-    from app.pipeline import Pipeline
-    from app.sources import DirSource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import DirSource
     c = cv2.VideoCapture(SAMPLE)
     for i in range(6):
         ok, f = c.read()
@@ -205,8 +210,8 @@ def test_corrupt_images_are_skipped_and_counted(detector, tmp_path):
 
 def test_corrupt_bytes_inside_a_video_file(detector, tmp_path):
     """Garbage written over the middle of an MJPG AVI: the app goes on to the end."""
-    from app.pipeline import Pipeline
-    from app.sources import CvSource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import CvSource
     clip = _clip(SAMPLE, tmp_path / "c.avi", 40)
     data = bytearray(open(clip, "rb").read())
     mid = len(data) // 2
@@ -218,8 +223,8 @@ def test_corrupt_bytes_inside_a_video_file(detector, tmp_path):
 
 
 def test_bad_frames_and_detector_errors_are_counted(detector):
-    from app.pipeline import Pipeline
-    from app.sources import MemorySource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import MemorySource
     ok = np.zeros((90, 160, 3), np.uint8)
     frames = [ok, None, np.zeros((2, 2, 3), np.uint8), np.zeros((90, 160, 3), np.float32),
               np.zeros((90, 160), np.uint8), np.zeros((90, 160, 4), np.uint8), ok]
@@ -242,8 +247,8 @@ def test_bad_frames_and_detector_errors_are_counted(detector):
 
 
 def test_broken_detector_stops_loudly(detector):
-    from app.pipeline import Pipeline
-    from app.sources import MemorySource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import MemorySource
 
     class Broken:
         class_names = ["x"]
@@ -261,8 +266,8 @@ def test_unplug_and_reconnect_with_backoff(detector, tmp_path):
     """A live source (opened through OpenCV like a stream/camera) whose device vanishes:
     the capture thread reconnects with backoff, reports 'reconnecting' meanwhile, and
     resumes when it is back."""
-    from app.pipeline import Pipeline
-    from app.sources import CvSource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import CvSource
     clip = _clip(SAMPLE, tmp_path / "cam.avi", 20)
     gone = str(tmp_path / "unplugged.avi")
     # live + reconnect, paced at 10 fps like a camera; the end of the file = the device is lost
@@ -298,8 +303,8 @@ def test_unplug_and_reconnect_with_backoff(detector, tmp_path):
 
 
 def test_source_that_never_opens_keeps_reporting(detector):
-    from app.pipeline import Pipeline
-    from app.sources import CvSource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import CvSource
     src = CvSource("/dev/video-nonexistent-77", "v4l2")
     recs = []
     pipe = Pipeline(detector, src, report_interval=0.05, emit=recs.append, backoff=(0.02, 0.05))
@@ -324,7 +329,7 @@ def test_file_that_cannot_open_fails(model, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_clean_shutdown_with_summary(model, tmp_path, sig):
     out = tmp_path / "e.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "app", "--model", model, "--source", SAMPLE,
+    p = subprocess.Popen([sys.executable, "-m", "bnn_camera", "--model", model, "--source", SAMPLE,
                           "--loop", "--realtime", "--out", str(out), "--interval", "0.2",
                           "--threads", "1"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -357,7 +362,7 @@ def _get(url, timeout=10):
 
 
 def test_http_mjpeg_metrics_healthz(model, tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "app", "--model", model, "--source", SAMPLE,
+    p = subprocess.Popen([sys.executable, "-m", "bnn_camera", "--model", model, "--source", SAMPLE,
                           "--loop", "--realtime", "--http", "127.0.0.1:0", "--threads", "1",
                           "--snapshots", str(tmp_path / "snaps"), "--snapshot-interval", "0.2",
                           "--quiet"],
@@ -429,7 +434,7 @@ def test_http_mjpeg_metrics_healthz(model, tmp_path):
 
 
 def test_http_binds_loopback_by_default():
-    from app.http_server import parse_hostport
+    from bnn_camera.http_server import parse_hostport
     assert parse_hostport("8080") == ("127.0.0.1", 8080)
     assert parse_hostport(":9000") == ("127.0.0.1", 9000)
     assert parse_hostport("0.0.0.0:80") == ("0.0.0.0", 80)
@@ -437,8 +442,8 @@ def test_http_binds_loopback_by_default():
 
 
 def test_soak_scaled_down_rss_flat(model, tmp_path):
-    """app/soak.py at small scale: a looped clip, RSS sampled each second by the app."""
-    from app.soak import run_soak
+    """bnn_camera/soak.py at small scale: a looped clip, RSS sampled each second by the app."""
+    from bnn_camera.soak import run_soak
     clip = _clip(SAMPLE, tmp_path / "s.avi", 30, size=(192, 108))
     res = run_soak(model, clip, frames=100000, csv_path=str(tmp_path / "soak.csv"),
                    png_path=str(tmp_path / "soak.png"), threads=1, timeout=120, samples=20,
@@ -452,10 +457,10 @@ def test_soak_scaled_down_rss_flat(model, tmp_path):
 
 
 def test_overhead_benchmark_json(tmp_path):
-    """app/bench_overhead.py runs and prints its JSON (the <= 10% claim is measured by
+    """bnn_camera/bench_overhead.py runs and prints its JSON (the <= 10% claim is measured by
     running the script at full size; here a short run with a loose bound, since this
     machine's other load makes short timings noisy)."""
-    r = subprocess.run([sys.executable, "-m", "app.bench_overhead", "--frames", "60",
+    r = subprocess.run([sys.executable, "-m", "bnn_camera.bench_overhead", "--frames", "60",
                         "--rounds", "2", "--threads", "1", "--synthetic-size", "160",
                         "--limit-pct", "50"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
@@ -467,16 +472,16 @@ def test_overhead_benchmark_json(tmp_path):
 
 
 def test_demo_script_is_executable():
-    p = os.path.join(ROOT, "app", "demo.sh")
+    p = os.path.join(ROOT, "bnn_camera", "demo.sh")
     assert os.access(p, os.X_OK)
     assert subprocess.run(["bash", "-n", p]).returncode == 0
 
 
 def test_systemd_unit_is_sane():
-    text = open(os.path.join(ROOT, "app", "bnn-camera.service")).read()
-    for key in ("[Unit]", "[Service]", "[Install]", "ExecStart=", "-m app", "Restart=",
+    text = open(os.path.join(ROOT, "bnn_camera", "bnn-camera.service")).read()
+    for key in ("[Unit]", "[Service]", "[Install]", "ExecStart=", "/bin/bnn-camera ", "Restart=",
                 "KillSignal=SIGTERM", "WantedBy="):
         assert key in text
     if shutil.which("systemd-analyze"):
         subprocess.run(["systemd-analyze", "verify", "--man=no",
-                        os.path.join(ROOT, "app", "bnn-camera.service")], capture_output=True)
+                        os.path.join(ROOT, "bnn_camera", "bnn-camera.service")], capture_output=True)

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) is not installed")
-mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
+import cv2  # noqa: F401
+import paho.mqtt.client as mqtt
 
-from app import ROOT  # noqa: E402
+from bnn_camera import ROOT  # noqa: E402
 
-SAMPLE = os.path.join(ROOT, "app", "samples", "people-384x216.mp4")
+SAMPLE = os.path.join(ROOT, "bnn_camera", "samples", "people-384x216.mp4")
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
     None)
@@ -106,7 +106,7 @@ class Subscriber:
 
 
 def test_parse_mqtt():
-    from app.mqtt import parse_mqtt
+    from bnn_camera.mqtt import parse_mqtt
     assert parse_mqtt("broker.lan:1884/home/cam1") == ("broker.lan", 1884, "home/cam1")
     assert parse_mqtt("127.0.0.1") == ("127.0.0.1", 1883, "bnn/detections")
     assert parse_mqtt("[::1]:1885/t") == ("::1", 1885, "t")
@@ -117,7 +117,7 @@ def test_parse_mqtt():
 def test_app_publishes_detections_to_real_broker(broker, model):
     sub = Subscriber(broker.port, "cam/#")
     try:
-        r = subprocess.run([sys.executable, "-m", "app", "--model", model, "--source", SAMPLE,
+        r = subprocess.run([sys.executable, "-m", "bnn_camera", "--model", model, "--source", SAMPLE,
                             "--max-frames", "60", "--realtime", "--threads", "1",
                             "--mqtt", "127.0.0.1:%d/cam/det" % broker.port, "--interval", "0.5"],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -147,7 +147,7 @@ def test_app_publishes_detections_to_real_broker(broker, model):
 def test_sink_reconnects_when_broker_comes_up(tmp_path):
     """The broker is down at start: publishing never blocks, and the sink connects once the
     broker is up (paho's own backoff)."""
-    from app.mqtt import MqttSink
+    from bnn_camera.mqtt import MqttSink
     b = Broker(tmp_path)
     sink = MqttSink("127.0.0.1", b.port, "t/x")
     try:

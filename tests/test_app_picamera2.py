@@ -13,7 +13,6 @@ the app never opens a preview.)
 
 Skipped with the reason when picamera2 is not installed (pip install picamera2 needs
 libcap-dev from apt for python-prctl)."""
-import importlib
 import os
 import sys
 import time
@@ -23,11 +22,11 @@ from unittest import mock
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) is not installed")
+import cv2
 
-from app import ROOT  # noqa: E402
+from bnn_camera import ROOT  # noqa: E402
 
-SAMPLE = os.path.join(ROOT, "app", "samples", "people-384x216.mp4")
+SAMPLE = os.path.join(ROOT, "bnn_camera", "samples", "people-384x216.mp4")
 
 
 class _AutoMeta(type):
@@ -108,7 +107,7 @@ def picam(monkeypatch):
     monkeypatch.setitem(sys.modules, "libcamera", lc)
     monkeypatch.setitem(sys.modules, "libcamera.controls", controls)
     try:
-        importlib.import_module("pykms")
+        import pykms  # noqa: F401
     except ImportError:
         # kms++ (Raspberry Pi OS's python3-kms++, not on PyPI) is only used by picamera2's
         # DRM preview window, which the app never opens: an empty stand-in for the import
@@ -116,7 +115,7 @@ def picam(monkeypatch):
         pykms.PixelFormat = _AutoMeta("PixelFormat", (_Auto,), {})
         monkeypatch.setitem(sys.modules, "pykms", pykms)
     try:
-        pc2 = importlib.import_module("picamera2")
+        import picamera2 as pc2
     except ImportError as e:
         pytest.skip("picamera2 not importable (pip install picamera2; needs libcap-dev): %s" % e)
     try:
@@ -138,7 +137,7 @@ def _frames(n):
 
 def test_real_global_camera_info_over_fake_libcamera(picam, monkeypatch):
     pc2, cams = picam
-    from app import sources
+    from bnn_camera import sources
     assert sources.picamera2_cameras() == ([], "picamera2 sees no camera")
     cams.append(FakeCamera("/base/axi/pcie@120000/rp1/i2c@88000/imx708@1a", "imx708"))
     info, why = sources.picamera2_cameras()
@@ -174,10 +173,10 @@ def _autospec_factory(pc2, frames, fail_after=None):
 
 def test_picamera2_source_drives_real_api(picam):
     pc2, _ = picam
-    from app.pipeline import Pipeline
-    from app.sources import Picamera2Source
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import Picamera2Source
     from firmware_py.detect import Detector
-    from app.testmodel import write_synthetic_detector
+    from bnn_camera.testmodel import write_synthetic_detector
     import tempfile
     det = Detector(write_synthetic_detector(os.path.join(tempfile.mkdtemp(), "m.bnn")),
                    num_threads=1)
@@ -197,8 +196,8 @@ def test_picamera2_source_drives_real_api(picam):
 
 def test_picamera2_failure_reconnects(picam):
     pc2, _ = picam
-    from app.pipeline import Pipeline
-    from app.sources import Picamera2Source
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import Picamera2Source
 
     class Echo:
         class_names = ["x"]
@@ -220,7 +219,7 @@ def test_picamera2_failure_reconnects(picam):
 
 def test_auto_without_picamera2_or_camera_falls_back(monkeypatch):
     """No camera anywhere: auto uses the bundled clip, paced and looped like a camera."""
-    from app import sources
+    from bnn_camera import sources
     monkeypatch.setattr(sources, "picamera2_cameras", lambda: ([], "picamera2 sees no camera"))
     real_exists = os.path.exists
     monkeypatch.setattr(sources.os.path, "exists",

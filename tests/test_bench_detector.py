@@ -1,5 +1,6 @@
 """``python -m models.bench_detector --icount``: the message that says what to run when the
-ARM userland is missing, and (where ../shared/tools/arm-rootfs has built it) one count."""
+ARM userland is missing, and one count (marked arm_userland: ./build.sh pi-test runs it, after it
+has built the ARM userland; ./build.sh test leaves it out)."""
 import pytest
 
 from models import bench_detector as B
@@ -19,14 +20,10 @@ def test_icount_rejects_unknown_arch(capsys):
     assert e.value.code == 2 and "'riscv64' is not one of aarch64, armhf" in capsys.readouterr().err
 
 
+@pytest.mark.arm_userland
 def test_icount_aarch64(model):
-    """the synthetic detector (conftest ``model``) on aarch64: ~40 s under qemu"""
-    try:
-        B._icount_rootfs("aarch64")
-    except SystemExit as e:
-        pytest.skip(str(e.code))
-    if not (B.ROOT / "build" / "tools" / "libicount.so").exists():
-        pytest.skip("qemu plugin not built: ../shared/tools/arm-icount/build.sh build/tools/libicount.so")
+    """the synthetic detector (conftest ``model``) on aarch64: ~40 s under qemu.  Needs the arm64
+    userland of ../shared/tools/arm-rootfs: run by ./build.sh pi-test, which builds it."""
     r = B.icount("aarch64", model, frames=1)
     assert (r["machine"], r["path"], r["library"]) == ("aarch64", "neon-aarch64", "firmware_py/_lib/aarch64/libbnn.so")
     assert 0 < r["net"]["instructions_per_frame"] < r["detect"]["instructions_per_frame"]

@@ -15,9 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="test_convert needs PyTorch (pip install torch)")
-onnx = pytest.importorskip("onnx", reason="test_convert needs onnx (pip install onnx)")
-pytest.importorskip("onnxruntime", reason="test_convert needs onnxruntime (pip install onnxruntime)")
+import torch
+import onnx
+import onnxruntime  # noqa: F401
 
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -6,14 +6,14 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch not installed (training needs it)")
-pytest.importorskip("cv2", reason="OpenCV not installed (pip install opencv-python-headless)")
+import torch
+import cv2  # noqa: F401
 
 from models import yolo_data  # noqa: E402
 
 PEOPLE = yolo_data.DATASETS["people"][0]
 needs_people = pytest.mark.skipif(not (PEOPLE / "images" / "train").is_dir(),
-                                  reason="../shared/data/people not found")
+                                  reason="needs ../shared/data/people")
 
 
 @pytest.fixture(autouse=True)

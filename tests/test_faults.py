@@ -1,4 +1,4 @@
-"""Fault tests of the camera app (python -m app), with real components and fakes only at
+"""Fault tests of the camera app (python -m bnn_camera), with real components and fakes only at
 the hardware boundaries:
 
 * a full disk under --snapshots: without root through RLIMIT_FSIZE (the kernel's file
@@ -28,11 +28,11 @@ import urllib.request
 
 import pytest
 
-cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) is not installed")
+import cv2
 
-from app import ROOT  # noqa: E402
+from bnn_camera import ROOT  # noqa: E402
 
-SAMPLE = os.path.join(ROOT, "app", "samples", "people-384x216.mp4")
+SAMPLE = os.path.join(ROOT, "bnn_camera", "samples", "people-384x216.mp4")
 
 
 # (skipped by conftest.py when libbnn.so is not built)
@@ -41,7 +41,7 @@ SAMPLE = os.path.join(ROOT, "app", "samples", "people-384x216.mp4")
 
 
 class App:
-    """``python -m app`` in a child process; stdout (JSON lines) and stderr are read by
+    """``python -m bnn_camera`` in a child process; stdout (JSON lines) and stderr are read by
     threads, so the test can wait for records without the pipes filling up."""
 
     def __init__(self, args, fsize_limit=None):
@@ -51,7 +51,7 @@ class App:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
         self.records, self.err_lines, self.bad_stdout = [], [], []
         self._cond = threading.Condition()
-        self.p = subprocess.Popen([sys.executable, "-m", "app", "--format", "json"] + args,
+        self.p = subprocess.Popen([sys.executable, "-m", "bnn_camera", "--format", "json"] + args,
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, preexec_fn=preexec)
         self._threads = [threading.Thread(target=self._read, args=(self.p.stdout, True),
@@ -242,14 +242,12 @@ def test_event_log_past_the_file_size_limit_keeps_whole_lines(model, tmp_path):
 
 def _mount_tmpfs(path, size):
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the RLIMIT_FSIZE tests cover the same "
-                    "failures without root")
-    if not shutil.which("mount"):
-        pytest.skip("no mount command")
+        pytest.skip("needs root to mount a tmpfs (the RLIMIT_FSIZE tests cover the same "
+                    "failures without root)")
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", str(path)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (a container without CAP_SYS_ADMIN?): %s"
+        pytest.skip("needs root with CAP_SYS_ADMIN to mount a tmpfs (a container?): %s"
                     % r.stderr.strip())
 
 
@@ -300,7 +298,7 @@ def test_snapshots_on_a_full_tmpfs_then_space_freed(model, tmp_path):
 
 # ---- (b) the MQTT broker killed mid-run ---------------------------------------------------
 def test_mqtt_broker_killed_and_restarted(model, tmp_path):
-    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
+    import paho.mqtt.client  # noqa: F401
     from tests.test_app_mqtt import MOSQUITTO, Broker, Subscriber
     if MOSQUITTO is None:
         pytest.skip("mosquitto binary not installed (apt install mosquitto)")
@@ -411,7 +409,7 @@ def test_sigterm_while_the_model_loads(model, tmp_path):
 def test_sigterm_while_waiting_for_the_mqtt_broker(model, tmp_path):
     """Start-up waits up to 3 s for an MQTT broker that is not there: SIGTERM then ends
     the start-up at once."""
-    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
+    import paho.mqtt.client  # noqa: F401
     import socket
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

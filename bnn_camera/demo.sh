@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The camera-app demo: checks the Python dependencies, builds libbnn.so when it is missing,
 # then runs the app on the bundled sample clip and prints fps and (measured) power.
-#   app/demo.sh [--model PATH] [any other python -m app option]
+#   bnn_camera/demo.sh [--model PATH] [any other python -m bnn_camera option]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-CLIP=app/samples/people-384x216.mp4
+CLIP=bnn_camera/samples/people-384x216.mp4
 
 missing=()
 for mod in numpy cffi cv2; do
@@ -18,7 +18,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 2
 fi
 
-if ! "$PY" -c "from firmware_py import _native; _native.lib()" 2>/dev/null; then
+if ! err=$("$PY" -c "from firmware_py import _native; _native.lib()" 2>&1); then
+  if [ ! -x build.sh ]; then  # an unpacked dist tarball: its libraries are prebuilt
+    echo "demo: the runtime library does not load here: ${err##*$'\n'}" >&2
+    exit 2
+  fi
   echo "demo: libbnn.so not found for this machine; building it (./build.sh)" >&2
   ./build.sh
 fi
@@ -32,8 +36,8 @@ if [ $model_given = 0 ] && [ ! -f models/zoo/person/binary.bnn ]; then
 fi
 
 out=$(mktemp -t bnn-demo-XXXXXX.jsonl)
-echo "demo: python -m app --source $CLIP --max-frames 300 --out $out $*" >&2
-"$PY" -m app --source "$CLIP" --max-frames 300 --out "$out" --format json --quiet "$@" \
+echo "demo: python -m bnn_camera --source $CLIP --max-frames 300 --out $out $*" >&2
+"$PY" -m bnn_camera --source "$CLIP" --max-frames 300 --out "$out" --format json --quiet "$@" \
   > "$out.summary"
 "$PY" - "$out.summary" <<'PYEOF'
 import json, sys

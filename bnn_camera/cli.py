@@ -1,4 +1,4 @@
-"""python -m app: the headless camera app (see app/README.md)."""
+"""python -m bnn_camera: the headless camera app (see bnn_camera/README.md)."""
 
 import argparse
 import os
@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from . import DEFAULT_MODEL, ROOT
+from . import DEFAULT_MODEL, shown_path
 from .report import dumps, format_line, format_summary
 
 EPILOG = """\
@@ -28,11 +28,11 @@ source or the detector failed, 2 bad arguments or no model.
 
 def build_parser():
     ap = argparse.ArgumentParser(
-        prog="python -m app", description="Headless camera app: binarized detector on a camera, "
+        prog="python -m bnn_camera", description="Headless camera app: binarized detector on a camera, "
         "with per-second reports, events, snapshots, MJPEG/metrics over HTTP and MQTT.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="detector model, .bnn or .onnx (default: %s)"
-                    % os.path.relpath(DEFAULT_MODEL, ROOT))
+                    % shown_path(DEFAULT_MODEL))
     ap.add_argument("--source", default="auto", help="auto | picamera2 | /dev/videoN | FILE | "
                     "rtsp://... | DIR (default: auto)")
     ap.add_argument("--max-frames", type=int, default=0, help="stop after N inferred frames")
@@ -77,7 +77,7 @@ class _StartupStop(BaseException):
 
 
 def main(argv=None, restore_signals=True):
-    """The app; returns the exit status.  restore_signals=False (python -m app): at the
+    """The app; returns the exit status.  restore_signals=False (python -m bnn_camera): at the
     end the signals are ignored instead (SIG_IGN, which the interpreter keeps through its
     finalisation, unlike a Python handler), so that a second SIGTERM between the summary
     and the process exit cannot turn exit status 0 into death by signal."""
@@ -168,7 +168,7 @@ def _run(args, fmt, state, got):
         else:
             _err("the shipped detector %s does not exist (it has not been trained / "
                  "installed yet).  Pass --model PATH with a detector model (.bnn or .onnx)."
-                 % os.path.relpath(DEFAULT_MODEL, ROOT))
+                 % shown_path(DEFAULT_MODEL))
         return 2
 
     stage("loading the detector")

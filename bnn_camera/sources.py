@@ -1,7 +1,7 @@
 """Frame sources: Pi camera (picamera2), V4L2 devices, video files, RTSP/HTTP streams,
 directories of images, and in-memory frames (benchmarks).
 
-A source is opened, read and closed by the capture thread (app.pipeline):
+A source is opened, read and closed by the capture thread (bnn_camera.pipeline):
 
     src.open()          # raises SourceError when it cannot be opened
     frame = src.read()  # a BGR uint8 HxWx3 array; None for a bad frame (skipped, counted);
@@ -20,6 +20,8 @@ import os
 import time
 
 import numpy as np
+
+from . import SAMPLES
 
 __all__ = ["SourceError", "SourceLost", "EndOfStream", "Source", "CvSource", "DirSource",
            "MemorySource", "Picamera2Source", "open_source", "picamera2_cameras",
@@ -42,8 +44,7 @@ class EndOfStream(Exception):
 
 
 def bundled_sample():
-    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
-    clips = sorted(glob.glob(os.path.join(d, "*.mp4")) + glob.glob(os.path.join(d, "*.avi")))
+    clips = sorted(glob.glob(os.path.join(SAMPLES, "*.mp4")) + glob.glob(os.path.join(SAMPLES, "*.avi")))
     return clips[0] if clips else None
 
 

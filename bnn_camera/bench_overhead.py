@@ -2,12 +2,12 @@
 JSON-lines event log + per-second reports) against a bare ``Detector.detect`` loop on the
 same decoded frames, same model, same threads.  Prints one JSON object.
 
-    python -m app.bench_overhead [--model M] [--source CLIP] [--frames 200] [--rounds 3]
+    python -m bnn_camera.bench_overhead [--model M] [--source CLIP] [--frames 200] [--rounds 3]
 
 Rounds alternate bare / app so drifting machine load hits both alike; the overhead is
 taken from the medians (min and all rounds are reported too).  Without --model it uses
 the shipped detector, or -- when that does not exist yet -- a synthetic detector of
-realistic cost (app.testmodel, 256x256, random weights), and says so.
+realistic cost (bnn_camera.testmodel, 256x256, random weights), and says so.
 """
 
 import argparse
@@ -21,8 +21,8 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from app import DEFAULT_MODEL  # noqa: E402
-from app.sources import bundled_sample  # noqa: E402
+from bnn_camera import DEFAULT_MODEL  # noqa: E402
+from bnn_camera.sources import bundled_sample  # noqa: E402
 
 
 def decode_frames(path, n):
@@ -49,10 +49,10 @@ def bare(det, frames):
 
 
 def app_run(det, frames, out_path, queue=2):
-    from app.pipeline import Pipeline
-    from app.report import dumps
-    from app.sinks import EventLog
-    from app.sources import MemorySource
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.report import dumps
+    from bnn_camera.sinks import EventLog
+    from bnn_camera.sources import MemorySource
     from firmware_py import power
 
     sink = []
@@ -92,7 +92,7 @@ def main(argv=None):
         if os.path.isfile(DEFAULT_MODEL):
             model = DEFAULT_MODEL
         else:
-            from app.testmodel import write_synthetic_detector
+            from bnn_camera.testmodel import write_synthetic_detector
             model = write_synthetic_detector(os.path.join(tmp, "synthetic.bnn"),
                                              size=a.synthetic_size, width=64)
             synthetic = True

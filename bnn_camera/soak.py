@@ -1,8 +1,8 @@
-"""Soak test: runs ``python -m app --loop`` on a clip for N frames and records, from its
+"""Soak test: runs ``python -m bnn_camera --loop`` on a clip for N frames and records, from its
 per-second JSON reports, RSS / fps / drops over time; writes a CSV (and a PNG plot when
 matplotlib is importable) and prints a JSON verdict on RSS drift.
 
-    python -m app.soak --frames 100000 --csv soak.csv [--png soak.png] [--model M]
+    python -m bnn_camera.soak --frames 100000 --csv soak.csv [--png soak.png] [--model M]
 
 RSS drift = (last RSS - RSS after warm-up) / RSS after warm-up, where the warm-up is the
 first ``--warmup`` fraction of the samples (default 0.2) and the last RSS the last record
@@ -51,7 +51,7 @@ def run_soak(model, source, frames, csv_path, png_path=None, threads=None, warmu
     """Runs the app on a looping source; stops at `frames`, after `timeout` seconds or once
     `samples` stats records are in (whichever comes first; SIGTERM, so the app still
     writes its summary)."""
-    cmd = [sys.executable, "-m", "app", "--model", model, "--source", source, "--loop",
+    cmd = [sys.executable, "-m", "bnn_camera", "--model", model, "--source", source, "--loop",
            "--max-frames", str(frames), "--format", "json", "--no-power"]
     if threads:
         cmd += ["--threads", str(threads)]
@@ -172,13 +172,13 @@ def main(argv=None):
     ap.add_argument("--limit-pct", type=float, default=5.0)
     ap.add_argument("--realtime", action="store_true", help="pace the clip like a camera")
     a = ap.parse_args(argv)
-    from app import DEFAULT_MODEL
-    from app.sources import bundled_sample
+    from bnn_camera import DEFAULT_MODEL
+    from bnn_camera.sources import bundled_sample
     model = a.model or DEFAULT_MODEL
     if not os.path.isfile(model):
         if a.model:
             raise SystemExit("model not found: %s" % model)
-        from app.testmodel import write_synthetic_detector
+        from bnn_camera.testmodel import write_synthetic_detector
         model = write_synthetic_detector(os.path.join(tempfile.mkdtemp(prefix="bnn-soak-"),
                                                       "synthetic.bnn"))
         sys.stderr.write("soak: %s missing; using a synthetic detector\n" % DEFAULT_MODEL)

@@ -3,7 +3,7 @@ detector is at hand.  Random (seeded) weights -- its boxes mean nothing -- but i
 real ``firmware_py`` model: a float stem, binary convolutions (XNOR + popcount) and a
 YOLO-style head with the ``detector`` metadata that firmware_py.detect.Detector reads.
 
-    python -m app.testmodel out.bnn [--size 160]
+    python -m bnn_camera.testmodel out.bnn [--size 160]
 """
 
 import sys
@@ -69,7 +69,7 @@ def write_synthetic_detector(path, size=160, width=32, seed=0, class_names=("per
              {"weights": pack_signs(wt), "mul": np.full(no, 1.7 / np.sqrt(cin), np.float32), "add": add})
     stride = size // h
     graph = {
-        "format": "bnn-graph", "producer": "app.testmodel (synthetic, random weights)",
+        "format": "bnn-graph", "producer": "bnn_camera.testmodel (synthetic, random weights)",
         "metadata": {
             "class_names": list(class_names),
             "detector": {"decode": "yolov5", "input_size": [size, size], "strides": [stride],
