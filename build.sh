@@ -505,7 +505,11 @@ case "$CMD" in
     git diff --stat requirements/constraints.txt ;;
   fuzz) shift; fuzz "$@" ;;
   demo)  # the camera app on the bundled clip with the shipped person detector
-    shift; build "$HOST"; exec bash bnn_camera/demo.sh "$@" ;;
+    shift
+    lib=firmware_py/_lib/$HOST/libbnn.so  # rebuilt when a source or build.sh is newer
+    if [[ -f $lib && -z $(find csrc build.sh -newer "$lib" -print -quit) ]]; then echo "$lib is up to date"
+    else build "$HOST"; fi
+    exec bash bnn_camera/demo.sh "$@" ;;
   clean) rm -rf build dist firmware_py/_lib ;;
   *) die "usage: ./build.sh [host|aarch64|armhf|armv6|all|asan|tsan|asan-test|test|dist|demo|pi-test|setup|lock|fuzz|clean]" ;;
 esac
