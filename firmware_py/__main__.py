@@ -65,9 +65,9 @@ def main(argv=None):
             return 1
         print(m.summary())
         if a.profile:
-            x = [np.random.default_rng(0).random(tuple(s["shape"]), dtype=np.float32) for s in m.inputs]
-            for row in m.profile(x[0] if len(x) == 1 else x):
-                print(row)
+            rng = np.random.default_rng(0)
+            x = [rng.random(s.shape, dtype=np.float32) for s in m.inputs]
+            print(m.profile(x[0] if len(x) == 1 else x))
         return 0
     return 2
 
