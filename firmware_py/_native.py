@@ -21,6 +21,8 @@ import threading
 
 import cffi
 
+from . import header as _header
+
 __all__ = [
     "ffi",
     "lib",
@@ -55,154 +57,16 @@ __all__ = [
     "BNN_EW_MAX_STEPS",
 ]
 
-# Must match csrc/neon/include/bnn.h (BNN_API removed: cffi's cdef has no preprocessor).
-CDEF = r"""
-enum bnn_status {
-    BNN_OK = 0,
-    BNN_E_NULL = -1,
-    BNN_E_SHAPE = -2,
-    BNN_E_SIZE = -3,
-    BNN_E_PATH = -4,
-    BNN_E_NOMEM = -5,
-    BNN_E_THREAD = -6
-};
-
-enum bnn_path {
-    BNN_PATH_AUTO = 0,
-    BNN_PATH_PORTABLE = 1,
-    BNN_PATH_NEON = 2,
-    BNN_PATH_AVX2 = 3,
-    BNN_PATH_AVX512 = 4
-};
-
-const char *bnn_version(void);
-const char *bnn_status_str(int status);
-const char *bnn_path_name(int path);
-int bnn_path_available(int path);
-
-typedef struct bnn_ctx bnn_ctx;
-int bnn_ctx_create(bnn_ctx **out, int num_threads);
-void bnn_ctx_destroy(bnn_ctx *ctx);
-int bnn_ctx_num_threads(const bnn_ctx *ctx);
-int bnn_ctx_set_path(bnn_ctx *ctx, int path);
-int bnn_ctx_path(const bnn_ctx *ctx);
-
-size_t bnn_packed_words(int32_t c);
-int bnn_bitpack_f32(bnn_ctx *ctx, const float *x, size_t x_len, int32_t pixels, int32_t c,
-                    float threshold, uint32_t *out, size_t out_len);
-int bnn_bitpack_u8(bnn_ctx *ctx, const uint8_t *x, size_t x_len, int32_t pixels, int32_t c,
-                   int32_t zero_point, uint32_t *out, size_t out_len);
-int bnn_bitpack_i8(bnn_ctx *ctx, const int8_t *x, size_t x_len, int32_t pixels, int32_t c,
-                   int32_t zero_point, uint32_t *out, size_t out_len);
-int bnn_bitpack_affine_f32(bnn_ctx *ctx, const float *x, size_t x_len, int32_t pixels, int32_t c,
-                           const float *scale, const float *bias, size_t param_len,
-                           float threshold, uint32_t *out, size_t out_len);
-int bnn_unpack_f32(const uint32_t *x, size_t x_len, int32_t pixels, int32_t c,
-                   float *out, size_t out_len);
-
-typedef struct {
-    int32_t n, in_h, in_w, in_c;
-    int32_t out_c;
-    int32_t kernel_h, kernel_w;
-    int32_t stride_h, stride_w;
-    int32_t pad_top, pad_left, pad_bottom, pad_right;
-} bnn_window;
-int bnn_window_out(const bnn_window *win, int32_t *out_h, int32_t *out_w);
-
-enum bnn_pad_mode { BNN_PAD_ZERO = 0, BNN_PAD_ONE = 1 };
-enum bnn_out_mode { BNN_OUT_INT32 = 0, BNN_OUT_FLOAT = 1, BNN_OUT_BITS = 2 };
-
-typedef struct {
-    int32_t out_mode;
-    const float *mul, *add;
-    const int32_t *threshold;
-    const uint8_t *flip;
-} bnn_output;
-
-typedef struct bnn_bconv2d bnn_bconv2d;
-int bnn_bconv2d_create(bnn_bconv2d **out, const bnn_window *win, int32_t pad_mode,
-                       const uint32_t *weights, size_t weights_len,
-                       const bnn_output *output);
-void bnn_bconv2d_destroy(bnn_bconv2d *layer);
-size_t bnn_bconv2d_input_len(const bnn_bconv2d *layer);
-size_t bnn_bconv2d_output_len(const bnn_bconv2d *layer);
-int bnn_bconv2d_run(bnn_ctx *ctx, const bnn_bconv2d *layer,
-                    const uint32_t *x, size_t x_len,
-                    const float *k_scale, size_t k_len,
-                    void *y, size_t y_len);
-
-int bnn_xnor_scale(bnn_ctx *ctx, const bnn_window *win, const float *x, size_t x_len,
-                   float *k_out, size_t k_len);
-
-int bnn_bmaxpool2d(bnn_ctx *ctx, const bnn_window *win, const uint32_t *x, size_t x_len,
-                   uint32_t *y, size_t y_len);
-
-typedef struct bnn_fconv2d bnn_fconv2d;
-int bnn_fconv2d_create(bnn_fconv2d **out, const bnn_window *win,
-                       const float *weights, size_t weights_len,
-                       const float *bias, size_t bias_len);
-void bnn_fconv2d_destroy(bnn_fconv2d *layer);
-size_t bnn_fconv2d_input_len(const bnn_fconv2d *layer);
-size_t bnn_fconv2d_output_len(const bnn_fconv2d *layer);
-int bnn_fconv2d_run(bnn_ctx *ctx, const bnn_fconv2d *layer, const float *x, size_t x_len,
-                    float *y, size_t y_len);
-
-int bnn_maxpool2d(bnn_ctx *ctx, const bnn_window *win, const float *x, size_t x_len,
-                  float *y, size_t y_len);
-int bnn_avgpool2d(bnn_ctx *ctx, const bnn_window *win, int32_t count_include_pad,
-                  const float *x, size_t x_len, float *y, size_t y_len);
-
-int bnn_add_f32(bnn_ctx *ctx, const float *a, size_t a_len, const float *b, size_t b_len,
-                float *y, size_t y_len, size_t n);
-
-enum bnn_ew_op { BNN_EW_AFFINE = 1, BNN_EW_PRELU = 2 };
-typedef struct {
-    int32_t op;
-    const float *a, *b;
-} bnn_ew_step;
-int bnn_eltwise_f32(bnn_ctx *ctx, const float *x, size_t x_len, const float *r, size_t r_len,
-                    int32_t pixels, int32_t c, const bnn_ew_step *steps, int32_t n_steps,
-                    size_t param_len, float *y, size_t y_len);
-"""
+# The declarations and every constant come from bnn.h itself (firmware_py/header.py).
+CDEF = _header.CDEF
 
 ffi = cffi.FFI()
 ffi.cdef(CDEF)
 
-# Constants as plain ints (the same values as the enums above; usable without the library).
-BNN_OK = 0
-BNN_E_NULL = -1
-BNN_E_SHAPE = -2
-BNN_E_SIZE = -3
-BNN_E_PATH = -4
-BNN_E_NOMEM = -5
-BNN_E_THREAD = -6
+# Constants as plain ints (the enum values and #defines of bnn.h; usable without the library).
+globals().update(_header.CONSTANTS)
 
-BNN_PATH_AUTO = 0
-BNN_PATH_PORTABLE = 1
-BNN_PATH_NEON = 2
-BNN_PATH_AVX2 = 3
-BNN_PATH_AVX512 = 4
-
-BNN_PAD_ZERO = 0
-BNN_PAD_ONE = 1
-
-BNN_OUT_INT32 = 0
-BNN_OUT_FLOAT = 1
-BNN_OUT_BITS = 2
-
-BNN_EW_AFFINE = 1
-BNN_EW_PRELU = 2
-BNN_EW_MAX_STEPS = 16
-
-_STATUS_NAMES = {
-    BNN_OK: "BNN_OK",
-    BNN_E_NULL: "BNN_E_NULL",
-    BNN_E_SHAPE: "BNN_E_SHAPE",
-    BNN_E_SIZE: "BNN_E_SIZE",
-    BNN_E_PATH: "BNN_E_PATH",
-    BNN_E_NOMEM: "BNN_E_NOMEM",
-    BNN_E_THREAD: "BNN_E_THREAD",
-}
+_STATUS_NAMES = {v: k for k, v in _header.CONSTANTS.items() if k == "BNN_OK" or k.startswith("BNN_E_")}
 
 
 # ---- errors ------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ import os
 import numpy as np
 
 from . import ops
+from .bits import unpack_signs
 from .model_format import (read_model, validate_graph, write_model, _check_tensor_data, DTYPES,
                            ModelFormatError)
 
@@ -66,14 +67,6 @@ def load(path, num_threads=None, fuse=True):
                                    % (e, os.fspath(path), os.fspath(path))) from None
         raise
     return Model(graph, tensors, num_threads=num_threads, fuse=fuse, _validated=True)
-
-
-def _unpack_weights(wbits, c):
-    """Packed uint32 [..., words(c)] -> float32 +-1 [..., c] (bit 1 = -1)."""
-    w = np.ascontiguousarray(wbits, dtype="<u4")
-    b = np.unpackbits(w.view(np.uint8).reshape(w.shape[:-1] + (w.shape[-1] * 4,)), axis=-1,
-                      bitorder="little")[..., :c]
-    return (1.0 - 2.0 * b).astype(np.float32)
 
 
 def _f32(a):
@@ -304,7 +297,7 @@ class Model:
             fn = lambda: ops.unpack(x, c, out=y)  # noqa: E731
         elif op in ("bconv2d", "bdense"):
             c = in_shape[-1]
-            w = _unpack_weights(P("weights"), c)
+            w = unpack_signs(P("weights"), c)
             if op == "bconv2d":
                 w_oihw = np.ascontiguousarray(w.transpose(0, 3, 1, 2))
                 lin = in_shape

@@ -23,6 +23,9 @@ import zlib
 
 import numpy as np
 
+from .bits import pack_signs, packed_words  # noqa: F401 - part of this module's API
+from .header import CONSTANTS as _C
+
 __all__ = [
     "ModelFormatError",
     "MAGIC",
@@ -64,9 +67,9 @@ DTYPES = {
 
 _MAX_ELEMENTS = 2**31 - 1  # per tensor and per value (the C library counts in int32)
 _MAX_NDIM = 8
-_MAX_CONV_KERNEL = 15
-_MAX_CONV_STRIDE = 8
-_MAX_POOL = 1 << 16
+_MAX_CONV_KERNEL = _C["BNN_MAX_CONV_KERNEL"]  # the C library's limits (bnn.h)
+_MAX_CONV_STRIDE = _C["BNN_MAX_CONV_STRIDE"]
+_MAX_POOL = _C["BNN_MAX_POOL"]
 _MAX_RESIZE = 64
 _MAX_PAD = 1 << 16
 
@@ -100,24 +103,6 @@ OPS = {
     "pad": (("pads", "value"), ()),
     "flatten": ((), ()),
 }
-
-
-def packed_words(c):
-    """32-bit words holding c channels."""
-    return (int(c) + 31) // 32
-
-
-def pack_signs(w):
-    """numpy bit packing of the last axis as the format stores binary tensors: bit = w < 0
-    (1 means -1), channel c at bit c % 32 of word c // 32, tail bits 0.  Returns uint32
-    [..., packed_words(c)]."""
-    w = np.asarray(w)
-    c = w.shape[-1]
-    words = packed_words(c)
-    bits = np.zeros(w.shape[:-1] + (words * 32,), dtype=np.uint8)
-    bits[..., :c] = w < 0
-    packed = np.packbits(bits, axis=-1, bitorder="little")  # 4 bytes per word, LSB first
-    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32).reshape(w.shape[:-1] + (words,))
 
 
 def _fail(msg, *args):

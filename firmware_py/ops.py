@@ -22,7 +22,9 @@ import numpy as np
 
 from . import _native
 from ._native import ffi, lib, check
-from .model_format import pack_signs
+from .bits import pack_signs
+from .bits import packed_words as _packed_words
+from .header import CONSTANTS as _C
 
 __all__ = [
     "Context",
@@ -49,9 +51,9 @@ __all__ = [
 
 _INT32_MAX = 2**31 - 1
 _INT32_MIN = -(2**31)
-_MAX_KERNEL = 15  # convolutions; pools take kernels up to the whole image
-_MAX_POOL_KERNEL = 1 << 16
-_MAX_STRIDE = 8
+_MAX_KERNEL = _C["BNN_MAX_CONV_KERNEL"]  # convolutions; pools take kernels up to the whole image
+_MAX_POOL_KERNEL = _C["BNN_MAX_POOL"]
+_MAX_STRIDE = _C["BNN_MAX_CONV_STRIDE"]
 
 _PATH_IDS = {
     "auto": _native.BNN_PATH_AUTO,
@@ -317,8 +319,7 @@ def _shape4(name, s):
 
 def packed_words(c):
     """Number of 32-bit words holding c channels: ceil(c / 32)."""
-    c = _int("c", c, 0, _INT32_MAX)
-    return (c + 31) // 32
+    return _packed_words(_int("c", c, 0, _INT32_MAX))
 
 
 def _buf(ctype, a, writable=False):

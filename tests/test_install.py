@@ -57,6 +57,7 @@ def test_wheel_holds_every_package_library_and_model(dist):
     names = set(zipfile.ZipFile(dist[1]).namelist())
     for arch in ("x86_64", "aarch64", "armhf", "armv6"):
         assert "firmware_py/_lib/%s/libbnn.so" % arch in names
+    assert "firmware_py/_lib/bnn.h" in names  # firmware_py.header reads the C contract from it
     for mod in ("firmware_py/__init__.py", "firmware_py/convert/__init__.py", "firmware_py/convert/lower.py",
                 "bnn_camera/__main__.py", "bnn_camera/cli.py", "bnn_camera/samples/people-384x216.mp4"):
         assert mod in names

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from ..model_format import pack_signs as pack_bits  # noqa: F401 - one packing for weights everywhere
+from ..bits import pack_signs as pack_bits  # noqa: F401 - one packing for weights everywhere
 
 class IR:
     def __init__(self):

@@ -99,11 +99,16 @@ BNN_API int bnn_unpack_f32(const uint32_t *x, size_t x_len, int32_t pixels, int3
 /* ---- 2-D window geometry shared by convolutions and pools ---------------------------
  * Explicit pads as in ONNX (SAME_UPPER / SAME_LOWER / VALID are resolved by the caller).
  * out_h = (in_h + pad_top + pad_bottom - kernel_h) / stride_h + 1, likewise out_w. */
+/* Window limits, checked by every op that takes a bnn_window (firmware_py reads them here). */
+#define BNN_MAX_CONV_KERNEL 15  /* convolutions: kernel 1 .. 15 */
+#define BNN_MAX_CONV_STRIDE 8   /* convolutions: stride 1 .. 8 */
+#define BNN_MAX_POOL 65536      /* pools: kernel and stride 1 .. 65536 (up to global pooling) */
+
 typedef struct {
     int32_t n, in_h, in_w, in_c;
     int32_t out_c;                  /* convolutions only; pools: ignored (out_c = in_c) */
-    int32_t kernel_h, kernel_w;     /* convolutions 1 .. 15; pools 1 .. 65536 */
-    int32_t stride_h, stride_w;     /* convolutions 1 .. 8; pools 1 .. 65536 */
+    int32_t kernel_h, kernel_w;     /* convolutions 1 .. BNN_MAX_CONV_KERNEL; pools 1 .. BNN_MAX_POOL */
+    int32_t stride_h, stride_w;     /* convolutions 1 .. BNN_MAX_CONV_STRIDE; pools 1 .. BNN_MAX_POOL */
     int32_t pad_top, pad_left, pad_bottom, pad_right; /* 0 .. kernel - 1 */
 } bnn_window;
 /* Fills *out_h, *out_w; BNN_E_SHAPE when the geometry is invalid. */
