@@ -42,8 +42,7 @@ import os
 
 import numpy as np
 
-from . import ops
-from .bits import unpack_signs
+from . import ops, registry
 from .model_format import (read_model, validate_graph, write_model, _check_tensor_data, DTYPES,
                            ModelFormatError)
 
@@ -67,10 +66,6 @@ def load(path, num_threads=None, fuse=True):
                                    % (e, os.fspath(path), os.fspath(path))) from None
         raise
     return Model(graph, tensors, num_threads=num_threads, fuse=fuse, _validated=True)
-
-
-def _f32(a):
-    return None if a is None else np.array(a, dtype=np.float32)  # a private copy
 
 
 _CHAIN_OPS = ("affine", "prelu")
@@ -114,19 +109,38 @@ def _fuse(nodes, keep):
     return out
 
 
-class _CCall:
-    """A prepared call of a libbnn function with fixed arguments (buffers are the model's
-    planned arrays, validated once at load): calling it only crosses into C."""
+class StepBuilder:
+    """One node as its op's spec sees it while the executor builds it (registry.OpSpec.build):
+    its input and output buffers (the model's planned arrays, NHWC; bits packed), the
+    context, its attributes and parameters."""
 
-    def __init__(self, fn_name, *args):
-        self._fn = getattr(ops.lib(), fn_name)
-        self._name = fn_name
-        self._args = args
+    def __init__(self, model, node, tensors):
+        self.node = node
+        self.attrs, self.params = node.get("attrs", {}), node.get("params", {})
+        self.xs = [model._buf[n] for n in node["inputs"]]
+        self.x = self.xs[0]
+        self.y = model._buf[node["outputs"][0]]
+        self.in_kind, self.in_shape = model._values[node["inputs"][0]]
+        self.out_kind = model._values[node["outputs"][0]][0]
+        self.ctx = model._ctx
+        self.win = {}
+        if "kernel" in self.attrs:
+            self.win = dict(kernel=tuple(self.attrs["kernel"]), stride=tuple(self.attrs["stride"]),
+                            padding=tuple(self.attrs["pads"]))
+        self._tensors, self._layers = tensors, model._layers
 
-    def __call__(self):
-        st = self._fn(*self._args)
-        if st:
-            ops.check(st, self._name)
+    def param(self, key):
+        """this node's parameter `key` (a read-only array), or None"""
+        return self.node_param(self.node, key)
+
+    def node_param(self, node, key):
+        name = node.get("params", {}).get(key)
+        return None if name is None else self._tensors[name]
+
+    def keep(self, layer):
+        """a C layer the step uses: the model owns it (closed with the model)"""
+        self._layers.append(layer)
+        return layer
 
 
 class _Planner:
@@ -248,192 +262,17 @@ class Model:
 
     # ---- layers -----------------------------------------------------------------------------
     def _build(self, node, tensors):
-        op, name = node["op"], node["name"]
-        attrs, params = node.get("attrs", {}), node.get("params", {})
-        xs = [self._buf[n] for n in node["inputs"]]
-        x = xs[0]
-        y = self._buf[node["outputs"][0]]
-        in_kind, in_shape = self._values[node["inputs"][0]]
-        ctx = self._ctx
-
-        def P(key, conv=None):
-            if key not in params:
-                return None
-            a = tensors[params[key]]
-            return conv(a) if conv else a
-
-        win = {}
-        if "kernel" in attrs:
-            win = dict(kernel=tuple(attrs["kernel"]), stride=tuple(attrs["stride"]),
-                       padding=tuple(attrs["pads"]))
-
-        h = ctx._handle()
-        fb = ops.ffi.from_buffer
-        if op in ("eltwise", "affine", "prelu"):
-            chain = node.get("_chain", [node])
-            r = xs[1] if chain[0]["op"] == "add" else None
-            c = x.shape[-1]
-            arr, n_steps, keep = ops._ew_steps(self._chain_steps(chain, tensors), c)
-            fn = _CCall("bnn_eltwise_f32", h, fb("float[]", x), x.size,
-                        ops.ffi.NULL if r is None else fb("float[]", r), 0 if r is None else r.size,
-                        x.size // c, c, arr, n_steps, c, fb("float[]", y, require_writable=True), y.size)
-            fn.keep = keep
+        """(name, op, step, out shape) of a node: its op's spec builds the step
+        (registry.OpSpec.build); the fused nodes of _fuse have their own builders."""
+        b = StepBuilder(self, node, tensors)
+        op = node["op"]
+        if op == "eltwise":
+            fn = registry.build_eltwise(b, node["_chain"])
         elif op == "bitpack_affine":
-            aff, pack = node["_chain"]
-            c = x.shape[-1]
-            sc = ops._chan_param("scale", tensors[aff["params"]["scale"]], c)
-            bi = ops._chan_param("bias", tensors[aff["params"]["bias"]], c)
-            thr = float(pack.get("attrs", {}).get("threshold", 0.0))
-            fn = _CCall("bnn_bitpack_affine_f32", h, fb("float[]", x), x.size, x.size // c, c,
-                        fb("float[]", sc), fb("float[]", bi), c, thr,
-                        fb("uint32_t[]", y, require_writable=True), y.size)
-        elif op == "bitpack":
-            thr = float(attrs.get("threshold", 0.0))
-            c = x.shape[-1]
-            fn = _CCall("bnn_bitpack_f32", h, fb("float[]", x), x.size, x.size // c, c, thr,
-                        fb("uint32_t[]", y, require_writable=True), y.size)
-        elif op == "unpack":
-            c = in_shape[-1]
-            fn = lambda: ops.unpack(x, c, out=y)  # noqa: E731
-        elif op in ("bconv2d", "bdense"):
-            c = in_shape[-1]
-            w = unpack_signs(P("weights"), c)
-            if op == "bconv2d":
-                w_oihw = np.ascontiguousarray(w.transpose(0, 3, 1, 2))
-                lin = in_shape
-                mode = attrs["output"]
-                layer = ops.BConv2d(w_oihw, lin, stride=win["stride"], padding=win["padding"],
-                                    pad_mode=attrs.get("pad_mode", "zero"), output=mode,
-                                    mul=P("mul", _f32), add=P("add", _f32),
-                                    threshold=P("threshold", np.array), flip=P("flip", np.array))
-                xv, yv = x, y
-            else:
-                w_oihw = np.ascontiguousarray(w[:, :, None, None])
-                n = in_shape[0]
-                layer = ops.BConv2d(w_oihw, (n, 1, 1, c), output="float",
-                                    mul=P("mul", _f32), add=P("add", _f32))
-                xv, yv = x.reshape(n, 1, 1, x.shape[-1]), y.reshape(n, 1, 1, y.shape[-1])
-            self._layers.append(layer)
-            k = xs[1] if len(xs) > 1 else None
-            fn = _CCall("bnn_bconv2d_run", h, layer._handle(), fb("uint32_t[]", xv), xv.size,
-                        ops.ffi.NULL if k is None else fb("float[]", k), 0 if k is None else k.size,
-                        fb(yv, require_writable=True), yv.size)
-        elif op == "xnor_scale":
-            fn = lambda: ops.xnor_scale(x, ctx=ctx, out=y, **win)  # noqa: E731
-        elif op in ("fconv2d", "dense"):
-            wt = P("weights")
-            if op == "fconv2d":
-                w_oihw = np.ascontiguousarray(wt.transpose(0, 3, 1, 2), dtype=np.float32)
-                layer = ops.FConv2d(w_oihw, in_shape, bias=P("bias", _f32), stride=win["stride"],
-                                    padding=win["padding"])
-                xv, yv = x, y
-            else:
-                n, f = in_shape
-                w_oihw = np.ascontiguousarray(wt[:, :, None, None], dtype=np.float32)
-                layer = ops.FConv2d(w_oihw, (n, 1, 1, f), bias=P("bias", _f32))
-                xv, yv = x.reshape(n, 1, 1, f), y.reshape(n, 1, 1, y.shape[-1])
-            self._layers.append(layer)
-            fn = _CCall("bnn_fconv2d_run", h, layer._ptr, fb("float[]", xv), xv.size,
-                        fb("float[]", yv, require_writable=True), yv.size)
-        elif op == "maxpool2d":
-            fn = lambda: ops.maxpool2d(x, ctx=ctx, out=y, **win)  # noqa: E731
-        elif op == "bmaxpool2d":
-            c = in_shape[-1]
-            fn = lambda: ops.bmaxpool2d(x, c, ctx=ctx, out=y, **win)  # noqa: E731
-        elif op == "avgpool2d":
-            cip = bool(attrs.get("count_include_pad", 0))
-            fn = lambda: ops.avgpool2d(x, count_include_pad=cip, ctx=ctx, out=y, **win)  # noqa: E731
-        elif op == "global_avgpool":
-            fn = lambda: ops.global_avgpool(x, ctx=ctx, out=y)  # noqa: E731
-        elif op == "add":
-            b = xs[1]
-            fn = _CCall("bnn_add_f32", h, fb("float[]", x), x.size, fb("float[]", b), b.size,
-                        fb("float[]", y, require_writable=True), y.size, y.size)
-        elif op == "relu":
-            fn = lambda: np.maximum(x, np.float32(0), out=y)  # noqa: E731
-        elif op == "sigmoid":
-            half = np.float32(0.5)
-
-            def fn():  # 0.5 * tanh(0.5 x) + 0.5: no overflow for any x
-                np.multiply(x, half, out=y)
-                np.tanh(y, out=y)
-                np.multiply(y, half, out=y)
-                np.add(y, half, out=y)
-        elif op == "leaky_relu":
-            alpha = np.float32(attrs["alpha"])
-            pick = np.maximum if alpha <= 1 else np.minimum  # max(x, a x) for a <= 1
-
-            def fn():
-                np.multiply(x, alpha, out=y)
-                pick(x, y, out=y)
-        elif op == "clip":
-            lo = np.float32(attrs["min"]) if "min" in attrs else None
-            hi = np.float32(attrs["max"]) if "max" in attrs else None
-            if lo is None and hi is None:
-                fn = lambda: np.copyto(y, x)  # noqa: E731
-            elif hi is None:
-                fn = lambda: np.maximum(x, lo, out=y)  # noqa: E731
-            elif lo is None:
-                fn = lambda: np.minimum(x, hi, out=y)  # noqa: E731
-            else:
-                fn = lambda: np.clip(x, lo, hi, out=y)  # noqa: E731
-        elif op == "concat":
-            axis = int(attrs["axis"])
-            fn = lambda: np.concatenate(xs, axis=axis, out=y)  # noqa: E731
-        elif op == "resize_nearest":
-            sh, sw = attrs["scale"]
-            n, h, w = x.shape[:3]
-            y6 = y.reshape(n, h, sh, w, sw, x.shape[3])
-            x6 = x[:, :, None, :, None, :]
-            fn = lambda: np.copyto(y6, x6)  # noqa: E731
-        elif op == "pad":
-            pt, pl, pb, pr = attrs["pads"]
-            value = np.float32(attrs.get("value", 0.0))
-            n, h, w, c = in_shape
-            inner = y[:, pt:pt + h, pl:pl + w, :]
-
-            def fn():
-                y.fill(value)
-                np.copyto(inner, x)
-        elif op == "flatten":
-            n, h, w, c = in_shape
-            out_kind = self._values[node["outputs"][0]][0]
-            if in_kind == "float":
-                y4 = y.reshape(n, c, h, w)
-                xt = x.transpose(0, 3, 1, 2)
-                fn = lambda: np.copyto(y4, xt)  # noqa: E731
-            else:
-                tmp = np.empty((n, h, w, c), dtype=np.float32)
-                tmpt = tmp.transpose(0, 3, 1, 2)
-                if out_kind == "float":
-                    y4 = y.reshape(n, c, h, w)
-
-                    def fn():
-                        ops.unpack(x, c, out=tmp)
-                        np.copyto(y4, tmpt)
-                else:
-                    flat = np.empty((n, c * h * w), dtype=np.float32)
-                    flat4 = flat.reshape(n, c, h, w)
-
-                    def fn():
-                        ops.unpack(x, c, out=tmp)
-                        np.copyto(flat4, tmpt)
-                        ops.bitpack(flat, 0.0, ctx=ctx, out=y)
-        else:  # pragma: no cover - the reader refuses unknown ops
-            raise ValueError("node %r: op %r is not supported by this executor" % (name, op))
-        return (name, op, fn, self._values[node["outputs"][0]][1])
-
-    @staticmethod
-    def _chain_steps(chain, tensors):
-        """ops.eltwise steps of a chain of add / affine / prelu nodes (the add is the residual)."""
-        steps = []
-        for n in chain:
-            prm = n.get("params", {})
-            if n["op"] == "affine":
-                steps.append(("affine", tensors[prm["scale"]], tensors[prm["bias"]]))
-            elif n["op"] == "prelu":
-                steps.append(("prelu", tensors[prm["slope"]]))
-        return steps
+            fn = registry.build_bitpack_affine(b, node["_chain"])
+        else:
+            fn = registry.OPS[op].build(b)
+        return (node["name"], op, fn, self._values[node["outputs"][0]][1])
 
     # ---- boundary ----------------------------------------------------------------------------
     def _feed_fn(self, spec):
@@ -566,7 +405,7 @@ class Model:
     def _check_open(self):
         if self._ctx is None:
             raise ValueError("this Model is closed")
-        self._ctx._handle()  # ValueError in a forked child: the prepared C calls skip ops' checks
+        self._ctx.num_threads  # ValueError in a forked child: the bound C calls skip ops' checks
 
     def close(self):
         """Frees the C layers and the context (the Model cannot run afterwards)."""

@@ -14,7 +14,6 @@ Only numpy and the standard library are used here (no native library).
 """
 
 import json
-import math
 import mmap as _mmap
 import os
 import struct
@@ -24,7 +23,7 @@ import zlib
 import numpy as np
 
 from .bits import pack_signs, packed_words  # noqa: F401 - part of this module's API
-from .header import CONSTANTS as _C
+from .registry import OPS  # noqa: F401 - one spec per op: what a node may be
 
 __all__ = [
     "ModelFormatError",
@@ -67,43 +66,10 @@ DTYPES = {
 
 _MAX_ELEMENTS = 2**31 - 1  # per tensor and per value (the C library counts in int32)
 _MAX_NDIM = 8
-_MAX_CONV_KERNEL = _C["BNN_MAX_CONV_KERNEL"]  # the C library's limits (bnn.h)
-_MAX_CONV_STRIDE = _C["BNN_MAX_CONV_STRIDE"]
-_MAX_POOL = _C["BNN_MAX_POOL"]
-_MAX_RESIZE = 64
-_MAX_PAD = 1 << 16
 
 _GRAPH_KEYS = {"format", "producer", "metadata", "inputs", "outputs", "values", "tensors", "nodes"}
 _GRAPH_REQUIRED = ("format", "inputs", "outputs", "values", "tensors", "nodes")
 _NODE_KEYS = {"op", "name", "inputs", "outputs", "attrs", "params"}
-
-# op -> (attrs, params) it may have; see _check_node for the rules.
-_WIN = ("kernel", "stride", "pads")
-OPS = {
-    "bitpack": (("threshold",), ()),
-    "unpack": ((), ()),
-    "bconv2d": (_WIN + ("pad_mode", "output"), ("weights", "mul", "add", "threshold", "flip")),
-    "xnor_scale": (_WIN, ()),
-    "fconv2d": (_WIN, ("weights", "bias")),
-    "dense": ((), ("weights", "bias")),
-    "bdense": ((), ("weights", "mul", "add")),
-    "maxpool2d": (_WIN, ()),
-    "bmaxpool2d": (_WIN, ()),
-    "avgpool2d": (_WIN + ("count_include_pad",), ()),
-    "global_avgpool": ((), ()),
-    "add": ((), ()),
-    "affine": ((), ("scale", "bias")),
-    "relu": ((), ()),
-    "sigmoid": ((), ()),
-    "leaky_relu": (("alpha",), ()),
-    "prelu": ((), ("slope",)),
-    "clip": (("min", "max"), ()),
-    "concat": (("axis",), ()),
-    "resize_nearest": (("scale",), ()),
-    "pad": (("pads", "value"), ()),
-    "flatten": ((), ()),
-}
-
 
 def _fail(msg, *args):
     raise ModelFormatError(msg % args if args else msg)
@@ -111,10 +77,6 @@ def _fail(msg, *args):
 
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _prod(shape):
@@ -267,57 +229,73 @@ def _check_io(graph, key, g):
             _fail("%s: a graph input must be a float value, got %r", where, kind)
 
 
-def _pair(where, v, lo, hi):
-    if not isinstance(v, list) or len(v) != 2 or not all(_is_int(x) for x in v):
-        _fail("%s must be a list of 2 ints, got %r", where, v)
-    for x in v:
-        if not lo <= x <= hi:
-            _fail("%s must hold ints in %d..%d, got %r", where, lo, hi, v)
-    return tuple(v)
+class NodeCheck:
+    """One node as its op's spec sees it while validating (registry.OpSpec.check): the node's
+    attributes (already type- and range-checked against the spec), its input values, its
+    output value, and helpers that fail with a ModelFormatError naming the node."""
 
+    def __init__(self, where, node, spec, in_vals, out_kind, out_shape, g):
+        self.where, self.spec, self.g = where, spec, g
+        self.attrs, self.params = node.get("attrs", {}), node.get("params", {})
+        self.ins, self.out_name = node["inputs"], node["outputs"][0]
+        self.in_vals, self.out_kind, self.out_shape = in_vals, out_kind, out_shape
 
-def _pads4(where, v, hi):
-    if not isinstance(v, list) or len(v) != 4 or not all(_is_int(x) for x in v):
-        _fail("%s must be a list of 4 ints [top, left, bottom, right], got %r", where, v)
-    for x in v:
-        if not 0 <= x <= hi:
-            _fail("%s must hold ints in 0..%d, got %r", where, hi, v)
-    return tuple(v)
+    @staticmethod
+    def fail(msg, *args):
+        _fail(msg, *args)
 
+    def need_in(self, j, kinds, ndims):
+        """the shape of input j, which must be of one of `kinds` with one of `ndims` dimensions"""
+        kind, shape = self.in_vals[j]
+        if kind not in kinds or len(shape) not in ndims:
+            _fail("%s: input %r must be a %s value of %s dimensions, got %s %s", self.where, self.ins[j],
+                  "/".join(kinds), "/".join(map(str, ndims)), kind, list(shape))
+        return shape
 
-def _number(where, v):
-    if not _is_num(v):
-        _fail("%s must be a finite number, got %r", where, v)
-    try:
-        f = float(v)
-    except OverflowError:
-        f = math.inf
-    if not math.isfinite(f):
-        _fail("%s must be a finite number, got %r", where, v)
-    return f
+    def out_channels(self, ndim):
+        """the output's channels (its last dimension), which must have `ndim` dimensions"""
+        if len(self.out_shape) != ndim:
+            _fail("%s: output %r must be %s, got %s", self.where, self.out_name,
+                  "4-D NHWC" if ndim == 4 else "2-D [n, out]", list(self.out_shape))
+        return self.out_shape[-1]
 
+    def param(self, pname, shape, required=True):
+        """checks parameter `pname` (its dtype from the spec) has `shape` (or one of a list)"""
+        if pname not in self.params:
+            if required:
+                _fail("%s: missing parameter %r", self.where, pname)
+            return None
+        tn = self.params[pname]
+        if not isinstance(tn, str) or tn not in self.g.tensors:
+            _fail("%s: parameter %r names tensor %r, which is not in 'tensors'", self.where, pname, tn)
+        dtype = self.spec.params[pname]
+        tdt, tshape = self.g.tensors[tn][:2]
+        if tdt != dtype:
+            _fail("%s: parameter %r (tensor %r) must be %s, got %s", self.where, pname, tn, dtype, tdt)
+        shapes = shape if isinstance(shape, list) else [shape]
+        if tshape not in [tuple(s) for s in shapes]:
+            _fail("%s: parameter %r (tensor %r) must have shape %s, got %s", self.where, pname, tn,
+                  " or ".join(str(list(s)) for s in shapes), list(tshape))
+        return tn
 
-def _window(where, attrs, in_hw, conv):
-    """Checks kernel / stride / pads; returns (kernel, stride, pads, (oh, ow))."""
-    kmax = _MAX_CONV_KERNEL if conv else _MAX_POOL
-    smax = _MAX_CONV_STRIDE if conv else _MAX_POOL
-    for k in _WIN:
-        if k not in attrs:
-            _fail("%s: missing attribute %r", where, k)
-    kh, kw = _pair(where + " attrs.kernel", attrs["kernel"], 1, kmax)
-    sh, sw = _pair(where + " attrs.stride", attrs["stride"], 1, smax)
-    pads = _pads4(where + " attrs.pads", attrs["pads"], _MAX_POOL)
-    pt, pl, pb, pr = pads
-    if pt >= kh or pb >= kh or pl >= kw or pr >= kw:
-        _fail("%s: attrs.pads %r: each pad must be smaller than the kernel %r", where,
-              list(pads), [kh, kw])
-    h, w = in_hw
-    if h + pt + pb < kh or w + pl + pr < kw:
-        _fail("%s: kernel %r is larger than the padded input %r", where, [kh, kw],
-              [h + pt + pb, w + pl + pr])
-    oh = (h + pt + pb - kh) // sh + 1
-    ow = (w + pl + pr - kw) // sw + 1
-    return (kh, kw), (sh, sw), pads, (oh, ow)
+    def no_params(self, *names):
+        for p in names:
+            if p in self.params:
+                _fail("%s: parameter %r is not used with these attributes", self.where, p)
+
+    def window(self, conv, in_hw):
+        """kernel / stride / pads (their ranges checked by the spec) against the input:
+        returns (kernel, stride, pads, (oh, ow))"""
+        (kh, kw), (sh, sw) = self.attrs["kernel"], self.attrs["stride"]
+        pads = pt, pl, pb, pr = tuple(self.attrs["pads"])
+        if pt >= kh or pb >= kh or pl >= kw or pr >= kw:
+            _fail("%s: attrs.pads %r: each pad must be smaller than the kernel %r", self.where,
+                  list(pads), [kh, kw])
+        h, w = in_hw
+        if h + pt + pb < kh or w + pl + pr < kw:
+            _fail("%s: kernel %r is larger than the padded input %r", self.where, [kh, kw],
+                  [h + pt + pb, w + pl + pr])
+        return (kh, kw), (sh, sw), pads, ((h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1)
 
 
 def _check_node(i, node, g, written):
@@ -331,24 +309,23 @@ def _check_node(i, node, g, written):
     if not isinstance(name, str) or not name:
         _fail("%s (op %r): 'name' must be a non-empty string, got %r", where0, op, name)
     where = _where_node(i, node)
-    allowed_attrs, allowed_params = OPS[op]
+    spec = OPS[op]
     attrs = node.get("attrs", {})
     params = node.get("params", {})
-    _check_keys(where + " attrs", attrs, set(allowed_attrs))
-    _check_keys(where + " params", params, set(allowed_params))
+    _check_keys(where + " attrs", attrs, set(spec.attrs))
+    _check_keys(where + " params", params, set(spec.params))
 
     ins, outs = node["inputs"], node["outputs"]
     for key, lst in (("inputs", ins), ("outputs", outs)):
         if not isinstance(lst, list) or not all(isinstance(s, str) for s in lst):
             _fail("%s: %r must be a list of value names", where, key)
-    n_in = {"bconv2d": (1, 2), "add": (2, 2), "concat": (1, 1 << 16)}.get(op, (1, 1))
-    if not n_in[0] <= len(ins) <= n_in[1]:
-        _fail("%s: takes %s input(s), got %d", where,
-              n_in[0] if n_in[0] == n_in[1] else "%d..%d" % n_in, len(ins))
+    lo, hi = spec.inputs
+    if not lo <= len(ins) <= hi:
+        _fail("%s: takes %s input(s), got %d", where, lo if lo == hi else "%d..%d" % (lo, hi), len(ins))
     if len(outs) != 1:
         _fail("%s: must have exactly 1 output, got %d", where, len(outs))
     in_vals = []
-    for j, nm in enumerate(ins):
+    for nm in ins:
         if nm not in g.values:
             _fail("%s: input %r is not a value of the graph", where, nm)
         if nm not in written:
@@ -362,166 +339,13 @@ def _check_node(i, node, g, written):
         _fail("%s: output %r is already written (%s)", where, out_name, written[out_name])
     out_kind, out_shape = g.values[out_name]
 
-    def need_in(j, kinds, ndims):
-        kind, shape = in_vals[j]
-        if kind not in kinds or len(shape) not in ndims:
-            _fail("%s: input %r must be a %s value of %s dimensions, got %s %s", where, ins[j],
-                  "/".join(kinds), "/".join(map(str, ndims)), kind, list(shape))
-        return shape
-
-    def tensor(pname, dtype, shape, required=True):
-        if pname not in params:
-            if required:
-                _fail("%s: missing parameter %r", where, pname)
-            return None
-        tn = params[pname]
-        if not isinstance(tn, str) or tn not in g.tensors:
-            _fail("%s: parameter %r names tensor %r, which is not in 'tensors'", where, pname, tn)
-        tdt, tshape = g.tensors[tn][:2]
-        if tdt != dtype:
-            _fail("%s: parameter %r (tensor %r) must be %s, got %s", where, pname, tn, dtype, tdt)
-        shapes = shape if isinstance(shape, list) else [shape]
-        if tshape not in [tuple(s) for s in shapes]:
-            _fail("%s: parameter %r (tensor %r) must have shape %s, got %s", where, pname, tn,
-                  " or ".join(str(list(s)) for s in shapes), list(tshape))
-        return tn
-
-    def no_params(*names):
-        for p in names:
-            if p in params:
-                _fail("%s: parameter %r is not used with these attributes", where, p)
-
-    kinds_out = "float"
-    if op == "bitpack":
-        shape = need_in(0, ("float",), (2, 4))
-        if "threshold" in attrs:
-            _number(where + " attrs.threshold", attrs["threshold"])
-        want, kinds_out = shape, "bits"
-    elif op == "unpack":
-        want = need_in(0, ("bits",), (2, 4))
-    elif op in ("bconv2d", "xnor_scale", "fconv2d"):
-        n, h, w, c = need_in(0, ("bits",) if op == "bconv2d" else ("float",), (4,))
-        k, s, pads, (oh, ow) = _window(where, attrs, (h, w), conv=True)
-        if op == "xnor_scale":
-            want = (n, oh, ow)
-        else:
-            if len(out_shape) != 4:
-                _fail("%s: output %r must be 4-D NHWC, got %s", where, out_name, list(out_shape))
-            oc = out_shape[3]
-            want = (n, oh, ow, oc)
-            if op == "fconv2d":
-                tensor("weights", "float32", (oc, k[0], k[1], c))
-                tensor("bias", "float32", (oc,), required=False)
-            else:
-                mode = attrs.get("output")
-                if mode not in ("float", "bits"):
-                    _fail("%s: attrs.output must be 'float' or 'bits', got %r", where, mode)
-                pm = attrs.get("pad_mode", "zero")
-                if pm not in ("zero", "one"):
-                    _fail("%s: attrs.pad_mode must be 'zero' or 'one', got %r", where, pm)
-                tensor("weights", "uint32", (oc, k[0], k[1], packed_words(c)))
-                if mode == "float":
-                    no_params("threshold", "flip")
-                    tensor("mul", "float32", (oc,), required=False)
-                    tensor("add", "float32", (oc,), required=False)
-                    if len(ins) == 2:
-                        kshape = need_in(1, ("float",), (3,))
-                        if kshape != (n, oh, ow):
-                            _fail("%s: the K input %r must have shape %s, got %s", where, ins[1],
-                                  [n, oh, ow], list(kshape))
-                else:
-                    no_params("mul", "add")
-                    if len(ins) == 2:
-                        _fail("%s: the K input is only used with attrs.output 'float'", where)
-                    tensor("threshold", "int32", (oc,))
-                    tensor("flip", "uint8", (oc,), required=False)
-                    kinds_out = "bits"
-    elif op in ("dense", "bdense"):
-        n, f = need_in(0, ("float",) if op == "dense" else ("bits",), (2,))
-        if len(out_shape) != 2:
-            _fail("%s: output %r must be 2-D [n, out], got %s", where, out_name, list(out_shape))
-        oc = out_shape[1]
-        want = (n, oc)
-        if op == "dense":
-            tensor("weights", "float32", (oc, f))
-            tensor("bias", "float32", (oc,), required=False)
-        else:
-            tensor("weights", "uint32", (oc, packed_words(f)))
-            tensor("mul", "float32", (oc,), required=False)
-            tensor("add", "float32", (oc,), required=False)
-    elif op in ("maxpool2d", "bmaxpool2d", "avgpool2d"):
-        bits = op == "bmaxpool2d"
-        n, h, w, c = need_in(0, ("bits",) if bits else ("float",), (4,))
-        _, _, _, (oh, ow) = _window(where, attrs, (h, w), conv=False)
-        want = (n, oh, ow, c)
-        if bits:
-            kinds_out = "bits"
-        if op == "avgpool2d" and "count_include_pad" in attrs:
-            cip = attrs["count_include_pad"]
-            if cip not in (0, 1) or not isinstance(cip, (int, bool)):
-                _fail("%s: attrs.count_include_pad must be 0 or 1, got %r", where, cip)
-    elif op == "global_avgpool":
-        n, h, w, c = need_in(0, ("float",), (4,))
-        want = (n, 1, 1, c)
-    elif op == "add":
-        a = need_in(0, ("float",), (2, 3, 4))
-        b = need_in(1, ("float",), (2, 3, 4))
-        if a != b:
-            _fail("%s: inputs %r %s and %r %s must have the same shape", where, ins[0], list(a),
-                  ins[1], list(b))
-        want = a
-    elif op in ("affine", "relu", "sigmoid", "leaky_relu", "prelu", "clip"):
-        want = need_in(0, ("float",), (2, 4))
-        c = want[-1]
-        if op == "affine":
-            tensor("scale", "float32", (c,))
-            tensor("bias", "float32", (c,))
-        elif op == "prelu":
-            tensor("slope", "float32", [(c,), (1,)])
-        elif op == "leaky_relu":
-            if "alpha" not in attrs:
-                _fail("%s: missing attribute 'alpha'", where)
-            _number(where + " attrs.alpha", attrs["alpha"])
-        elif op == "clip":
-            lo = _number(where + " attrs.min", attrs["min"]) if "min" in attrs else None
-            hi = _number(where + " attrs.max", attrs["max"]) if "max" in attrs else None
-            if lo is not None and hi is not None and lo > hi:
-                _fail("%s: attrs.min %r > attrs.max %r", where, lo, hi)
-    elif op == "concat":
-        shapes = [need_in(j, ("float",), (2, 4)) for j in range(len(ins))]
-        axis = attrs.get("axis")
-        nd = len(shapes[0])
-        want_axis = 3 if nd == 4 else 1
-        if not _is_int(axis) or axis != want_axis:
-            _fail("%s: attrs.axis must be %d for %d-D inputs (internal layout), got %r", where,
-                  want_axis, nd, axis)
-        for j, s in enumerate(shapes):
-            if len(s) != nd or s[:axis] != shapes[0][:axis]:
-                _fail("%s: input %r %s does not match input %r %s outside axis %d", where, ins[j],
-                      list(s), ins[0], list(shapes[0]), axis)
-        want = shapes[0][:axis] + (sum(s[axis] for s in shapes),)
-    elif op == "resize_nearest":
-        n, h, w, c = need_in(0, ("float", "bits"), (4,))
-        if "scale" not in attrs:
-            _fail("%s: missing attribute 'scale'", where)
-        sh, sw = _pair(where + " attrs.scale", attrs["scale"], 1, _MAX_RESIZE)
-        want = (n, h * sh, w * sw, c)
-        kinds_out = in_vals[0][0]
-    elif op == "pad":
-        n, h, w, c = need_in(0, ("float",), (4,))
-        if "pads" not in attrs:
-            _fail("%s: missing attribute 'pads'", where)
-        pt, pl, pb, pr = _pads4(where + " attrs.pads", attrs["pads"], _MAX_PAD)
-        if "value" in attrs:
-            _number(where + " attrs.value", attrs["value"])
-        want = (n, h + pt + pb, w + pl + pr, c)
-    elif op == "flatten":
-        n, h, w, c = need_in(0, ("float", "bits"), (4,))
-        want = (n, c * h * w)
-        kinds_out = ("float", "bits") if in_vals[0][0] == "bits" else "float"
-    else:  # pragma: no cover - OPS and this function list the same ops
-        _fail("%s: op %r is not implemented by the validator", where, op)
-
+    v = NodeCheck(where, node, spec, in_vals, out_kind, out_shape, g)
+    for aname, (atype, required) in spec.attrs.items():
+        if aname in attrs:
+            atype.check(v, aname, attrs[aname])
+        elif required:
+            _fail("%s: missing attribute %r", where, aname)
+    kinds_out, want = spec.check(v)
     if isinstance(kinds_out, str):
         kinds_out = (kinds_out,)
     if out_kind not in kinds_out:

@@ -47,6 +47,7 @@ __all__ = [
     "prelu",
     "bitpack_affine",
     "library_version",
+    "bind",
 ]
 
 _INT32_MAX = 2**31 - 1
@@ -227,13 +228,55 @@ def _ctx(ctx):
     return ctx
 
 
-# ---- validation helpers --------------------------------------------------------------------------
-def _call(ctx, name, *args):
-    """Calls the C function `name` with the context's handle first, under its lock; raises
-    on a non-OK status."""
+# ---- C calls, and binding them once for a loop (the executor) ------------------------------------
+_recording = threading.local()
+
+
+def _c(name, *args, keep=None):
+    """Calls the C function `name`; raises on a non-OK status.  Inside bind() the call is
+    recorded instead (with `keep`: objects its pointer arguments point into)."""
+    calls = getattr(_recording, "calls", None)
+    if calls is not None:
+        calls.append((name, args, keep))
+        return
+    check(getattr(lib(), name)(*args), name)
+
+
+def _call(ctx, name, *args, keep=None):
+    """Calls the C function `name` with the context's handle first, under its lock."""
     cx = _ctx(ctx)
     with cx._lock:
-        check(getattr(lib(), name)(cx._handle(), *args), name)
+        _c(name, cx._handle(), *args, keep=keep)
+
+
+def bind(fn, *args, **kwargs):
+    """Validates one call of an op of this module (a function, or a layer's ``run``) and
+    returns a function of no arguments that repeats only its C call, on the same arrays.
+
+    ``out=`` must be given (the bound call writes there each time); the arrays and the
+    context must outlive the returned function, and its calls must not overlap (the
+    executor calls it under its model's lock).  Every op here is exactly its C call once
+    validated, so the bound function computes what ``fn(*args, **kwargs)`` computes."""
+    if kwargs.get("out") is None:
+        raise ValueError("bind() needs out=: the bound call writes into it")
+    _recording.calls = []
+    try:
+        fn(*args, **kwargs)
+        calls = _recording.calls
+    finally:
+        _recording.calls = None
+    L = lib()
+    bound = [(getattr(L, name), name, a, keep) for name, a, keep in calls]
+
+    def run():
+        for f, name, a, _ in bound:
+            st = f(*a)
+            if st:
+                check(st, name)
+    return run
+
+
+# ---- validation helpers --------------------------------------------------------------------------
 
 
 def _dtype_names(dtypes):
@@ -441,18 +484,12 @@ def bitpack(x, threshold=0, ctx=None, out=None):
     out = _out(out, x.shape[:-1] + (words,), np.uint32, x)
     if pixels == 0:
         return out
-    cx = _ctx(ctx)
-    L = lib()
     fn, ct = {
-        np.dtype(np.float32): (L.bnn_bitpack_f32, "float"),
-        np.dtype(np.uint8): (L.bnn_bitpack_u8, "uint8_t"),
-        np.dtype(np.int8): (L.bnn_bitpack_i8, "int8_t"),
+        np.dtype(np.float32): ("bnn_bitpack_f32", "float"),
+        np.dtype(np.uint8): ("bnn_bitpack_u8", "uint8_t"),
+        np.dtype(np.int8): ("bnn_bitpack_i8", "int8_t"),
     }[x.dtype]
-    with cx._lock:
-        check(
-            fn(cx._handle(), _buf(ct, x), x.size, pixels, c, thr, _buf("uint32_t", out, True), out.size),
-            "bnn_bitpack",
-        )
+    _call(ctx, fn, _buf(ct, x), x.size, pixels, c, thr, _buf("uint32_t", out, True), out.size)
     return out
 
 
@@ -493,11 +530,7 @@ def unpack(bits, c, out=None):
     out = _out(out, bits.shape[:-1] + (c,), np.float32, bits)
     if pixels == 0:
         return out
-    check(
-        lib().bnn_unpack_f32(_buf("uint32_t", bits), bits.size, pixels, c,
-                             _buf("float", out, True), out.size),
-        "bnn_unpack_f32",
-    )
+    _c("bnn_unpack_f32", _buf("uint32_t", bits), bits.size, pixels, c, _buf("float", out, True), out.size)
     return out
 
 
@@ -565,8 +598,31 @@ class BConv2d(_Layer):
     def __init__(self, weight, in_shape, stride=1, padding="valid", pad_mode="zero",
                  output="int32", mul=None, add=None, threshold=None, flip=None):
         self._ptr = None
-        n, h, w, c = _shape4("in_shape", in_shape)
-        wt, out_c, k_h, k_w = _weight_oihw(weight, c)
+        shape = _shape4("in_shape", in_shape)
+        wt, out_c, k_h, k_w = _weight_oihw(weight, shape[3])
+        w_ohwi = np.ascontiguousarray(np.transpose(wt.astype(np.float32, copy=False), (0, 2, 3, 1)))
+        self._create(pack_signs(w_ohwi), shape, stride, padding, pad_mode, output, mul, add, threshold, flip)
+
+    @classmethod
+    def from_bits(cls, weight_bits, in_shape, stride=1, padding="valid", pad_mode="zero",
+                  output="int32", mul=None, add=None, threshold=None, flip=None):
+        """The same layer from weights packed as the model format stores them: uint32
+        [out_c, kh, kw, packed_words(c)] (bit 1 = -1, tail bits 0; see firmware_py.bits)."""
+        self = cls.__new__(cls)
+        self._ptr = None
+        shape = _shape4("in_shape", in_shape)
+        wb = _arr("weight_bits", weight_bits, (np.uint32,), ndim=4)
+        if min(wb.shape) < 1 or wb.shape[3] != packed_words(shape[3]):
+            raise ValueError("weight_bits must be [out_c, kh, kw, packed_words(c) = %d], got shape %s"
+                             % (packed_words(shape[3]), wb.shape))
+        if max(wb.shape[1:3]) > _MAX_KERNEL:
+            raise ValueError("weight_bits: kernel %s is larger than %d" % (wb.shape[1:3], _MAX_KERNEL))
+        self._create(wb, shape, stride, padding, pad_mode, output, mul, add, threshold, flip)
+        return self
+
+    def _create(self, wbits, in_shape, stride, padding, pad_mode, output, mul, add, threshold, flip):
+        n, h, w, c = in_shape
+        out_c, k_h, k_w = wbits.shape[:3]
         if not isinstance(output, str) or output not in _OUT_MODES:
             raise ValueError("output must be one of %s, got %r" % (sorted(_OUT_MODES), output))
         if not isinstance(pad_mode, str) or pad_mode not in _PAD_MODES:
@@ -622,8 +678,6 @@ class BConv2d(_Layer):
                 keep += [f, pf]
                 outp.flip = pf
 
-        w_ohwi = np.ascontiguousarray(np.transpose(wt.astype(np.float32, copy=False), (0, 2, 3, 1)))
-        wbits = pack_signs(w_ohwi)  # [out_c][kh][kw][words(c)]
         L = lib()
         out = ffi.new("bnn_bconv2d **")
         check(
@@ -677,13 +731,8 @@ class BConv2d(_Layer):
                 raise ValueError("k_scale must have shape %s, got %s" % (want, k.shape))
             k_ptr, k_len = _buf("float", k), k.size
         y = _out(out, self._y_shape, self._y_dtype, x, k_scale)
-        cx = _ctx(ctx)
-        with cx._lock:
-            check(
-                lib().bnn_bconv2d_run(cx._handle(), layer, _buf("uint32_t", x), x.size, k_ptr, k_len,
-                                      ffi.from_buffer(y, require_writable=True), y.size),
-                "bnn_bconv2d_run",
-            )
+        _call(ctx, "bnn_bconv2d_run", layer, _buf("uint32_t", x), x.size, k_ptr, k_len,
+              ffi.from_buffer(y, require_writable=True), y.size)
         return y
 
     __call__ = run
@@ -759,15 +808,25 @@ def global_avgpool(x, ctx=None, out=None):
 
 # ---- float convolution -------------------------------------------------------------------------
 class FConv2d(_Layer):
-    """Float 2-D convolution (groups 1), zero padding as ONNX.  weight: float OIHW;
-    bias: [out_c] or None; in_shape: NHWC (n, h, w, c).  run(x) -> float32 NHWC."""
+    """Float 2-D convolution (groups 1), zero padding as ONNX.  weight: float OIHW (the
+    ONNX layout), or OHWI (the runtime's, as the model format stores it) with
+    layout="OHWI"; bias: [out_c] or None; in_shape: NHWC (n, h, w, c).  run(x) -> float32
+    NHWC."""
 
-    def __init__(self, weight, in_shape, bias=None, stride=1, padding="valid"):
+    def __init__(self, weight, in_shape, bias=None, stride=1, padding="valid", layout="OIHW"):
         self._ptr = None
         n, h, w, c = _shape4("in_shape", in_shape)
+        if layout not in ("OIHW", "OHWI"):
+            raise ValueError("layout must be 'OIHW' or 'OHWI', got %r" % (layout,))
+        if layout == "OHWI":
+            weight = np.asarray(weight)
+            if weight.ndim != 4:
+                raise ValueError("weight must be 4-D OHWI, got shape %s" % (weight.shape,))
+            weight = weight.transpose(0, 3, 1, 2)  # a view: checked as OIHW below
         wt, out_c, k_h, k_w = _weight_oihw(weight, c)
         win, oh, ow = _window(n, h, w, c, out_c, (k_h, k_w), stride, padding)
-        w_ohwi = np.ascontiguousarray(np.transpose(wt.astype(np.float32, copy=False), (0, 2, 3, 1)))
+        # (OHWI weights come back to their own memory here: no copy when already float32)
+        w_ohwi = np.ascontiguousarray(wt.transpose(0, 2, 3, 1), dtype=np.float32)
         b_ptr, b_len, b = ffi.NULL, 0, None
         if bias is not None:
             b = _f32_param("bias", bias, out_c)
@@ -799,13 +858,7 @@ class FConv2d(_Layer):
         if x.shape != self.in_shape:
             raise ValueError("x must have shape %s (NHWC), got %s" % (self.in_shape, x.shape))
         y = _out(out, self.out_shape, np.float32, x)
-        cx = _ctx(ctx)
-        with cx._lock:
-            check(
-                lib().bnn_fconv2d_run(cx._handle(), self._ptr, _buf("float", x), x.size,
-                                      _buf("float", y, True), y.size),
-                "bnn_fconv2d_run",
-            )
+        _call(ctx, "bnn_fconv2d_run", self._ptr, _buf("float", x), x.size, _buf("float", y, True), y.size)
         return y
 
     __call__ = run
@@ -915,8 +968,7 @@ def eltwise(x, steps=(), residual=None, out=None, ctx=None):
         return out
     _call(ctx, "bnn_eltwise_f32", _buf("float", x), x.size,
           ffi.NULL if residual is None else _buf("float", residual), 0 if residual is None else residual.size,
-          pixels, c, arr, n, c, _buf("float", out, True), out.size)
-    del keep
+          pixels, c, arr, n, c, _buf("float", out, True), out.size, keep=keep)
     return out
 
 

@@ -558,7 +558,7 @@ OP_CASES = [
     ("bconv no output", ("bconv2d", "bits", (1, 2, 2, 4), "bits", (1, 2, 2, 3), dict(WIN1),
                          {"weights": "w", "threshold": "t"},
                          {"w": np.zeros((3, 1, 1, 1), np.uint32), "t": np.zeros(3, np.int32)}),
-     "output must be 'float' or 'bits'"),
+     "missing attribute 'output'"),
     ("add one input", ("add", "float", (1, 4), "float", (1, 4)), "takes 2 input"),
     ("dense 4-D", ("dense", "float", (1, 1, 1, 4), "float", (1, 2), None, {"weights": "w"},
                    {"w": np.zeros((2, 4), np.float32)}), "must be a float value of 2 dimensions"),
