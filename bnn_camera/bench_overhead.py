@@ -63,7 +63,7 @@ def app_run(det, frames, out_path, queue=2):
 
     pipe = Pipeline(det, MemorySource(frames, name="bench"), max_frames=len(frames),
                     queue_size=queue, power_meter=power.open_power_meter(vcgencmd=""),
-                    emit=emit, events=ev)
+                    emit=emit, sinks=[ev])
     t = time.perf_counter()
     summary = pipe.run()
     dt = time.perf_counter() - t

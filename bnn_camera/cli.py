@@ -155,6 +155,39 @@ def _startup_stopped(args, fmt, state, got):
     return 0
 
 
+def build_sinks(args, detector, state, stage):
+    """The sinks the options ask for (bnn_camera.sinks.Sink), as the pipeline's list:
+    --snapshots, --out, --mqtt, --http's frame hub ("hub").  The list's order is the
+    order of their keys in the stats records.  They are opened in the start-up order
+    (--out first), and each one's close goes into state["closers"] as soon as it exists,
+    so that a start-up stopped half-way (a signal, a bad option) closes what was opened.
+    Raises OSError / ValueError / RuntimeError with a message for the user.  A new sink:
+    open it here, from its option, and put it in the list."""
+    closers = state["closers"]
+    events = snapshots = mqtt = hub = None
+    if args.out:
+        from .sinks import EventLog
+        events = state["events"] = EventLog(args.out)
+        closers.append(events.close)
+    if args.snapshots:
+        from .sinks import SnapshotSink
+        snapshots = SnapshotSink(args.snapshots, detector.class_names, args.snapshot_interval,
+                                 args.snapshot_keep)
+        closers.append(snapshots.close)
+    if args.mqtt:
+        from .mqtt import MqttSink, parse_mqtt
+        host, port, topic = parse_mqtt(args.mqtt)
+        mqtt = MqttSink(host, port, topic)
+        closers.insert(0, mqtt.close)
+        stage("connecting to the MQTT broker")
+        if not mqtt.wait_connected(3.0):  # it goes on connecting in the background
+            _err("mqtt: %s:%d not reachable yet; retrying in the background" % (host, port))
+    if args.http:
+        from .sinks import FrameHub
+        hub = FrameHub()
+    return [s for s in (snapshots, events, mqtt, hub) if s is not None]
+
+
 def _run(args, fmt, state, got):
     closers = state["closers"]
 
@@ -218,28 +251,8 @@ def _run(args, fmt, state, got):
         _err("power: %s" % meter.reason)
 
     stage("opening the sinks")
-    sinks = {}
     try:
-        if args.out:
-            from .sinks import EventLog
-            sinks["events"] = state["events"] = EventLog(args.out)
-            closers.append(sinks["events"].close)
-        if args.snapshots:
-            from .sinks import SnapshotSink
-            sinks["snapshots"] = SnapshotSink(args.snapshots, detector.class_names,
-                                              args.snapshot_interval, args.snapshot_keep)
-            closers.append(sinks["snapshots"].close)  # the pipeline closes it too (idempotent)
-        if args.mqtt:
-            from .mqtt import MqttSink, parse_mqtt
-            host, port, topic = parse_mqtt(args.mqtt)
-            sinks["mqtt"] = MqttSink(host, port, topic)
-            closers.insert(0, sinks["mqtt"].close)
-            stage("connecting to the MQTT broker")
-            if not sinks["mqtt"].wait_connected(3.0):  # it goes on connecting in the background
-                _err("mqtt: %s:%d not reachable yet; retrying in the background" % (host, port))
-        if args.http:
-            from .sinks import FrameHub
-            sinks["hub"] = FrameHub()
+        sinks = build_sinks(args, detector, state, stage)
     except (OSError, ValueError, RuntimeError) as e:
         _err(str(e))
         for c in closers:
@@ -249,7 +262,7 @@ def _run(args, fmt, state, got):
     stage("starting the pipeline")
     pipe = Pipeline(detector, source, max_frames=args.max_frames or None,
                     queue_size=args.queue, power_meter=meter, report_interval=args.interval,
-                    emit=emit, vcgencmd=vcgencmd, **sinks)
+                    emit=emit, vcgencmd=vcgencmd, sinks=sinks)
     # from here on a signal asks the pipeline to stop (it has not started yet: then it
     # stops at once and writes its summary)
     state["pipe"] = pipe
@@ -260,7 +273,8 @@ def _run(args, fmt, state, got):
         from .http_server import HttpServer, parse_hostport
         try:
             host, port = parse_hostport(args.http)
-            http = HttpServer(pipe, sinks["hub"], host, port)
+            hub = next(s for s in sinks if s.name == "hub")
+            http = HttpServer(pipe, hub, host, port)
         except (OSError, ValueError) as e:
             _err("--http %s: %s" % (args.http, e))
             for c in closers:

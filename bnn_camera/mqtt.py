@@ -12,6 +12,8 @@ shows in every stats record (``"mqtt": {"connected", "published", "dropped",
 import json
 import threading
 
+from .sinks import Sink
+
 __all__ = ["parse_mqtt", "MqttSink"]
 
 
@@ -31,7 +33,13 @@ def parse_mqtt(s, default_port=1883, default_topic="bnn/detections"):
     return host, port, topic or default_topic
 
 
-class MqttSink:
+class MqttSink(Sink):
+    """A Sink (bnn_camera.sinks): detection records to TOPIC, stats records and the
+    summary to TOPIC/stats."""
+
+    name = "mqtt"
+    wants_record = True
+
     def __init__(self, host, port=1883, topic="bnn/detections", qos=0, client_id=None,
                  keepalive=30, log=None):
         try:
@@ -113,11 +121,24 @@ class MqttSink:
     def publish_stats(self, rec):
         return self._publish(self.topic + "/stats", rec)
 
+    def on_detections(self, seq, frame, result, record):
+        self._publish(self.topic, record)
+
+    def on_stats(self, rec):
+        self._publish(self.topic + "/stats", rec)
+
+    def finish(self):
+        return {"mqtt_published": self.published, "mqtt_dropped": self.dropped,
+                "mqtt_reconnects": self.reconnects}
+
     def wait_connected(self, timeout):
         return self.connected.wait(timeout)
 
     def close(self):
-        """DISCONNECT goes out after the queued messages; then the network thread stops."""
+        """DISCONNECT goes out after the queued messages; then the network thread stops.
+        Idempotent."""
+        if self._closing:
+            return
         self._closing = True
         try:
             self.client.disconnect()

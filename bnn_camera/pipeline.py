@@ -12,7 +12,7 @@ import threading
 import time
 
 from . import report
-from .sinks import _ErrorLog, detections_list
+from .sinks import Sink, _ErrorLog, detections_list
 from .sources import EndOfStream, SourceError, SourceLost, as_bgr
 
 __all__ = ["FrameQueue", "Closed", "Pipeline"]
@@ -84,16 +84,30 @@ class FrameQueue:
             return len(self._q)
 
 
+class _Emit(Sink):
+    """``emit``: a function that gets each stats record and the summary (the CLI: stdout)."""
+
+    name = "stdout"
+
+    def __init__(self, fn):
+        self.on_stats = fn
+
+
+SINK_ATTRS = ("name", "on_detections", "on_frame", "on_stats", "status", "finish", "close")
+
+
 class Pipeline:
     """Runs a Detector on a Source.  ``emit(rec)`` receives each stats record (and the
-    summary); sinks: ``events`` (EventLog), ``snapshots`` (SnapshotSink), ``hub``
-    (FrameHub for HTTP), ``mqtt`` (MqttSink)."""
+    summary); ``sinks``: a list of sinks (the protocol: bnn_camera.sinks.Sink -- EventLog,
+    SnapshotSink, MqttSink, FrameHub), called in that order, each stats record holding
+    their status() under their name.  shutdown() finishes them (finish()); closing them
+    is for whoever opened them (the CLI)."""
 
     MAX_DETECTOR_ERRORS = 50  # in a row: the model is broken, stop (loudly)
 
     def __init__(self, detector, source, max_frames=None, queue_size=2, power_meter=None,
-                 report_interval=1.0, emit=None, events=None, snapshots=None, hub=None,
-                 mqtt=None, backoff=(0.5, 10.0), vcgencmd="", sys_root="/"):
+                 report_interval=1.0, emit=None, sinks=(), backoff=(0.5, 10.0), vcgencmd="",
+                 sys_root="/"):
         self.detector = detector
         self.class_names = list(getattr(detector, "class_names", []) or [])
         self.source = source
@@ -102,10 +116,13 @@ class Pipeline:
         self.power_meter = power_meter
         self.report_interval = report_interval
         self.emit = emit
-        self.events = events
-        self.snapshots = snapshots
-        self.hub = hub
-        self.mqtt = mqtt
+        for sink in sinks:
+            missing = [a for a in SINK_ATTRS if not hasattr(sink, a)]
+            if missing:
+                raise TypeError("%r is not a sink (bnn_camera.sinks.Sink): no %s"
+                                % (sink, ", ".join(missing)))
+        self.sinks = ([_Emit(emit)] if emit is not None else []) + list(sinks)
+        self._want_record = any(getattr(s, "wants_record", False) for s in self.sinks)
         self.backoff = backoff
         self.vcgencmd = vcgencmd
         self.sys_root = sys_root
@@ -118,7 +135,8 @@ class Pipeline:
         self._threads = []
         self._capture_done = threading.Event()
         self._infer_done = threading.Event()
-        self._report_errors = _ErrorLog("reports", None)
+        self._report_errors = _ErrorLog("reports", None)  # reporter thread, shutdown
+        self._sink_errors = _ErrorLog("sinks", None)  # inference thread
 
     # ---- threads ------------------------------------------------------------------------
     def _capture(self):
@@ -206,21 +224,14 @@ class Pipeline:
                 errors_in_row = 0
                 n = len(res.scores)
                 if n:
-                    dets = None
-                    if self.events is not None or self.mqtt is not None:
-                        dets = detections_list(res, self.class_names)
+                    rec = None
+                    if self._want_record:
                         rec = {"type": "detections", "time": round(time.time(), 3),
                                "frame": seq, "source": self.source.name,
                                "latency_ms": round((time.monotonic() - t_cap) * 1000.0, 2),
-                               "detections": dets}
-                        if self.events is not None:
-                            self.events.write(rec)
-                        if self.mqtt is not None:
-                            self.mqtt.publish_detections(rec)
-                    if self.snapshots is not None:
-                        self.snapshots.offer(seq, frame, res)
-                if self.hub is not None:
-                    self.hub.publish(frame, res)
+                               "detections": detections_list(res, self.class_names)}
+                    self._each(self._sink_errors, "on_detections", seq, frame, res, rec)
+                self._each(self._sink_errors, "on_frame", seq, frame, res)
                 st.on_frame(time.monotonic() - t_cap, n)
                 if self.max_frames and st.frames >= self.max_frames:
                     return
@@ -245,28 +256,35 @@ class Pipeline:
         self.last_stats = rec
         return rec
 
+    def _each(self, errors, method, *args):
+        """Calls ``sink.method(*args)`` on every sink, in order: one failing sink never
+        stops the others (nor the thread).  A sink that raises is counted and logged,
+        rate-limited, in ``errors`` (an _ErrorLog; one per thread).  Returns
+        [(sink, ok, the result or "Error: message")]."""
+        out = []
+        for sink in self.sinks:
+            try:
+                out.append((sink, True, getattr(sink, method)(*args)))
+            except Exception as e:  # noqa: BLE001 - one sink must not stop the others
+                why = "%s: %s" % (type(e).__name__, e)
+                who = getattr(sink, "label", None) or sink.name
+                if not method.startswith("on_"):  # status, finish
+                    who = "%s %s()" % (who, method)
+                errors.failed("%s: %s" % (who, why))
+                out.append((sink, False, why))
+        return out
+
     def _sink_status(self, rec):
         """The sinks' health (write failures, broker connection) in a stats record."""
-        for key, sink in (("snapshots", self.snapshots), ("events", self.events),
-                          ("mqtt", self.mqtt)):
-            status = getattr(sink, "status", None) if sink is not None else None
-            if status is not None:
-                try:
-                    rec[key] = status()
-                except Exception as e:  # noqa: BLE001 - a report must not die of a sink
-                    rec[key] = {"error": "%s: %s" % (type(e).__name__, e)}
+        for sink, ok, status in self._each(self._report_errors, "status"):
+            if not ok:
+                rec[sink.name] = {"error": status}
+            elif status is not None:
+                rec[sink.name] = status
 
     def _publish(self, rec):
-        """Hands a record to every sink; a sink that raises is logged, the others go on."""
-        for name, fn in (("stdout", self.emit),
-                         ("--out", self.events and (lambda r: self.events.write(r, flush=True))),
-                         ("mqtt", self.mqtt and self.mqtt.publish_stats)):
-            if fn is None:
-                continue
-            try:
-                fn(rec)
-            except Exception as e:  # noqa: BLE001 - one sink must not stop the reports
-                self._report_errors.failed("%s: %s: %s" % (name, type(e).__name__, e))
+        """Hands a stats record or the summary to every sink (stdout first)."""
+        self._each(self._report_errors, "on_stats", rec)
 
     def _reporter(self):
         try:
@@ -322,24 +340,12 @@ class Pipeline:
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             extra["threads_not_stopped"] = alive
-        if self.snapshots is not None:
-            self.snapshots.close()
-            extra["snapshots_saved"] = self.snapshots.saved
-            failed = getattr(self.snapshots, "failed", 0)
-            if failed:
-                extra["snapshots_failed"] = failed
-                extra["snapshots_last_error"] = self.snapshots.last_error
-        if self.mqtt is not None:
-            extra["mqtt_published"] = self.mqtt.published
-            extra["mqtt_dropped"] = self.mqtt.dropped
-            extra["mqtt_reconnects"] = getattr(self.mqtt, "reconnects", 0)
-        if self.events is not None and getattr(self.events, "errors", 0):
-            extra["events_write_errors"] = self.events.errors
+        for sink, ok, more in self._each(self._report_errors, "finish"):
+            if ok and more:
+                extra.update(more)
         self.summary = self.stats.summary(self.power_meter, temp, thr, extra)
         self._publish(self.summary)
-        if self.hub is not None:
-            self.hub.close()
-        return self.summary
+        return self.summary  # closing the sinks is for whoever opened them (the CLI)
 
     def run(self):
         self.start()

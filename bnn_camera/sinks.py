@@ -1,6 +1,7 @@
-"""Output sinks: the JSON-lines event log, annotated snapshots, and the latest-frame hub
-that the HTTP stream reads.  The inference thread only hands results over; anything slow
-(JPEG encoding, disk writes of snapshots, network) happens in another thread."""
+"""Output sinks: the sink protocol (``Sink``), the JSON-lines event log, annotated
+snapshots, and the latest-frame hub that the HTTP stream reads (MQTT: bnn_camera.mqtt).
+The inference thread only hands results over; anything slow (JPEG encoding, disk writes
+of snapshots, network) happens in another thread."""
 
 import collections
 import json
@@ -11,7 +12,8 @@ import time
 
 import numpy as np
 
-__all__ = ["detections_list", "annotate", "EventLog", "SnapshotSink", "FrameHub", "stderr_log"]
+__all__ = ["Sink", "detections_list", "annotate", "EventLog", "SnapshotSink", "FrameHub",
+           "stderr_log"]
 
 
 def stderr_log(msg):
@@ -54,6 +56,63 @@ class _ErrorLog:
         self._announced = False
 
 
+class Sink:
+    """The sink protocol: what the pipeline calls on each output.  Subclass it (every
+    method does nothing by default) or write a class with the same attributes; the
+    Pipeline checks them when it is built.
+
+    The pipeline calls its sinks in one loop per event, in the order it was given them.
+    A sink that raises is counted and logged (at most about a line a minute) and the
+    others still get the event: one failing sink never stops the others, nor the app.
+    A sink should still handle its expected failures itself (a full disk, a broker that
+    is away): count them in status() and go on.
+
+    name          the key of status() in each stats record ("events", "snapshots", "mqtt")
+    label         how the app's log lines name it (None: the name)
+    wants_record  True: on_detections gets the "detections" JSON record (built once per
+                  frame, and only when some sink wants it; shared: do not change it);
+                  False: record is None
+
+    In the inference thread -- hand the work over, never block or do slow I/O here:
+      on_detections(seq, frame, result, record)  a frame with detections (frame: the BGR
+                  uint8 image, do not change it; result: the Detector's result)
+      on_frame(seq, frame, result)  every frame, detections or not (after on_detections)
+    In the reporter thread, and once more at shutdown:
+      on_stats(rec)  each stats record, and last the summary (rec["type"] tells them apart)
+      status()       a JSON-able dict for each stats record (also /metrics, /stats), or
+                     None for no key
+    At shutdown (Pipeline.shutdown), after the threads stopped and the last stats record:
+      finish()       end pending work (SnapshotSink writes its last snapshot, FrameHub
+                     ends the MJPEG streams); return a dict of the keys this sink adds to
+                     the summary, which then goes to on_stats
+    By whoever opened the sink (the CLI: after Pipeline.shutdown, or when the start-up
+    fails or is stopped half-way), never by the pipeline:
+      close()        release files, threads, connections; idempotent
+    """
+
+    name = "sink"
+    label = None
+    wants_record = False
+
+    def on_detections(self, seq, frame, result, record):
+        pass
+
+    def on_frame(self, seq, frame, result):
+        pass
+
+    def on_stats(self, rec):
+        pass
+
+    def status(self):
+        return None
+
+    def finish(self):
+        return {}
+
+    def close(self):
+        pass
+
+
 COLOURS = [(0, 200, 255), (255, 128, 0), (0, 255, 0), (255, 0, 255), (0, 0, 255),
            (255, 255, 0)]
 
@@ -92,7 +151,7 @@ def annotate(frame, result, class_names):
     return img
 
 
-class EventLog:
+class EventLog(Sink):
     """--out: JSON lines -- every stats record, one "detections" record per frame with
     detections, and the summary.  Flushed with each stats record (and every 64 KiB).
 
@@ -104,6 +163,9 @@ class EventLog:
     batches are tried again."""
 
     FLUSH_BYTES = 1 << 16
+    name = "events"
+    label = "--out"
+    wants_record = True
 
     def __init__(self, path, log=None):
         d = os.path.dirname(os.path.abspath(path))
@@ -124,6 +186,15 @@ class EventLog:
     def status(self):
         return {"write_errors": self._err.errors, "records_lost": self.lost,
                 "last_error": self._err.last_error}
+
+    def on_detections(self, seq, frame, result, record):
+        self.write(record)
+
+    def on_stats(self, rec):
+        self.write(rec, flush=True)
+
+    def finish(self):
+        return {"events_write_errors": self._err.errors} if self._err.errors else {}
 
     def write(self, rec, flush=False):
         line = (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
@@ -175,7 +246,7 @@ class EventLog:
                 self._fd = None
 
 
-class SnapshotSink:
+class SnapshotSink(Sink):
     """--snapshots DIR: an annotated JPEG of a frame with detections, at most one per
     ``min_interval`` seconds, written by a worker thread; keeps the newest ``keep`` files.
 
@@ -184,6 +255,8 @@ class SnapshotSink:
     read-only or vanished folder) is counted (``failed``, ``last_error``; in the stats
     records and the summary), logged on stderr, and the next snapshot is tried again:
     the app goes on, and the snapshots resume once there is room."""
+
+    name = "snapshots"
 
     def __init__(self, directory, class_names, min_interval=1.0, keep=500, quality=95,
                  log=None):
@@ -203,6 +276,9 @@ class SnapshotSink:
         self._stop = False
         self._t = threading.Thread(target=self._run, name="snapshots", daemon=True)
         self._t.start()
+
+    def on_detections(self, seq, frame, result, record):
+        self.offer(seq, frame, result)
 
     def offer(self, seq, frame, result):
         now = time.monotonic()
@@ -275,6 +351,15 @@ class SnapshotSink:
         return {"saved": self.saved, "failed": self._err.errors, "skipped": self.skipped,
                 "last_error": self._err.last_error}
 
+    def finish(self):
+        """Writes the pending snapshot (the worker stops), then the summary's counts."""
+        self.close()
+        out = {"snapshots_saved": self.saved}
+        if self._err.errors:
+            out["snapshots_failed"] = self._err.errors
+            out["snapshots_last_error"] = self._err.last_error
+        return out
+
     def close(self, timeout=5.0):
         with self._cond:
             self._stop = True
@@ -282,8 +367,10 @@ class SnapshotSink:
         self._t.join(timeout)
 
 
-class FrameHub:
+class FrameHub(Sink):
     """The newest (frame, result) for the MJPEG stream; readers wait on a condition."""
+
+    name = "hub"
 
     def __init__(self):
         self._cond = threading.Condition()
@@ -296,6 +383,13 @@ class FrameHub:
             self._item = (frame, result)
             self._seq += 1
             self._cond.notify_all()
+
+    def on_frame(self, seq, frame, result):
+        self.publish(frame, result)
+
+    def finish(self):
+        self.close()  # no more frames: the MJPEG streams end
+        return {}
 
     def wait_next(self, last_seq, timeout=1.0):
         """(seq, frame, result) newer than last_seq, or None after the timeout / close."""
