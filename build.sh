@@ -59,6 +59,8 @@ is_present() {
     gcc-aarch64-linux-gnu) have aarch64-linux-gnu-gcc ;;
     gcc-arm-linux-gnueabihf) have arm-linux-gnueabihf-gcc ;;
     binutils-aarch64-linux-gnu) have aarch64-linux-gnu-objdump ;;
+    libc6-dev-arm64-cross) [[ -e /usr/aarch64-linux-gnu/include/stdio.h ]] ;;  # the cross compilers' libc
+    libc6-dev-armhf-cross) [[ -e /usr/arm-linux-gnueabihf/include/stdio.h ]] ;;
     qemu-user) have qemu-aarch64 && have qemu-arm ;;
     file) have file ;;
     mosquitto) have mosquitto || [[ -x /usr/sbin/mosquitto ]] ;;
@@ -97,7 +99,8 @@ need_pkgs() {
 on_device() { [[ $HOST != x86_64 ]]; }
 APT_BUILD=(gcc libc6-dev)
 APT_DEVICE_PY=(python3-venv python3-numpy python3-cffi python3-opencv)
-APT_CROSS=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf binutils-aarch64-linux-gnu qemu-user file)
+APT_CROSS=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf binutils-aarch64-linux-gnu libc6-dev-arm64-cross
+           libc6-dev-armhf-cross qemu-user file)
 APT_TEST=("${APT_BUILD[@]}" "${APT_CROSS[@]}" python3-venv python3-dev mosquitto libcap-dev dataset-fashion-mnist)
 # stamp <device|dev>: a digest of what .venv must hold for that kind (requirement files, lock,
 # Python, host)
@@ -186,6 +189,7 @@ build() {
     # replace, never overwrite in place: a running process has the old file mapped
     mkdir -p "firmware_py/_lib/$arch"; cp "$OUT/libbnn.so" "firmware_py/_lib/$arch/.libbnn.so.tmp"
     mv -f "firmware_py/_lib/$arch/.libbnn.so.tmp" "firmware_py/_lib/$arch/libbnn.so"
+    cp csrc/neon/include/bnn.h firmware_py/_lib/bnn.h  # what firmware_py/header.py reads
     echo "ok: firmware_py/_lib/$arch/libbnn.so"
   else
     echo "ok: $OUT/libbnn.so ($variant build, not installed)"
