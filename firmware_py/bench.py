@@ -93,7 +93,7 @@ def bench_conv_host(channels, kernels, size, threads_list, reps):
     return rows
 
 
-def _icount_plugin() -> Path:
+def icount_plugin() -> Path:
     plugin = ROOT / "build" / "tools" / "libicount.so"
     if plugin.exists():
         return plugin
@@ -117,7 +117,7 @@ def build_static_bench(arch: str) -> Path:
     return out
 
 
-def _guest_instructions(arch: str, exe: Path, plugin: Path, args, qemu_args=()) -> int:
+def guest_instructions(arch: str, exe: Path, plugin: Path, args, qemu_args=()) -> int:
     """the guest instructions of one run of ``exe args`` under qemu-user (``qemu_args``
     go to qemu, e.g. ``-L rootfs``)"""
     _, _, qemu, _ = CROSS[arch]
@@ -133,7 +133,7 @@ def _guest_instructions(arch: str, exe: Path, plugin: Path, args, qemu_args=()) 
 
 def bench_conv_icount(arch, channels, kernels, size, paths=("neon", "portable")):
     exe = build_static_bench(arch)
-    plugin = _icount_plugin()
+    plugin = icount_plugin()
     path_ids = {"portable": 1, "neon": 2}
     rows = []
     for c in channels:
@@ -143,8 +143,8 @@ def bench_conv_icount(arch, channels, kernels, size, paths=("neon", "portable"))
                 # the program runs one warm-up convolution, then REPS more: the difference of
                 # the totals for REPS=1 and REPS=0 is exactly one convolution
                 base = [c, c, k, size, size]
-                n0 = _guest_instructions(arch, exe, plugin, base + [0, 1, path_ids[path]])
-                n1 = _guest_instructions(arch, exe, plugin, base + [1, 1, path_ids[path]])
+                n0 = guest_instructions(arch, exe, plugin, base + [0, 1, path_ids[path]])
+                n1 = guest_instructions(arch, exe, plugin, base + [1, 1, path_ids[path]])
                 rows.append({"arch": arch, "path": path, "cin": c, "cout": c, "k": k, "h": size, "w": size,
                              "threads": 1, "binary_macs": macs, "instructions": n1 - n0,
                              "instructions_per_binary_mac": round((n1 - n0) / macs, 4)})

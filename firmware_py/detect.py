@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Detector", "Detections", "letterbox", "decode", "nms", "postprocess", "scale_boxes",
-           "head_from_metadata"]
+__all__ = ["Detector", "Detections", "letterbox", "resize_nearest", "decode", "nms", "postprocess",
+           "scale_boxes", "head_from_metadata"]
 
 PAD_VALUE = 114
 
@@ -68,7 +68,8 @@ class Letterbox:
     frame_hw: tuple
 
 
-def _resize_nearest(img, nw, nh):
+def resize_nearest(img, nw, nh):
+    """nearest-neighbour resize of an H x W [x C] image to nh x nw (pixel centres; no OpenCV)"""
     h, w = img.shape[:2]
     ys = np.minimum(((np.arange(nh) + 0.5) * (h / nh)).astype(np.int64), h - 1)
     xs = np.minimum(((np.arange(nw) + 0.5) * (w / nw)).astype(np.int64), w - 1)
@@ -99,7 +100,7 @@ def letterbox(frame, size, use_cv2=None):
     elif use_cv2:
         img = _cv2.resize(frame, (nw, nh), interpolation=_cv2.INTER_LINEAR)
     else:
-        img = _resize_nearest(frame, nw, nh)
+        img = resize_nearest(frame, nw, nh)
     left, top = (tw - nw) // 2, (th - nh) // 2
     out = np.full((1, 3, th, tw), PAD_VALUE / 255.0, np.float32)
     inner = out[0, :, top:top + nh, left:left + nw]

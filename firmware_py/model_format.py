@@ -49,7 +49,7 @@ class ModelFormatError(ValueError):
 
 MAGIC = b"BNNMODEL"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1.1: softmax
 HEADER_SIZE = 64
 ALIGN = 64
 MAX_GRAPH_SIZE = 16 * 1024 * 1024

@@ -474,6 +474,28 @@ class Clip:
     build = staticmethod(_clip)
 
 
+@op("softmax", attrs={"log": (Flag(), False)})
+class Softmax:
+    """softmax over the channels (the last axis): exp(x - max) / sum; log 1: LogSoftmax"""
+
+    @staticmethod
+    def check(v):
+        return "float", v.need_in(0, ("float",), (2, 4))
+
+    @staticmethod
+    def build(b):
+        x, y, log = b.x, b.y, bool(b.attrs.get("log", 0))
+
+        def run():
+            np.subtract(x, x.max(axis=-1, keepdims=True), out=y)
+            if log:
+                np.subtract(y, np.log(np.exp(y).sum(axis=-1, keepdims=True)), out=y)
+            else:
+                np.exp(y, out=y)
+                np.divide(y, y.sum(axis=-1, keepdims=True), out=y)
+        return run
+
+
 # ---- layout -----------------------------------------------------------------------------------------
 @op("concat", inputs=(1, 1 << 16), attrs={"axis": (Int(0, 3), False)})
 class Concat:

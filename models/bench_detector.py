@@ -72,9 +72,12 @@ sys.path[:0] = [root]
 sys.path.append(sys.prefix + "/lib/python3/dist-packages")
 import numpy as np
 from firmware_py import _native
-from firmware_py.detect import Detector, _cv2
-if _cv2 is not None:
-    _cv2.setNumThreads(1)
+from firmware_py.detect import Detector
+try:
+    import cv2
+    cv2.setNumThreads(1)
+except ImportError:
+    pass
 det = Detector(model, num_threads=1, conf=0.25)
 frame = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
 x, _ = det.preprocess(frame)
@@ -180,9 +183,9 @@ def _icount_rootfs(arch):
 
 def icount(arch, bnn, frames=ICOUNT_FRAMES):
     """guest instructions per frame of ``bnn`` on ``arch`` (see the module docstring)"""
-    from firmware_py.bench import CROSS, _guest_instructions, _icount_plugin
+    from firmware_py.bench import CROSS, guest_instructions, icount_plugin
 
-    rootfs, plugin = _icount_rootfs(arch), _icount_plugin()
+    rootfs, plugin = _icount_rootfs(arch), icount_plugin()
     # libblas.so.3 is an absolute symlink into /etc/alternatives, which -L does not follow;
     # a host path, as qemu-arm's -L does not redirect statx (what ld.so checks dirs with)
     blas = rootfs / "usr" / "lib" / Path(CROSS[arch][3]).name / "openblas-pthread"
@@ -190,7 +193,7 @@ def icount(arch, bnn, frames=ICOUNT_FRAMES):
         info = os.path.join(tmp, "info.json")
 
         def total(n_net, n_detect):
-            return _guest_instructions(
+            return guest_instructions(
                 arch, rootfs / "usr" / "bin" / "python3", plugin,
                 ["-S", "-B", "-c", _GUEST, ROOT, os.path.abspath(bnn), n_net, n_detect, info],
                 qemu_args=["-L", rootfs, "-E", f"LD_LIBRARY_PATH={blas}", "-E", "PYTHONHASHSEED=0",
@@ -271,9 +274,9 @@ def main(argv=None):
             ap.error(f"--icount: {arch!r} is not one of {', '.join(ROOTFS_ARCH)}")
         _icount_rootfs(arch)
     if archs:
-        from firmware_py.bench import _icount_plugin
+        from firmware_py.bench import icount_plugin
 
-        _icount_plugin()  # builds build/tools/libicount.so once
+        icount_plugin()  # builds build/tools/libicount.so once
     overrides = {}
     if a.downsample:
         overrides["downsample"] = a.downsample

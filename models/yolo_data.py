@@ -68,8 +68,8 @@ def _resize(img, nw, nh):
         interp = cv2.INTER_AREA if nw < img.shape[1] else cv2.INTER_LINEAR
         return cv2.resize(img, (nw, nh), interpolation=interp)
     except ImportError:
-        from firmware_py.detect import _resize_nearest
-        return _resize_nearest(img, nw, nh)
+        from firmware_py.detect import resize_nearest
+        return resize_nearest(img, nw, nh)
 
 
 def read_labels(path, class_map=None) -> np.ndarray:

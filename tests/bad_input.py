@@ -263,8 +263,8 @@ case(L, "newer format version", "major version 2", _mfe)(
     lambda c: _load(_rewrite(c.det, c.p("v2.bnn"), header={"major": 2})))
 case(L, "graph is not JSON (CRC right)", "graph bytes '{nope'", _mfe)(
     lambda c: _load(_rewrite(c.det, c.p("nojson.bnn"), graph=b"{nope")))
-case(L, "unknown op in the graph", "node op 'softmax'", _mfe)(
-    lambda c: _load(c.graph_with("op.bnn", lambda g: g["nodes"][1].update(op="softmax"))))
+case(L, "unknown op in the graph", "node op 'frobnicate'", _mfe)(
+    lambda c: _load(c.graph_with("op.bnn", lambda g: g["nodes"][1].update(op="frobnicate"))))
 case(L, "node reads a value nobody writes", "node input 'ghost'", _mfe)(
     lambda c: _load(c.graph_with("ghost.bnn", lambda g: g["nodes"][1].update(
         inputs=["ghost"]))))

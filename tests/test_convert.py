@@ -512,15 +512,36 @@ def test_qonnx_bipolar_quant(tmp_path):
         assert_close(m.run(x), ref, "qonnx")
 
 
-# ---- errors -----------------------------------------------------------------------------------------
 class SoftmaxNet(nn.Module):
-    def __init__(self):
+    """a classifier head ending in (Log)Softmax over the classes, or over a 4-D map's channels"""
+
+    def __init__(self, log=False, dim=1, four_d=False):
         super().__init__()
         self.conv0 = nn.Conv2d(3, 8, 3)
         self.fc = nn.Linear(8, 4)
+        self.log, self.dim, self.four_d = log, dim, four_d
 
     def forward(self, x):
-        return torch.softmax(self.fc(self.conv0(x).mean((2, 3))), dim=1)
+        y = self.conv0(x) if self.four_d else self.fc(self.conv0(x).mean((2, 3)))
+        return (torch.log_softmax if self.log else torch.softmax)(y, dim=self.dim)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("log,four_d", [(False, False), (True, False), (False, True)])
+def test_softmax_heads(tmp_path, exporter, log, four_d):
+    res = roundtrip(SoftmaxNet(log, four_d=four_d), (1, 3, 6, 6), tmp_path, exporter)
+    soft = nodes_of(res, "softmax")
+    assert len(soft) == 1 and soft[0].get("attrs", {}).get("log", 0) == int(log)
+
+
+def test_softmax_over_a_spatial_axis_is_refused(tmp_path):
+    src = export(SoftmaxNet(dim=2, four_d=True).eval(), torch.rand(1, 3, 6, 6), tmp_path / "s.onnx", "torchscript")
+    with pytest.raises(ConvertError, match="Softmax over axis 2 of a 4-D input is not supported"):
+        convert(src, str(tmp_path / "s.bnn"))
+    assert not (tmp_path / "s.bnn").exists()
+
+
+# ---- errors -----------------------------------------------------------------------------------------
 
 
 class TanhNet(nn.Module):
@@ -532,9 +553,8 @@ class TanhNet(nn.Module):
         return torch.tanh(self.conv0(x))
 
 
-@pytest.mark.parametrize("net,op_type,exporter", [(SoftmaxNet, "Softmax", "torchscript"),
-                                                   (SoftmaxNet, "Softmax", "dynamo"),
-                                                   (TanhNet, "Tanh", "torchscript")])
+@pytest.mark.parametrize("net,op_type,exporter", [(TanhNet, "Tanh", "torchscript"),
+                                                   (TanhNet, "Tanh", "dynamo")])
 def test_unsupported_op(tmp_path, exporter, net, op_type):
     src = export(net().eval(), torch.rand(1, 3, 6, 6), tmp_path / "bad.onnx", exporter)
     names = [n.name for n in onnx.load(src, load_external_data=False).graph.node if n.op_type == op_type]
@@ -660,10 +680,10 @@ def test_cli_convert(tmp_path, wide_models):
     assert "binary" in p.stdout and "model file" in p.stdout and "source ONNX" in p.stdout, p.stdout
     assert "check:" in p.stdout, p.stdout
 
-    bad = export(SoftmaxNet().eval(), torch.rand(1, 3, 6, 6), tmp_path / "bad.onnx", "torchscript")
+    bad = export(TanhNet().eval(), torch.rand(1, 3, 6, 6), tmp_path / "bad.onnx", "torchscript")
     p = _cli("convert", bad, str(tmp_path / "bad.bnn"))
     assert p.returncode == 1, (p.stdout, p.stderr)
-    assert "error:" in p.stderr and "Softmax" in p.stderr, p.stderr
+    assert "error:" in p.stderr and "Tanh" in p.stderr, p.stderr
     assert not (tmp_path / "bad.bnn").exists()
 
 

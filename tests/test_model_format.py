@@ -420,7 +420,7 @@ MUTATIONS = [
     ("input bits", lambda g: g["inputs"].append(
         {"name": "b1", "shape": [1, 16, 8, 8], "layout": "NCHW"}), "must be a float value|already written"),
     # nodes
-    ("unknown op", _nset("gap", "op", "softmax"), "unknown op 'softmax'"),
+    ("unknown op", _nset("gap", "op", "frobnicate"), "unknown op 'frobnicate'"),
     ("op type", _nset("gap", "op", 3), "unknown op 3"),
     ("node name", _nset("gap", "name", ""), "'name' must be a non-empty string"),
     ("node duplicate name", _nset("flat", "name", "gap"), "duplicate node name"),

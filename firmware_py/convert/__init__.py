@@ -78,7 +78,7 @@ def build(src, input_shapes=None):
 
     g = import_graph(src, input_shapes)
     low = Lowering(g)
-    outputs = low.run()
+    outputs = low.lower()
     ir = low.ir
     input_names = {name for name, _ in g.inputs}
     out_values = []

@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from ..bits import pack_signs as pack_bits  # noqa: F401 - one packing for weights everywhere
+from ..registry import OPS
 
 class IR:
     def __init__(self):
@@ -35,6 +36,12 @@ class IR:
         return name
 
     def add(self, op: str, name: str, inputs, outputs, attrs=None, params=None) -> dict:
+        """appends a node of a registered op (firmware_py.registry); its attribute and
+        parameter names must be the spec's (the values are checked when the file is written)"""
+        spec = OPS.get(op)
+        if spec is None or not set(attrs or ()) <= set(spec.attrs) or not set(params or ()) <= set(spec.params):
+            raise ValueError("lowering emitted %s node %r with attrs %s, params %s: not what the op's spec "
+                             "(firmware_py.registry) allows" % (op, name, sorted(attrs or ()), sorted(params or ())))
         node = {"op": op, "name": self._unique(name), "inputs": list(inputs), "outputs": list(outputs),
                 "attrs": dict(attrs or {}), "params": dict(params or {})}
         self.nodes.append(node)

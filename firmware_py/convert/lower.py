@@ -14,12 +14,6 @@ import numpy as np
 from .errors import ConvertError
 from .ir import IR, pack_bits
 
-SUPPORTED_OPS = sorted([
-    "Conv", "BatchNormalization", "Sign", "Relu", "PRelu", "LeakyRelu", "Clip", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Add", "Sub", "Mul", "Div", "Concat", "Flatten",
-    "Reshape", "Gemm", "MatMul", "Resize", "Upsample", "Sigmoid", "Identity", "Dropout", "Pad", "Abs",
-    "BipolarQuant",
-])
 
 
 @dataclass
@@ -211,7 +205,8 @@ class Lowering:
         return tuple(self.g.shapes.get(name, fallback))
 
     # ---- driver ---------------------------------------------------------------------------------
-    def run(self):
+    def lower(self):
+        """lowers every node in order (one ``op_<OnnxOp>`` rule each); returns the graph outputs"""
         for name, shape in self.g.inputs:
             if len(shape) not in (2, 4):
                 raise ConvertError("input %r has rank %d; inputs must be NCHW (4-D) or NC (2-D)"
@@ -461,6 +456,25 @@ class Lowering:
     def op_LeakyRelu(self, node):
         return self._unary(node, "leaky_relu", {"alpha": float(node.attrs.get("alpha", 0.01))})
 
+    def _softmax(self, node, log):
+        x = self.as_float(self.rep(node.inputs[0], node), node)
+        rank = len(x.shape)
+        axis = int(node.attrs.get("axis", -1 if self.g.opset >= 13 else 1)) % rank
+        # opset < 13 flattens the dims from axis on: the same as over the channels only when
+        # nothing follows them
+        if axis != 1 or (self.g.opset < 13 and any(d != 1 for d in x.shape[2:])):
+            raise ConvertError.at(node, "%s over axis %d of a %d-D input is not supported" % (node.op, axis, rank),
+                                  "supported: over the channels (axis 1 of NCHW or NC)")
+        out = self.new_float(node.outputs[0], x.shape)
+        self.ir.add("softmax", node.name, [x.value], [out.value], {"log": 1} if log else None)
+        return out
+
+    def op_Softmax(self, node):
+        return self._softmax(node, log=False)
+
+    def op_LogSoftmax(self, node):
+        return self._softmax(node, log=True)
+
     def op_PRelu(self, node):
         x = self.rep(node.inputs[0], node)
         slope = np.asarray(self.const(node.inputs[1], node, "slope"), np.float32)
@@ -681,3 +695,7 @@ class Lowering:
         out = self.new_float(node.outputs[0], shape)
         self.ir.add("pad", node.name, [x.value], [out.value], {"pads": pads, "value": value})
         return out
+
+
+# the ONNX ops with a lowering rule (an op_<OnnxOp> method of Lowering)
+SUPPORTED_OPS = sorted(name[3:] for name in dir(Lowering) if name.startswith("op_"))
