@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_child
+from tests.refs import ref_pack
 
 import firmware_py as fp
 from firmware_py import _native
@@ -25,15 +26,6 @@ swv = np.lib.stride_tricks.sliding_window_view
 
 
 # ---- numpy references ------------------------------------------------------------------------------
-def ref_pack(neg):
-    """bool (True = -1) [..., c] -> uint32 [..., words(c)], channel c at bit c % 32 of word c // 32."""
-    neg = np.asarray(neg, dtype=bool)
-    c = neg.shape[-1]
-    words = (c + 31) // 32
-    bits = np.zeros(neg.shape[:-1] + (words * 32,), dtype=np.uint64)
-    bits[..., :c] = neg
-    bits = bits.reshape(neg.shape[:-1] + (words, 32))
-    return (bits << np.arange(32, dtype=np.uint64)).sum(axis=-1).astype(np.uint32)
 
 
 def pm1(shape, rng):

@@ -17,19 +17,12 @@ import numpy as np
 import pytest
 
 from firmware_py.model_format import ModelFormatError, read_model, write_model
+from tests.refs import ref_pack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HDR = struct.Struct("<8sHHIQQQQIIII")
 
 
-def pack_bits(neg):
-    neg = np.asarray(neg, dtype=bool)
-    c = neg.shape[-1]
-    words = (c + 31) // 32
-    bits = np.zeros(neg.shape[:-1] + (words * 32,), dtype=np.uint64)
-    bits[..., :c] = neg
-    bits = bits.reshape(neg.shape[:-1] + (words, 32))
-    return (bits << np.arange(32, dtype=np.uint64)).sum(axis=-1).astype(np.uint32)
 
 
 def sample_model():
@@ -76,10 +69,10 @@ def sample_model():
         "conv0.b": rng.standard_normal(16).astype(np.float32),
         "bn0.s": rng.standard_normal(16).astype(np.float32),
         "bn0.b": rng.standard_normal(16).astype(np.float32),
-        "conv1.w": pack_bits(rng.random((40, 3, 3, 16)) < 0.5),
+        "conv1.w": ref_pack(rng.random((40, 3, 3, 16)) < 0.5),
         "conv1.t": rng.integers(-5, 5, 40).astype(np.int32),
         "conv1.f": (rng.random(40) < 0.5).astype(np.uint8),
-        "conv2.w": pack_bits(rng.random((8, 3, 3, 40)) < 0.5),
+        "conv2.w": ref_pack(rng.random((8, 3, 3, 40)) < 0.5),
         "conv2.m": rng.random(8).astype(np.float32),
         "conv2.a": rng.random(8).astype(np.float32),
         "fc.w": rng.standard_normal((5, 8)).astype(np.float32),

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_child
+from tests.refs import ref_pack
 
 import firmware_py as fp
 from firmware_py import _native
@@ -24,15 +25,6 @@ INT32_MIN = np.iinfo(np.int32).min
 
 
 # ---- numpy references --------------------------------------------------------------------------
-def ref_pack(neg):
-    """Packs a boolean array (True = -1) along the last axis, LSB first, into uint32."""
-    neg = np.asarray(neg, dtype=bool)
-    c = neg.shape[-1]
-    words = (c + 31) // 32
-    bits = np.zeros(neg.shape[:-1] + (words * 32,), dtype=np.uint32)
-    bits[..., :c] = neg
-    bits = bits.reshape(neg.shape[:-1] + (words, 32))
-    return (bits << np.arange(32, dtype=np.uint32)).sum(axis=-1, dtype=np.uint64).astype(np.uint32)
 
 
 def ref_bitpack(x, thr):

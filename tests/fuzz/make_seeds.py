@@ -24,20 +24,12 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 from firmware_py.model_format import write_model  # noqa: E402
+from tests.refs import ref_pack  # noqa: E402
 
 LOADER = os.path.join(HERE, "seeds", "loader")
 CONVERT = os.path.join(HERE, "seeds", "convert")
 
 
-def pack(neg):
-    """bool [..., c] (True = -1) -> uint32 [..., words(c)] (tail bits 0)."""
-    neg = np.asarray(neg, dtype=bool)
-    c = neg.shape[-1]
-    words = (c + 31) // 32
-    bits = np.zeros(neg.shape[:-1] + (words * 32,), dtype=np.uint64)
-    bits[..., :c] = neg
-    bits = bits.reshape(neg.shape[:-1] + (words, 32))
-    return (bits << np.arange(32, dtype=np.uint64)).sum(axis=-1).astype(np.uint32)
 
 
 class G:
@@ -103,7 +95,7 @@ def tiny_bnn(rng):
     b1 = g.node("bitpack", [f1], "b1", "bits", [1, 6, 6, 8], {"threshold": 0.1})
     b2 = g.node("bconv2d", [b1], "b2", "bits", [1, 6, 6, 40],
                 dict(win(3, 1, [1, 1, 1, 1]), output="bits", pad_mode="one"),
-                {"weights": pack(rng.random((40, 3, 3, 8)) < 0.5),
+                {"weights": ref_pack(rng.random((40, 3, 3, 8)) < 0.5),
                  "threshold": rng.integers(-20, 20, 40).astype(np.int32),
                  "flip": (rng.random(40) < 0.3).astype(np.uint8)})
     b3 = g.node("bmaxpool2d", [b2], "b3", "bits", [1, 3, 3, 40], win(2, 2, [0, 0, 0, 0]))
@@ -111,7 +103,7 @@ def tiny_bnn(rng):
     k = g.node("xnor_scale", [m1], "k", "float", [1, 3, 3], win(3, 1, [1, 1, 1, 1]))
     c1 = g.node("bconv2d", [b3, k], "c1", "float", [1, 3, 3, 16],
                 dict(win(3, 1, [1, 1, 1, 1]), output="float"),
-                {"weights": pack(rng.random((16, 3, 3, 40)) < 0.5), "mul": f32(16), "add": f32(16)})
+                {"weights": ref_pack(rng.random((16, 3, 3, 40)) < 0.5), "mul": f32(16), "add": f32(16)})
     r1 = g.node("relu", [c1], "r1", "float", [1, 3, 3, 16])
     a1 = g.node("avgpool2d", [r1], "a1", "float", [1, 4, 4, 16],
                 dict(win(2, 1, [1, 1, 1, 1]), count_include_pad=0))
@@ -143,9 +135,9 @@ def tiny_ops(rng):
     u = g.node("unpack", [rb], "u", "float", [1, 12, 12, 8])
     fb = g.node("flatten", [rb], "fb", "bits", [1, 1152])
     bd = g.node("bdense", [fb], "bd", "float", [1, 3], None,
-                {"weights": pack(rng.random((3, 1152)) < 0.5), "mul": f32(3), "add": f32(3)})
+                {"weights": ref_pack(rng.random((3, 1152)) < 0.5), "mul": f32(3), "add": f32(3)})
     yb = g.node("bitpack", [y], "yb", "bits", [1, 6])
-    yd = g.node("bdense", [yb], "yd", "float", [1, 3], None, {"weights": pack(rng.random((3, 6)) < 0.5)})
+    yd = g.node("bdense", [yb], "yd", "float", [1, 3], None, {"weights": ref_pack(rng.random((3, 6)) < 0.5)})
     sm = g.node("add", [bd, yd], "sm", "float", [1, 3])
     cat = g.node("concat", [sm, y], "cat", "float", [1, 9], {"axis": 1})
     af = g.node("affine", [cat], "af", "float", [1, 9], None, {"scale": f32(9), "bias": f32(9)})
