@@ -421,6 +421,19 @@ def _reject_constant(s):
     raise ValueError("non-standard JSON constant %s" % s)
 
 
+# Python 3.11 (and the 3.9.14 / 3.10.7 security releases) refuse to convert an integer of over 4300
+# digits (quadratic time, CVE-2020-10735); Python 3.9.2 (Raspberry Pi OS bullseye) converts any: the
+# same limit here, on every version.
+_MAX_INT_DIGITS = 4300
+
+
+def _parse_int(s):
+    digits = len(s) - s.startswith("-")
+    if digits > _MAX_INT_DIGITS:
+        raise ValueError("an integer of %d digits (more than %d)" % (digits, _MAX_INT_DIGITS))
+    return int(s)
+
+
 def _no_duplicates(pairs):
     d = {}
     for k, v in pairs:
@@ -488,7 +501,8 @@ def _parse(buf, size):
     except UnicodeDecodeError as e:
         _fail("the graph is not valid UTF-8: %s", e)
     try:
-        graph = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        graph = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+                           parse_int=_parse_int)
     except RecursionError:
         _fail("the graph JSON is nested too deeply")
     except ValueError as e:
