@@ -213,6 +213,11 @@ static void test_fconv(void) {
     test_fconv_case(&w, 0);
     w = (bnn_window){1, 3, 200, 5, 48, 1, 3, 1, 2, 0, 1, 0, 1};
     test_fconv_case(&w, 1);
+    /* rows longer than one kernel call (the portable, NEON and AVX2 kernels run up to 96
+     * pixels a call): runs of 96, 96 and 36 pixels; 3 blocks of 8 channels on ARM (a 2-block
+     * and a 1-block NEON tile) */
+    w = (bnn_window){1, 2, 230, 6, 24, 3, 3, 1, 1, 1, 1, 1, 1};
+    test_fconv_case(&w, 1);
     /* kernel as big as the padded image; wide stride */
     w = (bnn_window){1, 4, 5, 2, 9, 7, 7, 8, 8, 2, 1, 1, 1};
     test_fconv_case(&w, 1);

@@ -1,6 +1,9 @@
 /* Binary 2-D convolution (groups 1): layer creation (weight blocking, padding sums, output
- * parameters), the run (padded copy of the input, per-architecture kernel over output rows
- * and 64-channel chunks, zero-padding correction, output transform) and dispatch. */
+ * parameters) and the run (padded copy of the input, the kernel over output rows and
+ * 64-channel chunks, zero-padding correction, output transform).
+ * Kernels (the pattern of every op, see core/internal.h): kernel.h is the contract,
+ * reference.h the portable kernel (the semantics), kernels_x86.h / kernels_neon.h the SIMD
+ * ones; select_kernel below picks one from the context's path. */
 #include <stdlib.h>
 #include <string.h>
 #include "../core/internal.h"
@@ -8,12 +11,8 @@
 #include "reference.h"
 #include "output_transform.h"
 #include "zero_padding_correction.h"
-#if defined(BNN_X86)
-#include "kernels_x86.h"
-#endif
-#if defined(BNN_HAVE_NEON)
-#include "kernels_neon.h"
-#endif
+#include "kernels_x86.h"  /* x86-64 builds only */
+#include "kernels_neon.h" /* NEON builds only */
 
 struct bnn_bconv2d {
     bnn_window win;
@@ -25,17 +24,9 @@ struct bnn_bconv2d {
     size_t in_len, out_len, pix_len;
 };
 
-static bnn_bconv_kernel kernel_for(int path) {
-    switch (path) {
-#if defined(BNN_X86)
-    case BNN_PATH_AVX512: return bnn_bconv_kernel_avx512;
-    case BNN_PATH_AVX2: return bnn_bconv_kernel_avx2;
-#endif
-#if defined(BNN_HAVE_NEON)
-    case BNN_PATH_NEON: return bnn_bconv_kernel_neon;
-#endif
-    default: return bnn_bconv_kernel_portable;
-    }
+static bnn_bconv2d_kernel select_kernel(const bnn_cpu *cpu, int path) {
+    (void)cpu; /* each kernel needs only what its path guarantees */
+    return BNN_KERNEL_FOR_PATH(bconv2d, path);
 }
 
 void bnn_bconv2d_destroy(bnn_bconv2d *L) {
@@ -141,7 +132,7 @@ typedef struct {
     int32_t hp, wp;     /* its height and width */
     const float *k_scale;
     void *y;
-    bnn_bconv_kernel kern;
+    bnn_bconv2d_kernel kern;
     int32_t nchunks;
 } run_args;
 
@@ -197,7 +188,8 @@ int bnn_bconv2d_run(bnn_ctx *ctx, const bnn_bconv2d *L, const uint32_t *x, size_
     }
     const bnn_window *w = &L->win;
     const int32_t cw = L->cw;
-    run_args a = {L, x, w->in_h, w->in_w, k_scale, y, kernel_for(ctx->path), (L->ocb + BNN_CHUNK_BLOCKS - 1) / BNN_CHUNK_BLOCKS};
+    run_args a = {L, x, w->in_h, w->in_w, k_scale, y, select_kernel(&ctx->cpu, ctx->path),
+                  (L->ocb + BNN_CHUNK_BLOCKS - 1) / BNN_CHUNK_BLOCKS};
     if (w->pad_top || w->pad_left || w->pad_bottom || w->pad_right) {
         int32_t hp = w->in_h + w->pad_top + w->pad_bottom, wp = w->in_w + w->pad_left + w->pad_right;
         size_t len = bnn_elems4(w->n, hp, wp, cw);

@@ -1,4 +1,5 @@
-/* The contract every binary-convolution kernel (reference.h, kernels_*.h) implements.
+/* The contract every binary-convolution kernel (reference.h, kernels_*.h) implements;
+ * bconv2d.c's select_kernel picks one per call from the context's path.
  *
  * Weights are blocked at layer creation: blocks of 16 output channels, each block laid
  * out [K][16] with K = kernel_h * kernel_w * words(in_c) in OHWI order, so one vector
@@ -19,6 +20,7 @@
 #define BNN_BCONV2D_KERNEL_H
 #include <stddef.h>
 #include <stdint.h>
+#include "../core/internal.h"
 
 #define BNN_BCONV_PMAX 8
 #define BNN_BCONV_BMAX 4
@@ -31,7 +33,7 @@ typedef struct {
     int kh, kw, cw;
 } bnn_bconv_geom;
 
-typedef void (*bnn_bconv_kernel)(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w,
-                                 int nblocks, int npix, int32_t *pop);
+typedef void (*bnn_bconv2d_kernel)(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w,
+                                   int nblocks, int npix, int32_t *pop);
 
 #endif

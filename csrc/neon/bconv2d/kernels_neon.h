@@ -7,6 +7,8 @@
  *        armv7 (16 q registers):   2 pixels x 16 channels = 8 accumulators. */
 #ifndef BNN_BCONV2D_KERNELS_NEON_H
 #define BNN_BCONV2D_KERNELS_NEON_H
+#include "../core/internal.h"
+#if defined(BNN_HAVE_NEON)
 #include <arm_neon.h>
 #include "kernel.h"
 
@@ -23,40 +25,39 @@ static inline uint32x4_t bnn_ld1r_post(const uint32_t **p) {
     return vld1q_dup_u32((*p)++);
 #endif
 }
-#define BNN_NEON_INLINE __attribute__((always_inline)) static inline
+
+/* acc (16-bit lanes) into tot (32-bit lanes), for every accumulator of a P-pixel tile */
+#define BNN_NEON_WIDEN(P)                                                                      \
+    BNN_UNROLLED(p, P) BNN_UNROLLED(v, 4) {                                                    \
+        tot[p][v] = vpadalq_u16(tot[p][v], acc[p][v]);                                         \
+        acc[p][v] = vdupq_n_u16(0);                                                            \
+    }
 
 #define BNN_DEF_TILE_NEON(P)                                                                   \
-    BNN_NEON_INLINE void bnn_tile_neon_##P(const bnn_bconv_geom *g, const uint32_t *x,          \
-                                           const uint32_t *w, int32_t *pop) {                  \
+    BNN_INLINE void bnn_tile_neon_##P(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, \
+                                      int32_t *pop) {                                          \
         uint16x8_t acc[P][4];                                                                  \
         uint32x4_t tot[P][4];                                                                  \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++)                                                            \
-            _Pragma("GCC unroll 16")                                                           \
-            for (int v = 0; v < 4; v++) {                                                      \
-                acc[p][v] = vdupq_n_u16(0);                                                    \
-                tot[p][v] = vdupq_n_u32(0);                                                    \
-            }                                                                                  \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(v, 4) {                                                \
+            acc[p][v] = vdupq_n_u16(0);                                                        \
+            tot[p][v] = vdupq_n_u32(0);                                                        \
+        }                                                                                      \
         int steps = 0;                                                                         \
         const ptrdiff_t ps = g->pix_stride;                                                    \
         for (int ky = 0; ky < g->kh; ky++)                                                     \
             for (int kx = 0; kx < g->kw; kx++) {                                               \
                 const uint32_t *xr[P];                                                         \
-                _Pragma("GCC unroll 16")                                                          \
-                for (int p = 0; p < P; p++) xr[p] = x + ky * g->row_stride + kx * g->cw + p * ps; \
+                BNN_UNROLLED(p, P) xr[p] = x + ky * g->row_stride + kx * g->cw + p * ps;       \
                 const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
                 for (int c0 = 0; c0 < g->cw;) {                                                \
                     int n = g->cw - c0 < BNN_NEON_FLUSH - steps ? g->cw - c0 : BNN_NEON_FLUSH - steps; \
                     for (int c = 0; c < n; c++) {                                              \
                         uint32x4_t wv[4];                                                      \
-                        _Pragma("GCC unroll 16")                                               \
-                        for (int v = 0; v < 4; v++) wv[v] = vld1q_u32(wk + 4 * v);             \
+                        BNN_UNROLLED(v, 4) wv[v] = vld1q_u32(wk + 4 * v);                      \
                         wk += 16;                                                              \
-                        _Pragma("GCC unroll 16")                                               \
-                        for (int p = 0; p < P; p++) {                                          \
+                        BNN_UNROLLED(p, P) {                                                   \
                             uint32x4_t a = bnn_ld1r_post(&xr[p]);                              \
-                            _Pragma("GCC unroll 16")                                           \
-                            for (int v = 0; v < 4; v++)                                        \
+                            BNN_UNROLLED(v, 4)                                                 \
                                 acc[p][v] = vpadalq_u8(                                        \
                                     acc[p][v], vcntq_u8(vreinterpretq_u8_u32(veorq_u32(a, wv[v])))); \
                         }                                                                      \
@@ -64,24 +65,15 @@ static inline uint32x4_t bnn_ld1r_post(const uint32_t **p) {
                     c0 += n;                                                                   \
                     steps += n;                                                                \
                     if (steps == BNN_NEON_FLUSH) {                                             \
-                        _Pragma("GCC unroll 16")                                               \
-                        for (int p = 0; p < P; p++)                                            \
-                            _Pragma("GCC unroll 16")                                           \
-                            for (int v = 0; v < 4; v++) {                                      \
-                                tot[p][v] = vpadalq_u16(tot[p][v], acc[p][v]);                 \
-                                acc[p][v] = vdupq_n_u16(0);                                    \
-                            }                                                                  \
+                        BNN_NEON_WIDEN(P)                                                      \
                         steps = 0;                                                             \
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++)                                                            \
-            _Pragma("GCC unroll 16")                                                           \
-            for (int v = 0; v < 4; v++) {                                                      \
-                tot[p][v] = vpadalq_u16(tot[p][v], acc[p][v]);                                 \
-                vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(tot[p][v])); \
-            }                                                                                  \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(v, 4) {                                                \
+            tot[p][v] = vpadalq_u16(tot[p][v], acc[p][v]);                                     \
+            vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(tot[p][v])); \
+        }                                                                                      \
     }
 
 #if defined(__aarch64__)
@@ -95,8 +87,8 @@ BNN_DEF_TILE_NEON(2)
 #endif
 BNN_DEF_TILE_NEON(1)
 
-static void bnn_bconv_kernel_neon(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int nblocks,
-                                  int npix, int32_t *pop) {
+static void bconv2d_neon(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int nblocks, int npix,
+                         int32_t *pop) {
     for (int b = 0; b < nblocks; b++) {
         const uint32_t *wb = w + b * g->wblock_stride;
         int32_t *pb = pop + 16 * b;
@@ -106,4 +98,5 @@ static void bnn_bconv_kernel_neon(const bnn_bconv_geom *g, const uint32_t *x, co
         for (; p < npix; p++) bnn_tile_neon_1(g, x + p * g->pix_stride, wb, pb + p * BNN_BCONV_POP_STRIDE);
     }
 }
+#endif /* defined(BNN_HAVE_NEON) */
 #endif

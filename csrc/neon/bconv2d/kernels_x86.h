@@ -5,44 +5,36 @@
  *   AVX2: nibble-table popcount (VPSHUFB), 16-bit pair sums (VPMADDUBSW), widened at the end. */
 #ifndef BNN_BCONV2D_KERNELS_X86_H
 #define BNN_BCONV2D_KERNELS_X86_H
+#include "../core/internal.h"
+#if defined(BNN_X86)
 #include <immintrin.h>
 #include "kernel.h"
 
 #define BNN_AVX512 __attribute__((target("avx512f,avx512vpopcntdq"), always_inline)) static inline
 #define BNN_AVX512_FN __attribute__((target("avx512f,avx512vpopcntdq"))) static
 
-#define BNN_DEF_TILE512(P, NB)                                                                \
-    BNN_AVX512 void bnn_tile512_##P##_##NB(const bnn_bconv_geom *g, const uint32_t *x,         \
-                                           const uint32_t *w, int32_t *pop) {                  \
-        __m512i acc[P][NB];                                                                    \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++)                                                            \
-            _Pragma("GCC unroll 16")                                                           \
-            for (int b = 0; b < NB; b++) acc[p][b] = _mm512_setzero_si512();                   \
-        const ptrdiff_t ps = g->pix_stride, wbs = g->wblock_stride;                            \
-        for (int ky = 0; ky < g->kh; ky++)                                                     \
-            for (int kx = 0; kx < g->kw; kx++) {                                               \
-                const uint32_t *xr = x + ky * g->row_stride + kx * g->cw;                      \
-                const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
-                for (int c = 0; c < g->cw; c++) {                                              \
-                    __m512i wv[NB];                                                            \
-                    _Pragma("GCC unroll 16")                                                        \
-                    for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_si512(wk + b * wbs + 16 * c); \
-                    _Pragma("GCC unroll 16")                                                   \
-                    for (int p = 0; p < P; p++) {                                              \
-                        __m512i a = _mm512_set1_epi32((int)xr[p * ps + c]);                    \
-                        _Pragma("GCC unroll 16")                                               \
-                        for (int b = 0; b < NB; b++)                                           \
-                            acc[p][b] = _mm512_add_epi32(                                      \
-                                acc[p][b], _mm512_popcnt_epi32(_mm512_xor_si512(a, wv[b])));  \
-                    }                                                                          \
-                }                                                                              \
-            }                                                                                  \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++)                                                            \
-            _Pragma("GCC unroll 16")                                                           \
-            for (int b = 0; b < NB; b++)                                                       \
-                _mm512_storeu_si512(pop + p * BNN_BCONV_POP_STRIDE + 16 * b, acc[p][b]);       \
+#define BNN_DEF_TILE512(P, NB)                                                                 \
+    BNN_AVX512 void bnn_tile512_##P##_##NB(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, \
+                                           int32_t *pop) {                                      \
+        __m512i acc[P][NB];                                                                     \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(b, NB) acc[p][b] = _mm512_setzero_si512();              \
+        const ptrdiff_t ps = g->pix_stride, wbs = g->wblock_stride;                             \
+        for (int ky = 0; ky < g->kh; ky++)                                                      \
+            for (int kx = 0; kx < g->kw; kx++) {                                                \
+                const uint32_t *xr = x + ky * g->row_stride + kx * g->cw;                       \
+                const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;                \
+                for (int c = 0; c < g->cw; c++) {                                               \
+                    __m512i wv[NB];                                                             \
+                    BNN_UNROLLED(b, NB) wv[b] = _mm512_loadu_si512(wk + b * wbs + 16 * c);      \
+                    BNN_UNROLLED(p, P) {                                                        \
+                        __m512i a = _mm512_set1_epi32((int)xr[p * ps + c]);                     \
+                        BNN_UNROLLED(b, NB)                                                     \
+                            acc[p][b] = _mm512_add_epi32(acc[p][b], _mm512_popcnt_epi32(_mm512_xor_si512(a, wv[b]))); \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(b, NB)                                                  \
+            _mm512_storeu_si512(pop + p * BNN_BCONV_POP_STRIDE + 16 * b, acc[p][b]);            \
     }
 
 BNN_DEF_TILE512(8, 2)
@@ -54,8 +46,8 @@ BNN_DEF_TILE512(4, 1)
 BNN_DEF_TILE512(2, 1)
 BNN_DEF_TILE512(1, 1)
 
-BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w,
-                                           int nblocks, int npix, int32_t *pop) {
+BNN_AVX512_FN void bconv2d_avx512(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int nblocks,
+                                  int npix, int32_t *pop) {
     int b = 0;
     for (; b < nblocks; b += 2) {
         const uint32_t *wb = w + b * g->wblock_stride;
@@ -90,6 +82,13 @@ BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32
 /* 16-bit lanes gain at most 16 per step: flush to 32 bits well before 65535. */
 #define BNN_AVX2_FLUSH 2048
 
+/* acc (16-bit lanes) into tot (32-bit lanes), for every accumulator of a P-pixel tile */
+#define BNN_AVX2_WIDEN(P)                                                                      \
+    BNN_UNROLLED(p, P) BNN_UNROLLED(v, 2) {                                                    \
+        tot[p][v] = _mm256_add_epi32(tot[p][v], _mm256_madd_epi16(acc[p][v], ones16));         \
+        acc[p][v] = _mm256_setzero_si256();                                                    \
+    }
+
 #define BNN_DEF_TILE256(P)                                                                     \
     BNN_AVX2 void bnn_tile256_##P(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, \
                                   int32_t *pop) {                                              \
@@ -98,10 +97,7 @@ BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32
         const __m256i m4 = _mm256_set1_epi8(0x0f), ones8 = _mm256_set1_epi8(1);                 \
         const __m256i ones16 = _mm256_set1_epi16(1);                                            \
         __m256i acc[P][2], tot[P][2];                                                          \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++)                                                            \
-            _Pragma("GCC unroll 16")                                                           \
-            for (int v = 0; v < 2; v++) acc[p][v] = tot[p][v] = _mm256_setzero_si256();        \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(v, 2) acc[p][v] = tot[p][v] = _mm256_setzero_si256();  \
         int steps = 0;                                                                         \
         const ptrdiff_t ps = g->pix_stride;                                                    \
         for (int ky = 0; ky < g->kh; ky++)                                                     \
@@ -110,23 +106,14 @@ BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32
                 const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
                 for (int c = 0; c < g->cw; c++) {                                              \
                     if (++steps == BNN_AVX2_FLUSH) {                                           \
-                        _Pragma("GCC unroll 16")                                               \
-                        for (int p = 0; p < P; p++)                                            \
-                            _Pragma("GCC unroll 16")                                           \
-                            for (int v = 0; v < 2; v++) {                                      \
-                                tot[p][v] = _mm256_add_epi32(tot[p][v],                        \
-                                                             _mm256_madd_epi16(acc[p][v], ones16)); \
-                                acc[p][v] = _mm256_setzero_si256();                            \
-                            }                                                                  \
+                        BNN_AVX2_WIDEN(P)                                                      \
                         steps = 1;                                                             \
                     }                                                                          \
                     __m256i wv0 = _mm256_loadu_si256((const __m256i *)(wk + 16 * c));           \
                     __m256i wv1 = _mm256_loadu_si256((const __m256i *)(wk + 16 * c + 8));       \
-                    _Pragma("GCC unroll 16")                                                   \
-                    for (int p = 0; p < P; p++) {                                              \
+                    BNN_UNROLLED(p, P) {                                                       \
                         __m256i a = _mm256_set1_epi32((int)xr[p * ps + c]);                    \
-                        _Pragma("GCC unroll 16")                                               \
-                        for (int v = 0; v < 2; v++) {                                          \
+                        BNN_UNROLLED(v, 2) {                                                   \
                             __m256i t = _mm256_xor_si256(a, v ? wv1 : wv0);                    \
                             __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(t, m4));    \
                             __m256i hi = _mm256_shuffle_epi8(                                  \
@@ -137,20 +124,17 @@ BNN_AVX512_FN void bnn_bconv_kernel_avx512(const bnn_bconv_geom *g, const uint32
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++)                                                            \
-            _Pragma("GCC unroll 16")                                                           \
-            for (int v = 0; v < 2; v++) {                                                      \
-                tot[p][v] = _mm256_add_epi32(tot[p][v], _mm256_madd_epi16(acc[p][v], ones16)); \
-                _mm256_storeu_si256((__m256i *)(pop + p * BNN_BCONV_POP_STRIDE + 8 * v), tot[p][v]); \
-            }                                                                                  \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(v, 2) {                                                \
+            tot[p][v] = _mm256_add_epi32(tot[p][v], _mm256_madd_epi16(acc[p][v], ones16));     \
+            _mm256_storeu_si256((__m256i *)(pop + p * BNN_BCONV_POP_STRIDE + 8 * v), tot[p][v]); \
+        }                                                                                      \
     }
 
 BNN_DEF_TILE256(4)
 BNN_DEF_TILE256(1)
 
-BNN_AVX2_FN void bnn_bconv_kernel_avx2(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w,
-                                       int nblocks, int npix, int32_t *pop) {
+BNN_AVX2_FN void bconv2d_avx2(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int nblocks,
+                              int npix, int32_t *pop) {
     for (int b = 0; b < nblocks; b++) {
         const uint32_t *wb = w + b * g->wblock_stride;
         int32_t *pb = pop + 16 * b;
@@ -159,4 +143,5 @@ BNN_AVX2_FN void bnn_bconv_kernel_avx2(const bnn_bconv_geom *g, const uint32_t *
         for (; p < npix; p++) bnn_tile256_1(g, x + p * g->pix_stride, wb, pb + p * BNN_BCONV_POP_STRIDE);
     }
 }
+#endif /* defined(BNN_X86) */
 #endif

@@ -11,8 +11,8 @@ static inline uint32_t bnn_popcount32(uint32_t v) {
     return (v * 0x01010101u) >> 24;
 }
 
-static void bnn_bconv_kernel_portable(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w,
-                                      int nblocks, int npix, int32_t *pop) {
+static void bconv2d_portable(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int nblocks, int npix,
+                             int32_t *pop) {
     for (int p = 0; p < npix; p++) {
         const uint32_t *xp = x + p * g->pix_stride;
         for (int b = 0; b < nblocks; b++) {

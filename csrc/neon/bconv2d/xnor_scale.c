@@ -1,7 +1,8 @@
 /* XNOR-Net input scaling K = A * k (Rastegari et al. 2016):
  *   A[n][h][w] = mean over channels of |x|           (x float NHWC)
  *   K = Conv(A, ones(1,1,kh,kw) / (kh*kw), pads, strides), zero padding (skipped).
- * Two passes, each parallel over rows; A lives in the context's scratch arena. */
+ * Two passes, each parallel over rows; A lives in the context's scratch arena.
+ * Plain C on every path: no per-ISA kernels to select (see core/internal.h). */
 #include <math.h>
 #include "../core/internal.h"
 

@@ -1,4 +1,5 @@
-/* Context: thread pool (pthreads; waiters spin briefly, then sleep), scratch arena, code-path choice. */
+/* Context: thread pool (pthreads; waiters spin briefly, then sleep), scratch arena, CPU features
+ * (bnn_cpu, detected once per context) and code-path choice. */
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
@@ -50,60 +51,60 @@ static uint64_t bnn_xgetbv0(void) {
     __asm__ volatile("xgetbv" : "=a"(a), "=d"(d) : "c"(0));
     return ((uint64_t)d << 32) | a;
 }
-int bnn_cpu_has_avx2(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    if (!(c & (1u << 27)) || !(c & (1u << 28)) || !(c & (1u << 23))) return 0; /* osxsave, avx, popcnt */
-    if ((bnn_xgetbv0() & 0x6) != 0x6) return 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    return (b & (1u << 5)) != 0; /* avx2 */
-}
-int bnn_cpu_has_avx512_vpopcnt(void) {
-    unsigned a, b, c, d;
-    if (!bnn_cpu_has_avx2()) return 0;
-    if ((bnn_xgetbv0() & 0xe6) != 0xe6) return 0; /* opmask, zmm state */
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    return (b & (1u << 16)) && (b & (1u << 30)) && (c & (1u << 14)); /* f, bw, vpopcntdq */
-}
-int bnn_cpu_has_fma(void) {
-    unsigned a, b, c, d;
-    if (!bnn_cpu_has_avx2()) return 0;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    return (c & (1u << 12)) != 0; /* fma */
-}
-#else
-int bnn_cpu_has_avx2(void) { return 0; }
-int bnn_cpu_has_avx512_vpopcnt(void) { return 0; }
-int bnn_cpu_has_fma(void) { return 0; }
 #endif
 
-int bnn_path_available(int path) {
+bnn_cpu bnn_cpu_detect(void) {
+    bnn_cpu cpu = {0, 0, 0, 0};
+#if defined(BNN_HAVE_NEON)
+    cpu.neon = 1;
+#endif
+#if defined(BNN_X86)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return cpu;
+    if (!(c & (1u << 27)) || !(c & (1u << 28)) || !(c & (1u << 23))) return cpu; /* osxsave, avx, popcnt */
+    const int fma = (c & (1u << 12)) != 0;
+    const uint64_t xcr0 = bnn_xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return cpu; /* xmm, ymm state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return cpu;
+    if (!(b & (1u << 5))) return cpu; /* avx2 */
+    cpu.avx2 = 1;
+    cpu.fma = fma;
+    cpu.avx512_vpopcntdq = (xcr0 & 0xe6) == 0xe6 /* opmask, zmm state */
+                           && (b & (1u << 16)) && (b & (1u << 30)) && (c & (1u << 14)); /* f, bw, vpopcntdq */
+#endif
+    return cpu;
+}
+
+static int path_supported(const bnn_cpu *cpu, int path) {
     switch (path) {
     case BNN_PATH_AUTO:
     case BNN_PATH_PORTABLE: return 1;
-#if defined(BNN_HAVE_NEON)
-    case BNN_PATH_NEON: return 1;
-#endif
-    case BNN_PATH_AVX2: return bnn_cpu_has_avx2();
-    case BNN_PATH_AVX512: return bnn_cpu_has_avx512_vpopcnt();
+    case BNN_PATH_NEON: return cpu->neon;
+    case BNN_PATH_AVX2: return cpu->avx2;
+    case BNN_PATH_AVX512: return cpu->avx512_vpopcntdq;
     default: return 0;
     }
 }
 
-static int bnn_best_path(void) {
+int bnn_path_available(int path) {
+    bnn_cpu cpu = bnn_cpu_detect();
+    return path_supported(&cpu, path);
+}
+
+static int bnn_best_path(const bnn_cpu *cpu) {
     const char *force = getenv("BNN_PATH"); /* e.g. BNN_PATH=portable, for testing */
     if (force && *force) {
         for (int p = BNN_PATH_PORTABLE; p <= BNN_PATH_AVX512; p++) {
             const char *name = bnn_path_name(p);
             if ((strcmp(force, name) == 0 || (p == BNN_PATH_NEON && strcmp(force, "neon") == 0)
                  || (p == BNN_PATH_AVX512 && strcmp(force, "avx512") == 0))
-                && bnn_path_available(p))
+                && path_supported(cpu, p))
                 return p;
         }
     }
-    if (bnn_path_available(BNN_PATH_AVX512)) return BNN_PATH_AVX512;
-    if (bnn_path_available(BNN_PATH_AVX2)) return BNN_PATH_AVX2;
-    if (bnn_path_available(BNN_PATH_NEON)) return BNN_PATH_NEON;
+    if (path_supported(cpu, BNN_PATH_AVX512)) return BNN_PATH_AVX512;
+    if (path_supported(cpu, BNN_PATH_AVX2)) return BNN_PATH_AVX2;
+    if (path_supported(cpu, BNN_PATH_NEON)) return BNN_PATH_NEON;
     return BNN_PATH_PORTABLE;
 }
 
@@ -255,8 +256,8 @@ int bnn_ctx_create(bnn_ctx **out, int num_threads) {
     bnn_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return BNN_E_NOMEM;
     ctx->num_threads = num_threads;
-    ctx->path = bnn_best_path();
-    ctx->cpu_fma = bnn_cpu_has_fma();
+    ctx->cpu = bnn_cpu_detect();
+    ctx->path = bnn_best_path(&ctx->cpu);
     pthread_mutex_init(&ctx->mu, NULL);
     pthread_cond_init(&ctx->cv_work, NULL);
     pthread_cond_init(&ctx->cv_done, NULL);
@@ -296,10 +297,10 @@ int bnn_ctx_path(const bnn_ctx *ctx) { return ctx ? ctx->path : BNN_E_NULL; }
 int bnn_ctx_set_path(bnn_ctx *ctx, int path) {
     if (!ctx) return BNN_E_NULL;
     if (path == BNN_PATH_AUTO) {
-        ctx->path = bnn_best_path();
+        ctx->path = bnn_best_path(&ctx->cpu);
         return BNN_OK;
     }
-    if (!bnn_path_available(path)) return BNN_E_PATH;
+    if (!path_supported(&ctx->cpu, path)) return BNN_E_PATH;
     ctx->path = path;
     return BNN_OK;
 }
@@ -310,9 +311,9 @@ int bnn_window_check(const bnn_window *w, int is_conv, int32_t *out_h, int32_t *
     if (w->n < 1 || w->in_h < 1 || w->in_w < 1 || w->in_c < 1) return BNN_E_SHAPE;
     if (w->in_h > (1 << 16) || w->in_w > (1 << 16) || w->in_c > (1 << 20) || w->n > (1 << 20)) return BNN_E_SHAPE;
     if (is_conv && (w->out_c < 1 || w->out_c > (1 << 20))) return BNN_E_SHAPE;
-    const int32_t kmax = is_conv ? 15 : (1 << 16); /* pools: up to the whole image (global pooling) */
+    const int32_t kmax = is_conv ? BNN_MAX_CONV_KERNEL : BNN_MAX_POOL; /* pools: up to the whole image (global pooling) */
     if (w->kernel_h < 1 || w->kernel_h > kmax || w->kernel_w < 1 || w->kernel_w > kmax) return BNN_E_SHAPE;
-    const int32_t smax = is_conv ? 8 : (1 << 16);
+    const int32_t smax = is_conv ? BNN_MAX_CONV_STRIDE : BNN_MAX_POOL;
     if (w->stride_h < 1 || w->stride_h > smax || w->stride_w < 1 || w->stride_w > smax) return BNN_E_SHAPE;
     if (w->pad_top < 0 || w->pad_bottom < 0 || w->pad_left < 0 || w->pad_right < 0) return BNN_E_SHAPE;
     if (w->pad_top >= w->kernel_h || w->pad_bottom >= w->kernel_h || w->pad_left >= w->kernel_w

@@ -20,10 +20,58 @@
 /* A task of parallel_for: processes items [begin, end). */
 typedef void (*bnn_task_fn)(void *arg, int64_t begin, int64_t end);
 
+/* ---- kernels: one pattern for every op ------------------------------------------------
+ * An op with per-ISA kernels (bconv2d/, bitpack/, fconv2d/, pool/, eltwise/) has, in its
+ * folder:
+ *   kernel.h        the contract: the kernel's type bnn_<op>_kernel and exactly what a
+ *                   kernel computes; a loop that several ISAs share, once, as a macro over
+ *                   per-ISA operations that each kernels_<isa>.h maps (ggml style)
+ *   reference.h     <op>_portable, plain C: it defines the semantics
+ *   kernels_x86.h   <op>_avx2 and <op>_avx512 (empty unless BNN_X86)
+ *   kernels_neon.h  <op>_neon, or #define <op>_neon <op>_portable and why (empty unless
+ *                   BNN_HAVE_NEON)
+ *   <op>.c          the public API (checks, layout, the parallel task) and one
+ *                   static bnn_<op>_kernel select_kernel(const bnn_cpu *cpu, int path):
+ *                   BNN_KERNEL_FOR_PATH(<op>, path), after a test of any CPU feature a
+ *                   kernel needs beyond what its path guarantees (the AVX2 float
+ *                   convolution: FMA).
+ * The context's path is always one its CPU runs (ctx.c).  A new ISA path adds its case to
+ * BNN_KERNEL_FOR_PATH and a kernels_<isa>.h to every op.  eltwise/add.c and
+ * bconv2d/xnor_scale.c have no per-ISA kernels: plain C, nothing to select. */
+#if defined(BNN_X86)
+#define BNN_KERNEL_FOR_PATH(op, path) \
+    ((path) == BNN_PATH_AVX512 ? op##_avx512 : (path) == BNN_PATH_AVX2 ? op##_avx2 : op##_portable)
+#elif defined(BNN_HAVE_NEON)
+#define BNN_KERNEL_FOR_PATH(op, path) ((path) == BNN_PATH_NEON ? op##_neon : op##_portable)
+#else
+#define BNN_KERNEL_FOR_PATH(op, path) ((void)(path), op##_portable)
+#endif
+
+/* x86-64 kernels that are the reference's C compiled for AVX2 / AVX-512F (the compilers
+ * vectorise its loops with ymm / zmm registers): op##_avx2 and op##_avx512 with the
+ * reference's parameter list and body.  The body is a macro (not an inline function), so
+ * that each copy is compiled for its target from the start, exactly as the reference is. */
+#define BNN_DEF_X86_KERNELS(op, params, BODY)                        \
+    __attribute__((target("avx2"))) static void op##_avx2 params BODY \
+    __attribute__((target("avx512f"))) static void op##_avx512 params BODY
+
+/* What this build and the running CPU can execute: detected once per context (ctx.c). */
+typedef struct bnn_cpu {
+    int neon;             /* NEON compiled in: aarch64, or armv7 built with -mfpu=neon-vfpv4 */
+    int avx2;             /* x86-64 AVX2 + POPCNT, ymm state enabled by the OS */
+    int fma;              /* x86-64 FMA3 (and avx2): the AVX2 float convolution needs it */
+    int avx512_vpopcntdq; /* x86-64 AVX-512F + BW + VPOPCNTDQ (and avx2), zmm state enabled */
+} bnn_cpu;
+bnn_cpu bnn_cpu_detect(void);
+
+/* A fully unrolled loop over a register tile (pixels x vectors): for (int i = 0; i < n; i++) */
+#define BNN_UNROLLED(i, n) _Pragma("GCC unroll 16") for (int i = 0; i < (n); i++)
+#define BNN_INLINE __attribute__((always_inline)) static inline
+
 struct bnn_ctx {
     int num_threads;
-    int path;
-    int cpu_fma; /* x86: the CPU has FMA3 (the AVX2 float kernels need it) */
+    int path;    /* never AUTO; available on `cpu` */
+    bnn_cpu cpu; /* what select_kernel in each op reads */
     /* pool */
     pthread_t threads[BNN_MAX_THREADS];
     int n_workers; /* num_threads - 1 */
@@ -61,10 +109,6 @@ size_t bnn_elems4(int64_t a, int64_t b, int64_t c, int64_t d); /* 0 on overflow/
 
 /* Validates a window (pools when is_conv == 0), fills out_h/out_w. */
 int bnn_window_check(const bnn_window *w, int is_conv, int32_t *out_h, int32_t *out_w);
-
-int bnn_cpu_has_avx2(void);
-int bnn_cpu_has_avx512_vpopcnt(void);
-int bnn_cpu_has_fma(void);
 
 void *bnn_aligned_alloc(size_t size);
 void bnn_aligned_free(void *p);

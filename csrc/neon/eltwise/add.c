@@ -1,5 +1,6 @@
 /* Residual add: y[i] = a[i] + b[i], i < n.  y may be a or b (same index read then
- * written by one thread); partially overlapping buffers are not supported. */
+ * written by one thread); partially overlapping buffers are not supported.
+ * Plain C on every path: no per-ISA kernels to select (see core/internal.h). */
 #include "../core/internal.h"
 
 typedef struct {

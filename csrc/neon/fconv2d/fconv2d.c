@@ -1,12 +1,10 @@
 /* Float convolution (groups 1), NHWC input/output, OHWI float weights, zero padding as
  * ONNX Conv (padded positions are skipped, never multiplied).
  *
- * At create time the weights are re-laid in blocks of OB output channels:
- *   w[ob][kh][kw][in_c][OB]   (the last block zero-padded)
- * so that, for one kernel row, the taps (kx, ic) and the OB output channels are one
- * contiguous run, and so is the input row (x at ix .. ix+kw-1, all channels).  The inner
- * loop broadcasts one input value and multiply-adds it into OB accumulators.  OB is 16
- * on x86-64 (one AVX-512 register, two AVX2 registers) and 8 elsewhere (two NEON ones).
+ * Kernels (the pattern of every op, see core/internal.h): kernel.h is the contract (the
+ * blocked weight layout, the tile), reference.h the portable kernel (the semantics),
+ * kernels_neon.h and kernels_x86.h the SIMD ones; select_kernel below picks one from the
+ * context's path, and one task runs any of them.
  *
  * Every output element is accumulated as bias, then ky, then (kx, ic) in order, by one
  * thread, so results do not depend on the thread count.  The NEON kernel does exactly the
@@ -20,32 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../core/internal.h"
-#if defined(BNN_HAVE_NEON)
-#include <arm_neon.h>
-#endif
-
-#if defined(BNN_X86)
-#define OB 16 /* output channels per block */
-#else
-#define OB 8
-#endif
-#define PX 4 /* output pixels per tile in the interior kernel (portable, NEON) */
-
-#if defined(__FP_FAST_FMAF)
-#define MADD(acc, a, b) fmaf((a), (b), (acc))
-#else
-#define MADD(acc, a, b) ((acc) + (a) * (b))
-#endif
-
-/* The NEON kernel is only built when it can match the portable arithmetic exactly. */
-#if defined(BNN_HAVE_NEON) && (defined(__FP_FAST_FMAF) == defined(__ARM_FEATURE_FMA))
-#define FC_NEON 1
-#if defined(__ARM_FEATURE_FMA)
-#define VMADD(acc, w, x) vfmaq_f32((acc), (w), (x))
-#else
-#define VMADD(acc, w, x) vmlaq_f32((acc), (w), (x))
-#endif
-#endif
+#include "kernel.h"
+#include "reference.h"
+#include "kernels_x86.h"  /* x86-64 builds only */
+#include "kernels_neon.h" /* NEON builds only */
 
 struct bnn_fconv2d {
     bnn_window win;
@@ -56,165 +32,41 @@ struct bnn_fconv2d {
     float *bias;   /* [nob * OB], zeros when no bias */
 };
 
-/* One tile: np output pixels (xstep apart in x, ystep apart in y) times one block of
- * OB channels, of which nc are stored.  xs / ws point at the first valid tap (ky0, kx0);
- * nky kernel rows (xrow / wrow apart) of nj = (valid kx) * in_c contiguous taps each. */
-typedef struct {
-    const float *xs;
-    size_t xrow, xstep;
-    int nky, nj;
-    const float *ws;
-    size_t wrow, wblock; /* wblock: floats between the weights of consecutive blocks */
-    const float *bias;
-    float *ys;
-    size_t ystep;
-    int nc;
-} fc_tile;
-
-static inline void tile_portable(const fc_tile *t, int np) {
-    float acc[PX][OB];
-    for (int p = 0; p < np; p++)
-        for (int o = 0; o < OB; o++) acc[p][o] = t->bias[o];
-    for (int ky = 0; ky < t->nky; ky++) {
-        const float *xr = t->xs + (size_t)ky * t->xrow;
-        const float *wr = t->ws + (size_t)ky * t->wrow;
-        for (int j = 0; j < t->nj; j++) {
-            const float *wv = wr + (size_t)j * OB;
-            for (int p = 0; p < np; p++) {
-                float xv = xr[(size_t)p * t->xstep + (size_t)j];
-                for (int o = 0; o < OB; o++) acc[p][o] = MADD(acc[p][o], xv, wv[o]);
-            }
-        }
-    }
-    for (int p = 0; p < np; p++) memcpy(t->ys + (size_t)p * t->ystep, acc[p], (size_t)t->nc * sizeof(float));
+static bnn_fconv2d_kernel select_kernel(const bnn_cpu *cpu, int path) {
+    if (path == BNN_PATH_AVX2 && !cpu->fma) return fconv2d_portable; /* the AVX2 kernel needs FMA too */
+    return BNN_KERNEL_FOR_PATH(fconv2d, path);
 }
 
-#if defined(FC_NEON)
-static inline void tile_neon(const fc_tile *t, int np) {
-    float32x4_t a0[PX], a1[PX];
-    float32x4_t b0 = vld1q_f32(t->bias), b1 = vld1q_f32(t->bias + 4);
-    for (int p = 0; p < np; p++) {
-        a0[p] = b0;
-        a1[p] = b1;
-    }
-    for (int ky = 0; ky < t->nky; ky++) {
-        const float *xr = t->xs + (size_t)ky * t->xrow;
-        const float *wr = t->ws + (size_t)ky * t->wrow;
-        for (int j = 0; j < t->nj; j++) {
-            float32x4_t w0 = vld1q_f32(wr + (size_t)j * OB), w1 = vld1q_f32(wr + (size_t)j * OB + 4);
-            for (int p = 0; p < np; p++) {
-                float32x4_t xv = vdupq_n_f32(xr[(size_t)p * t->xstep + (size_t)j]);
-                a0[p] = VMADD(a0[p], w0, xv);
-                a1[p] = VMADD(a1[p], w1, xv);
-            }
-        }
-    }
-    for (int p = 0; p < np; p++) {
-        float *yp = t->ys + (size_t)p * t->ystep;
-        if (t->nc == OB) {
-            vst1q_f32(yp, a0[p]);
-            vst1q_f32(yp + 4, a1[p]);
-        } else {
-            float tmp[OB];
-            vst1q_f32(tmp, a0[p]);
-            vst1q_f32(tmp + 4, a1[p]);
-            memcpy(yp, tmp, (size_t)t->nc * sizeof(float));
-        }
-    }
-}
-#endif
-
-#if defined(BNN_X86)
-#include "kernels_x86.h"
-typedef void (*fc_x86_tile_fn)(const fc_tile *t, int np, int nb);
-#endif
-
-/* Constant np so that the compiler unrolls the pixel loop. */
-static void tile_run(const fc_tile *t, int np, int neon) {
-#if defined(FC_NEON)
-    if (neon) {
-        if (np == PX) tile_neon(t, PX);
-        else tile_neon(t, 1);
-        return;
-    }
-#else
-    (void)neon;
-#endif
-    if (np == PX) tile_portable(t, PX);
-    else tile_portable(t, 1);
-}
+#define FC_FLAT_CHUNK 96 /* pixels per work item of a flat (1x1) convolution */
 
 typedef struct {
     const bnn_fconv2d *L;
     const float *x;
     float *y;
-    int neon;
-#if defined(BNN_X86)
-    fc_x86_tile_fn tile; /* NULL: portable */
-    int flat;            /* 1x1, stride 1, no padding: all pixels form one long row */
-    int64_t groups;      /* work items per row: groups of FC_X86_GB blocks */
-#endif
+    bnn_fconv2d_kernel k;
+    int flat;       /* 1x1, stride 1, no padding: all pixels form one long row */
+    int64_t groups; /* work items per row: groups of k.gb blocks */
 } fc_job;
 
+/* Work items: (output row, group of k.gb blocks); a flat convolution's rows are chunks of
+ * FC_FLAT_CHUNK pixels of the whole [n * out_h * out_w][in_c] input.  Along a row, the
+ * interior pixels (whole kernel row inside the image) go k.px at a time, the others one by
+ * one. */
 static void fc_task(void *arg, int64_t begin, int64_t end) {
     const fc_job *job = arg;
     const bnn_fconv2d *L = job->L;
+    const bnn_fconv2d_kernel *k = &job->k;
     const bnn_window *w = &L->win;
     const int32_t in_c = w->in_c, out_c = w->out_c, kh = w->kernel_h, kw = w->kernel_w;
-    /* interior output columns [oxa, oxb): the whole kernel row is inside the image */
-    int64_t oxa = ((int64_t)w->pad_left + w->stride_w - 1) / w->stride_w, oxb = 0;
-    int64_t last = (int64_t)w->in_w + w->pad_left - kw;
-    if (last >= 0) oxb = last / w->stride_w + 1;
-    if (oxb > L->out_w) oxb = L->out_w;
-    for (int64_t it = begin; it < end; it++) {
-        int64_t row = it / L->nob, ob = it % L->nob;
-        int64_t b = row / L->out_h, oy = row % L->out_h;
-        int64_t iy0 = oy * w->stride_h - w->pad_top;
-        int64_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = w->in_h - iy0 < kh ? w->in_h - iy0 : kh;
-        fc_tile t;
-        t.xrow = (size_t)w->in_w * (size_t)in_c;
-        t.xstep = (size_t)w->stride_w * (size_t)in_c;
-        t.nky = (int)(ky1 - ky0);
-        t.wrow = (size_t)kw * (size_t)in_c * OB;
-        t.wblock = L->wblock;
-        t.bias = L->bias + ob * OB;
-        t.ystep = (size_t)out_c;
-        t.nc = (int)(out_c - ob * OB < OB ? out_c - ob * OB : OB);
-        const float *wb = L->w + (size_t)ob * L->wblock;
-        for (int64_t ox = 0; ox < L->out_w;) {
-            int64_t ix0 = ox * w->stride_w - w->pad_left;
-            int64_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = w->in_w - ix0 < kw ? w->in_w - ix0 : kw;
-            int np = (ox >= oxa && ox + PX <= oxb) ? PX : 1;
-            t.xs = job->x + (((size_t)b * (size_t)w->in_h + (size_t)(iy0 + ky0)) * (size_t)w->in_w
-                             + (size_t)(ix0 + kx0)) * (size_t)in_c;
-            t.nj = (int)((kx1 - kx0) * in_c);
-            t.ws = wb + ((size_t)ky0 * (size_t)kw + (size_t)kx0) * (size_t)in_c * OB;
-            t.ys = job->y + (((size_t)row * (size_t)L->out_w + (size_t)ox) * (size_t)out_c + (size_t)ob * OB);
-            tile_run(&t, np, job->neon);
-            ox += np;
-        }
-    }
-}
-
-#if defined(BNN_X86)
-#define FC_FLAT_CHUNK 96 /* pixels per work item of a flat (1x1) convolution */
-
-/* Work items: (output row, group of FC_X86_GB blocks); a flat convolution's rows are
- * chunks of FC_FLAT_CHUNK pixels of the whole [n * out_h * out_w][in_c] input. */
-static void fc_task_x86(void *arg, int64_t begin, int64_t end) {
-    const fc_job *job = arg;
-    const bnn_fconv2d *L = job->L;
-    const bnn_window *w = &L->win;
-    const int32_t in_c = w->in_c, out_c = w->out_c, kh = w->kernel_h, kw = w->kernel_w;
+    /* interior output columns [oxa, oxb) */
     int64_t oxa = ((int64_t)w->pad_left + w->stride_w - 1) / w->stride_w, oxb = 0;
     int64_t last = (int64_t)w->in_w + w->pad_left - kw;
     if (last >= 0) oxb = last / w->stride_w + 1;
     if (oxb > L->out_w) oxb = L->out_w;
     const int64_t npix = (int64_t)w->n * L->out_h * L->out_w;
     for (int64_t it = begin; it < end; it++) {
-        int64_t row = it / job->groups, g = it % job->groups;
-        int64_t ob = g * FC_X86_GB;
-        int nb = (int)(L->nob - ob < FC_X86_GB ? L->nob - ob : FC_X86_GB);
+        int64_t row = it / job->groups, ob = it % job->groups * k->gb;
+        int nb = (int)(L->nob - ob < k->gb ? L->nob - ob : k->gb);
         fc_tile t;
         t.wrow = (size_t)kw * (size_t)in_c * OB;
         t.wblock = L->wblock;
@@ -230,10 +82,10 @@ static void fc_task_x86(void *arg, int64_t begin, int64_t end) {
             t.nj = in_c;
             t.ws = wb;
             for (int64_t p = p0; p < p1;) {
-                int np = (int)(p1 - p < FC_X86_P ? p1 - p : FC_X86_P);
+                int np = (int)(p1 - p < k->px ? p1 - p : k->px);
                 t.xs = job->x + (size_t)p * (size_t)in_c;
                 t.ys = job->y + (size_t)p * (size_t)out_c + (size_t)ob * OB;
-                job->tile(&t, np, nb);
+                k->run(&t, np, nb);
                 p += np;
             }
             continue;
@@ -247,18 +99,17 @@ static void fc_task_x86(void *arg, int64_t begin, int64_t end) {
         for (int64_t ox = 0; ox < L->out_w;) {
             int64_t ix0 = ox * w->stride_w - w->pad_left;
             int64_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = w->in_w - ix0 < kw ? w->in_w - ix0 : kw;
-            int np = (ox >= oxa && ox < oxb) ? (int)(oxb - ox < FC_X86_P ? oxb - ox : FC_X86_P) : 1;
+            int np = (ox >= oxa && ox < oxb) ? (int)(oxb - ox < k->px ? oxb - ox : k->px) : 1;
             t.xs = job->x + (((size_t)b * (size_t)w->in_h + (size_t)(iy0 + ky0)) * (size_t)w->in_w
                              + (size_t)(ix0 + kx0)) * (size_t)in_c;
             t.nj = (int)((kx1 - kx0) * in_c);
             t.ws = wb + ((size_t)ky0 * (size_t)kw + (size_t)kx0) * (size_t)in_c * OB;
             t.ys = job->y + (((size_t)row * (size_t)L->out_w + (size_t)ox) * (size_t)out_c + (size_t)ob * OB);
-            job->tile(&t, np, nb);
+            k->run(&t, np, nb);
             ox += np;
         }
     }
 }
-#endif
 
 int bnn_fconv2d_create(bnn_fconv2d **out, const bnn_window *win, const float *weights, size_t weights_len,
                        const float *bias, size_t bias_len) {
@@ -322,36 +173,26 @@ int bnn_fconv2d_run(bnn_ctx *ctx, const bnn_fconv2d *layer, const float *x, size
                     size_t y_len) {
     if (!ctx || !layer || !x || !y) return BNN_E_NULL;
     if (x_len < layer->in_len || y_len < layer->out_len) return BNN_E_SIZE;
+    const bnn_window *w = &layer->win;
     fc_job job;
     memset(&job, 0, sizeof job);
     job.L = layer;
     job.x = x;
     job.y = y;
-    job.neon = ctx->path == BNN_PATH_NEON;
-    /* work per item: out_w pixels * taps * OB multiply-adds; aim for >= 64k per grain */
+    job.k = select_kernel(&ctx->cpu, ctx->path);
+    job.flat = w->kernel_h == 1 && w->kernel_w == 1 && w->stride_h == 1 && w->stride_w == 1 && !w->pad_top
+               && !w->pad_left && !w->pad_bottom && !w->pad_right;
+    job.groups = (layer->nob + job.k.gb - 1) / job.k.gb;
+    int64_t rows = (int64_t)w->n * layer->out_h;
+    /* work per item: pixels * taps * OB multiply-adds per block; aim for >= 64k per grain */
     double work = (double)layer->out_w * (double)layer->wblock;
-#if defined(BNN_X86)
-    const bnn_window *w = &layer->win;
-    job.tile = ctx->path == BNN_PATH_AVX512 ? fc_tile_avx512
-               : (ctx->path == BNN_PATH_AVX2 && ctx->cpu_fma) ? fc_tile_avx2 : NULL;
-    if (job.tile) {
-        job.flat = w->kernel_h == 1 && w->kernel_w == 1 && w->stride_h == 1 && w->stride_w == 1 && !w->pad_top
-                   && !w->pad_left && !w->pad_bottom && !w->pad_right;
-        job.groups = (layer->nob + FC_X86_GB - 1) / FC_X86_GB;
-        int64_t rows = (int64_t)w->n * layer->out_h;
-        if (job.flat) {
-            int64_t npix = rows * layer->out_w;
-            rows = (npix + FC_FLAT_CHUNK - 1) / FC_FLAT_CHUNK;
-            work = (double)FC_FLAT_CHUNK * (double)layer->wblock;
-        }
-        work *= (double)(layer->nob < FC_X86_GB ? layer->nob : FC_X86_GB);
-        int64_t grain = work >= 65536.0 ? 1 : (int64_t)(65536.0 / work) + 1;
-        bnn_parallel_for(ctx, rows * job.groups, grain, fc_task_x86, &job);
-        return BNN_OK;
+    if (job.flat) {
+        int64_t npix = rows * layer->out_w;
+        rows = (npix + FC_FLAT_CHUNK - 1) / FC_FLAT_CHUNK;
+        work = (double)FC_FLAT_CHUNK * (double)layer->wblock;
     }
-#endif
-    int64_t items = (int64_t)layer->win.n * layer->out_h * layer->nob;
+    work *= (double)(layer->nob < job.k.gb ? layer->nob : job.k.gb);
     int64_t grain = work >= 65536.0 ? 1 : (int64_t)(65536.0 / work) + 1;
-    bnn_parallel_for(ctx, items, grain, fc_task, &job);
+    bnn_parallel_for(ctx, rows * job.groups, grain, fc_task, &job);
     return BNN_OK;
 }

@@ -1,99 +1,54 @@
-/* x86-64 float-convolution tiles (see fc_tile in fconv2d.c), chosen at run time:
+/* x86-64 float-convolution kernels (see kernel.h; OB = 16), over kernel.h's tile template
+ * with the FC_AVX512_* / FC_AVX2_* operations below:
  *   AVX-512F: one zmm = one block of 16 output channels; a tile is FC_X86_P output pixels
  *     times up to 4 blocks (24 accumulators), the input value broadcast from memory and
- *     multiply-added (FMA) into each block;
+ *     multiply-added (FMA) into each block; one tile per call.
  *   AVX2 + FMA: one block = two ymm; a tile is FC_X86_P pixels times one block (12
- *     accumulators).
+ *     accumulators); a call runs up to FC_RUN pixels, tile after tile.
  * Each output element is still accumulated as bias, then ky, then (kx, ic) in order, by one
  * thread, so results do not depend on the thread count; they differ from the portable path
- * only by the rounding of the fused multiply-add (the portable x86-64 build has no FMA).
- * A tile of np < FC_X86_P pixels computes its missing pixels as copies of its last one
- * (same loads, results not stored), so one instantiation serves every remainder. */
+ * only by the rounding of the fused multiply-add (the portable x86-64 build has no FMA). */
 #ifndef BNN_FCONV2D_KERNELS_X86_H
 #define BNN_FCONV2D_KERNELS_X86_H
+#include "../core/internal.h"
+#if defined(BNN_X86)
 #include <immintrin.h>
+#include "kernel.h"
 
-#define FC_X86_P 6   /* output pixels per tile */
-#define FC_X86_GB 4  /* blocks of 16 channels per work item (AVX-512 tiles take up to 4) */
+#define FC_X86_P 6  /* output pixels per tile */
+#define FC_X86_GB 4 /* blocks of 16 channels per work item (AVX-512 tiles take up to 4) */
 
-#define FC_AVX512 __attribute__((target("avx512f,avx2,fma"), always_inline)) static inline
+/* ---- AVX-512F ------------------------------------------------------------------------- */
+#define FC_AVX512_INLINE __attribute__((target("avx512f,avx2,fma"), always_inline)) static inline
 #define FC_AVX512_FN __attribute__((target("avx512f,avx2,fma"))) static
-#define FC_AVX2 __attribute__((target("avx2,fma"), always_inline)) static inline
-#define FC_AVX2_FN __attribute__((target("avx2,fma"))) static
+#define FC_AVX512_VEC __m512
+#define FC_AVX512_LANES 16
+#define FC_AVX512_VPB 1
+#define FC_AVX512_LOAD _mm512_loadu_ps
+#define FC_AVX512_BCAST(x, i) _mm512_set1_ps((x)[i]) /* from memory */
+#define FC_AVX512_FMADD _mm512_fmadd_ps
+#define FC_AVX512_STORE(y, acc, b, nc) fc512_store((y), (acc)[b], (nc))
 
-/* Stores the first nc (<= 16) floats of a block. */
-FC_AVX512 void fc512_store(float *y, __m512 v, int nc) {
+FC_AVX512_INLINE void fc512_store(float *y, __m512 v, int nc) {
     if (nc >= 16) _mm512_storeu_ps(y, v);
     else _mm512_mask_storeu_ps(y, (__mmask16)((1u << nc) - 1u), v);
 }
 
-#define FC_DEF512(P, NB)                                                                       \
-    FC_AVX512 void fc512_##P##_##NB(const fc_tile *t, int np) {                                \
-        __m512 acc[P][NB];                                                                     \
-        size_t xo[P];                                                                          \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++) xo[p] = (size_t)(p < np ? p : np - 1) * t->xstep;        \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int b = 0; b < NB; b++) {                                                         \
-            __m512 bv = _mm512_loadu_ps(t->bias + 16 * b);                                     \
-            _Pragma("GCC unroll 16")                                                           \
-            for (int p = 0; p < P; p++) acc[p][b] = bv;                                        \
-        }                                                                                      \
-        for (int ky = 0; ky < t->nky; ky++) {                                                  \
-            const float *xr = t->xs + (size_t)ky * t->xrow;                                    \
-            const float *wr = t->ws + (size_t)ky * t->wrow;                                    \
-            for (int j = 0; j < t->nj; j++) {                                                  \
-                __m512 wv[NB];                                                                 \
-                _Pragma("GCC unroll 16")                                                       \
-                for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_ps(wr + b * t->wblock + (size_t)j * 16); \
-                _Pragma("GCC unroll 16")                                                       \
-                for (int p = 0; p < P; p++) {                                                  \
-                    __m512 xv = _mm512_set1_ps(xr[xo[p] + (size_t)j]);                         \
-                    _Pragma("GCC unroll 16")                                                   \
-                    for (int b = 0; b < NB; b++) acc[p][b] = _mm512_fmadd_ps(xv, wv[b], acc[p][b]); \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++) {                                                          \
-            if (p >= np) break;                                                                \
-            float *yp = t->ys + (size_t)p * t->ystep;                                          \
-            _Pragma("GCC unroll 16")                                                           \
-            for (int b = 0; b < NB; b++) fc512_store(yp + 16 * b, acc[p][b], t->nc - 16 * b);  \
-        }                                                                                      \
-    }
+FC_DEF_ISA_TILES(fconv2d_avx512_tile, AVX512, FC_X86_P, FC_X86_GB)
 
-FC_DEF512(6, 4) /* 6 == FC_X86_P */
-FC_DEF512(6, 2)
-FC_DEF512(6, 1)
-FC_DEF512(1, 4)
-FC_DEF512(1, 2)
-FC_DEF512(1, 1)
+/* ---- AVX2 + FMA ------------------------------------------------------------------------ */
+#define FC_AVX2_TARGET __attribute__((target("avx2,fma")))
+#define FC_AVX2_INLINE FC_AVX2_TARGET __attribute__((always_inline)) static inline
+#define FC_AVX2_FN FC_AVX2_INLINE /* the tiles function: inlined into the run */
+#define FC_AVX2_VEC __m256
+#define FC_AVX2_LANES 8
+#define FC_AVX2_VPB 2
+#define FC_AVX2_LOAD _mm256_loadu_ps
+#define FC_AVX2_BCAST(x, i) _mm256_broadcast_ss((x) + (i))
+#define FC_AVX2_FMADD _mm256_fmadd_ps
+#define FC_AVX2_STORE(y, acc, b, nc) fc256_store((y), (acc)[2 * (b)], (acc)[2 * (b) + 1], (nc))
 
-/* np pixels (1 .. FC_X86_P) times nb blocks (1 .. FC_X86_GB); t->nc channels stored. */
-FC_AVX512_FN void fc_tile_avx512(const fc_tile *t0, int np, int nb) {
-    fc_tile t = *t0;
-    while (nb > 0) {
-        int k = nb >= 4 ? 4 : nb >= 2 ? 2 : 1;
-        if (np == 1) {
-            if (k == 4) fc512_1_4(&t, 1);
-            else if (k == 2) fc512_1_2(&t, 1);
-            else fc512_1_1(&t, 1);
-        } else {
-            if (k == 4) fc512_6_4(&t, np);
-            else if (k == 2) fc512_6_2(&t, np);
-            else fc512_6_1(&t, np);
-        }
-        nb -= k;
-        t.ws += (size_t)k * t.wblock;
-        t.bias += 16 * k;
-        t.ys += 16 * k;
-        t.nc -= 16 * k;
-    }
-}
-
-/* ---- AVX2 + FMA ----------------------------------------------------------------------- */
-FC_AVX2 void fc256_store(float *y, __m256 v0, __m256 v1, int nc) {
+FC_AVX2_INLINE void fc256_store(float *y, __m256 v0, __m256 v1, int nc) {
     if (nc >= 16) {
         _mm256_storeu_ps(y, v0);
         _mm256_storeu_ps(y + 8, v1);
@@ -105,49 +60,11 @@ FC_AVX2 void fc256_store(float *y, __m256 v0, __m256 v1, int nc) {
     }
 }
 
-#define FC_DEF256(P)                                                                           \
-    FC_AVX2 void fc256_##P(const fc_tile *t, int np) {                                         \
-        __m256 a0[P], a1[P];                                                                   \
-        size_t xo[P];                                                                          \
-        __m256 b0 = _mm256_loadu_ps(t->bias), b1 = _mm256_loadu_ps(t->bias + 8);              \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++) {                                                          \
-            xo[p] = (size_t)(p < np ? p : np - 1) * t->xstep;                                  \
-            a0[p] = b0;                                                                        \
-            a1[p] = b1;                                                                        \
-        }                                                                                      \
-        for (int ky = 0; ky < t->nky; ky++) {                                                  \
-            const float *xr = t->xs + (size_t)ky * t->xrow;                                    \
-            const float *wr = t->ws + (size_t)ky * t->wrow;                                    \
-            for (int j = 0; j < t->nj; j++) {                                                  \
-                __m256 w0 = _mm256_loadu_ps(wr + (size_t)j * 16), w1 = _mm256_loadu_ps(wr + (size_t)j * 16 + 8); \
-                _Pragma("GCC unroll 16")                                                       \
-                for (int p = 0; p < P; p++) {                                                  \
-                    __m256 xv = _mm256_broadcast_ss(xr + xo[p] + (size_t)j);                   \
-                    a0[p] = _mm256_fmadd_ps(xv, w0, a0[p]);                                    \
-                    a1[p] = _mm256_fmadd_ps(xv, w1, a1[p]);                                    \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int p = 0; p < P; p++) {                                                          \
-            if (p >= np) break;                                                                \
-            fc256_store(t->ys + (size_t)p * t->ystep, a0[p], a1[p], t->nc);                   \
-        }                                                                                      \
-    }
+FC_DEF_ISA_TILES(fconv2d_avx2_tiles, AVX2, FC_X86_P, 1)
+FC_DEF_RUN_KERNEL(fconv2d_avx2_run, FC_AVX2_TARGET, fconv2d_avx2_tiles, FC_X86_P)
 
-FC_DEF256(6) /* 6 == FC_X86_P */
-FC_DEF256(1)
+static const bnn_fconv2d_kernel fconv2d_avx512 = {fconv2d_avx512_tile, FC_X86_P, FC_X86_GB};
+static const bnn_fconv2d_kernel fconv2d_avx2 = {fconv2d_avx2_run, FC_RUN, FC_X86_GB};
 
-FC_AVX2_FN void fc_tile_avx2(const fc_tile *t0, int np, int nb) {
-    fc_tile t = *t0;
-    for (int b = 0; b < nb; b++) {
-        if (np == 1) fc256_1(&t, 1);
-        else fc256_6(&t, np);
-        t.ws += t.wblock;
-        t.bias += 16;
-        t.ys += 16;
-        t.nc -= 16;
-    }
-}
+#endif /* defined(BNN_X86) */
 #endif

@@ -1,0 +1,46 @@
+/* x86-64 float bit-packing kernels (see kernel.h):
+ *   AVX-512F: VCMPPS into a mask register, 16 channels, masked loads for the tail word;
+ *   AVX2: VCMPPS + VMOVMSKPS, 8 channels (the shared vector loop of kernel.h). */
+#ifndef BNN_BITPACK_KERNELS_X86_H
+#define BNN_BITPACK_KERNELS_X86_H
+#include "../core/internal.h"
+#if defined(BNN_X86)
+#include <immintrin.h>
+#include "kernel.h"
+#include "reference.h"
+
+#define BITPACK_AVX512 __attribute__((target("avx512f")))
+#define BITPACK_AVX2 __attribute__((target("avx2")))
+
+BITPACK_AVX512 BNN_INLINE void bitpack_pixel_avx512(const float *x, int32_t c, const float *scale, const float *bias,
+                                                    float thr, uint32_t *out) {
+    const __m512 vt = _mm512_set1_ps(thr);
+    const size_t words = bnn_packed_words(c);
+    for (size_t wd = 0; wd < words; wd++) {
+        uint32_t word = 0;
+        for (int h = 0; h < 2; h++) {
+            int32_t ch = (int32_t)(32 * wd) + 16 * h, n = c - ch;
+            if (n <= 0) break;
+            __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+            __m512 v = _mm512_maskz_loadu_ps(m, x + ch);
+            if (scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, scale + ch));
+            if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + ch));
+            word |= (uint32_t)_mm512_mask_cmp_ps_mask(m, v, vt, _CMP_LT_OQ) << (16 * h);
+        }
+        out[wd] = word;
+    }
+}
+BNN_PACK_DEF_ROWS(bitpack_avx512, BITPACK_AVX512, bitpack_pixel_avx512)
+
+#define PACK_AVX2_LANES 8
+#define PACK_AVX2_VEC __m256
+#define PACK_AVX2_SET1 _mm256_set1_ps
+#define PACK_AVX2_LOAD _mm256_loadu_ps
+#define PACK_AVX2_MUL _mm256_mul_ps
+#define PACK_AVX2_ADD _mm256_add_ps
+#define PACK_AVX2_LT_BITS(v, t) ((uint32_t)_mm256_movemask_ps(_mm256_cmp_ps((v), (t), _CMP_LT_OQ)))
+BNN_PACK_DEF_VEC_PIXEL(bitpack_pixel_avx2, BITPACK_AVX2, PACK_AVX2)
+BNN_PACK_DEF_ROWS(bitpack_avx2, BITPACK_AVX2, bitpack_pixel_avx2)
+
+#endif /* defined(BNN_X86) */
+#endif

@@ -1,0 +1,43 @@
+/* Portable float bit-packing kernel: plain C, defines the semantics (see kernel.h).  Used
+ * on armv6 and armv7 (armv7 NEON flushes denormals to zero) and for the tail words of the
+ * vector kernels; PACK_WORD also packs the integer inputs (bitpack.c) on every path. */
+#ifndef BNN_BITPACK_REFERENCE_H
+#define BNN_BITPACK_REFERENCE_H
+#include "kernel.h"
+
+/* One word from up to 32 values; n <= 32.  Written as a loop the compilers vectorise. */
+#define PACK_WORD(T, x, n, thr, out)                                  \
+    do {                                                              \
+        uint32_t w_ = 0;                                              \
+        for (int i_ = 0; i_ < (n); i_++) w_ |= (uint32_t)((x)[i_] < (thr)) << i_; \
+        *(out) = w_;                                                  \
+    } while (0)
+
+/* The affine of one value, rounded as bnn.h says (two statements: never contracted). */
+static inline float affine1(float x, const float *scale, const float *bias, int32_t ch) {
+    float m = scale ? x * scale[ch] : x;
+    float t = bias ? m + bias[ch] : m;
+    return t;
+}
+
+static void bitpack_pixel_portable(const float *x, int32_t c, const float *scale, const float *bias, float thr,
+                                   uint32_t *out) {
+    const size_t words = bnn_packed_words(c);
+    for (size_t wd = 0; wd < words; wd++) {
+        int n = (int)(c - 32 * (int32_t)wd);
+        if (n > 32) n = 32;
+        const float *xw = x + 32 * wd;
+        if (scale || bias) {
+            float t[32];
+            for (int i = 0; i < n; i++) t[i] = affine1(xw[i], scale, bias, (int32_t)(32 * wd) + i);
+            xw = t;
+            if (n == 32) PACK_WORD(float, xw, 32, thr, out + wd);
+            else PACK_WORD(float, xw, n, thr, out + wd);
+        } else if (n == 32) PACK_WORD(float, xw, 32, thr, out + wd);
+        else PACK_WORD(float, xw, n, thr, out + wd);
+    }
+}
+
+BNN_PACK_DEF_ROWS(bitpack_portable, , bitpack_pixel_portable)
+
+#endif
