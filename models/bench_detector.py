@@ -77,7 +77,7 @@ try:
     import cv2
     cv2.setNumThreads(1)
 except ImportError:
-    pass
+    cv2 = None
 det = Detector(model, num_threads=1, conf=0.25)
 frame = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
 x, _ = det.preprocess(frame)
@@ -87,7 +87,7 @@ for _ in range(int(n_detect)):
     det.detect(frame)
 with open(info, "w") as f:
     json.dump({"machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
-               "opencv": _cv2.__version__ if _cv2 is not None else None, "library": _native.library_path(),
+               "opencv": cv2.__version__ if cv2 is not None else None, "library": _native.library_path(),
                "path": det.runner.model._ctx.path, "input": list(det.input_size)}, f)
 """
 
