@@ -1,13 +1,14 @@
 """python -m bnn_camera: the headless camera app (see bnn_camera/README.md)."""
 
 import argparse
+import math
 import os
 import signal
 import sys
-import threading
 
-from . import DEFAULT_MODEL, shown_path
+from . import DEFAULT_MODEL, output, shown_path
 from .report import dumps, format_line, format_summary
+from .sources import DEFAULT_MAX_PIXELS
 
 EPILOG = """\
 sources (--source):
@@ -26,7 +27,61 @@ source or the detector failed, 2 bad arguments or no model.
 """
 
 
+def _int_in(lo, hi=None, what="an integer"):
+    def conv(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%s is not %s" % (text, what)) from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                "%d is out of range: %s" % (v, "%d..%d" % (lo, hi) if hi is not None
+                                            else ">= %d" % lo))
+        return v
+    return conv
+
+
+def _float_in(lo, hi, lo_open=False):
+    def conv(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%s is not a number" % text) from None
+        if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
+            raise argparse.ArgumentTypeError("%s is out of range: %s" % (
+                text, ("more than %g, at most %g" if lo_open else "%g..%g") % (lo, hi)))
+        return v
+    return conv
+
+
+def _hostport(text):
+    from .http_server import parse_hostport
+    try:
+        parse_hostport(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _mqtt_url(text):
+    from .mqtt import parse_mqtt
+    try:
+        parse_mqtt(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _size(text):
+    from firmware_py.memory import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser():
+    """The options; every value is checked here (argparse: "error: argument ...", exit 2)."""
     ap = argparse.ArgumentParser(
         prog="python -m bnn_camera", description="Headless camera app: binarized detector on a camera, "
         "with per-second reports, events, snapshots, MJPEG/metrics over HTTP and MQTT.",
@@ -35,29 +90,55 @@ def build_parser():
                     % shown_path(DEFAULT_MODEL))
     ap.add_argument("--source", default="auto", help="auto | picamera2 | /dev/videoN | FILE | "
                     "rtsp://... | DIR (default: auto)")
-    ap.add_argument("--max-frames", type=int, default=0, help="stop after N inferred frames")
-    ap.add_argument("--threads", type=int, default=None, help="inference threads "
+    ap.add_argument("--max-frames", type=_int_in(0), default=0,
+                    help="stop after N inferred frames (0: no limit)")
+    ap.add_argument("--threads", type=_int_in(1, 256), default=None, help="inference threads "
                     "(default: one per CPU)")
-    ap.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    ap.add_argument("--conf", type=_float_in(0.0, 1.0), default=0.25,
+                    help="score threshold 0..1 (default 0.25)")
+    ap.add_argument("--iou", type=_float_in(0.0, 1.0), default=0.45,
+                    help="NMS IoU threshold 0..1 (default 0.45)")
+    ap.add_argument("--memory-limit", metavar="SIZE", type=_size, default=None,
+                    help="the most memory the model may need (bytes, or 512M / 2G; 0: no "
+                    "limit; default: $BNN_MEMORY_LIMIT, else the memory available)")
     ap.add_argument("--out", help="append JSON lines here: stats, detections, summary")
     ap.add_argument("--snapshots", metavar="DIR", help="save annotated JPEGs of frames with "
                     "detections (at most one per --snapshot-interval s)")
-    ap.add_argument("--snapshot-interval", type=float, default=1.0)
-    ap.add_argument("--snapshot-keep", type=int, default=500, help="keep the newest N files")
-    ap.add_argument("--http", metavar="HOST:PORT", help="serve /stream.mjpg, /metrics, "
-                    "/healthz (a bare PORT binds 127.0.0.1)")
-    ap.add_argument("--mqtt", metavar="HOST:PORT/TOPIC", help="publish detections (JSON) to "
-                    "TOPIC and stats to TOPIC/stats")
+    ap.add_argument("--snapshot-interval", type=_float_in(0.0, 86400.0), default=1.0)
+    ap.add_argument("--snapshot-keep", type=_int_in(1), default=500,
+                    help="keep the newest N files")
+    ap.add_argument("--http", metavar="HOST:PORT", type=_hostport, help="serve /stream.mjpg, "
+                    "/metrics, /healthz (a bare PORT binds 127.0.0.1)")
+    ap.add_argument("--http-timeout", metavar="S", type=_float_in(0.0, 3600.0, lo_open=True),
+                    default=10.0, help="an HTTP client must send its request, and take each "
+                    "write, within S seconds, else it is dropped (default 10)")
+    ap.add_argument("--http-max-connections", metavar="N", type=_int_in(1, 4096), default=64,
+                    help="open HTTP connections at most; more get 503 (default 64)")
+    ap.add_argument("--mjpeg-max-clients", metavar="N", type=_int_in(0, 1024), default=16,
+                    help="MJPEG viewers at most; more get 503 (default 16)")
+    ap.add_argument("--mqtt", metavar="HOST:PORT/TOPIC", type=_mqtt_url,
+                    help="publish detections (JSON) to TOPIC and stats to TOPIC/stats")
+    ap.add_argument("--mqtt-queue", metavar="N", type=_int_in(1, 100000), default=100,
+                    help="MQTT messages waiting for the socket at most; more are dropped "
+                    "and counted (default 100)")
+    ap.add_argument("--mqtt-keepalive", metavar="S", type=_int_in(5, 3600), default=15,
+                    help="MQTT keepalive: a broker silent for about S s is dropped and "
+                    "reconnected (default 15)")
     ap.add_argument("--loop", action="store_true", help="restart a file / directory at its end")
     ap.add_argument("--realtime", action="store_true", help="pace a file at its frame rate and "
                     "drop frames like a camera")
-    ap.add_argument("--width", type=int, default=640, help="camera capture width")
-    ap.add_argument("--height", type=int, default=480, help="camera capture height")
-    ap.add_argument("--fps", type=float, default=None, help="camera frame rate")
-    ap.add_argument("--queue", type=int, default=2, help="frames buffered between capture and "
-                    "inference (default 2)")
-    ap.add_argument("--interval", type=float, default=1.0, help="seconds between reports")
+    ap.add_argument("--width", type=_int_in(1, 16384), default=640, help="camera capture width")
+    ap.add_argument("--height", type=_int_in(1, 16384), default=480,
+                    help="camera capture height")
+    ap.add_argument("--fps", type=_float_in(0.0, 1000.0, lo_open=True), default=None,
+                    help="camera frame rate")
+    ap.add_argument("--max-image-pixels", metavar="N", type=_int_in(64), default=DEFAULT_MAX_PIXELS,
+                    help="the largest image / video frame read, width x height (checked in "
+                    "the header, before decoding; default %d)" % DEFAULT_MAX_PIXELS)
+    ap.add_argument("--queue", type=_int_in(1, 1000), default=2, help="frames buffered between "
+                    "capture and inference (default 2)")
+    ap.add_argument("--interval", type=_float_in(0.05, 3600.0), default=1.0,
+                    help="seconds between reports, 0.05..3600 (default 1)")
     ap.add_argument("--format", choices=("auto", "json", "text"), default="auto",
                     help="stdout reports: json lines, text, or auto (text on a terminal)")
     ap.add_argument("--quiet", action="store_true", help="no per-second lines on stdout "
@@ -67,8 +148,7 @@ def build_parser():
 
 
 def _err(msg):
-    sys.stderr.write("app: %s\n" % msg)
-    sys.stderr.flush()
+    output.err("app: %s\n" % msg)
 
 
 class _StartupStop(BaseException):
@@ -85,6 +165,10 @@ def main(argv=None, restore_signals=True):
     fmt = args.format
     if fmt == "auto":
         fmt = "text" if sys.stdout.isatty() else "json"
+    # stdout / stderr through bounded queues written by threads of their own: a reader
+    # that stops (a pipe nobody reads) can never block the app, its signals or its
+    # shutdown (bnn_camera/output.py)
+    output.install()
     # SIGINT / SIGTERM / SIGHUP at any time: during start-up (model load, source open,
     # sinks) the start-up is abandoned; once the pipeline exists it is asked to stop.
     # Either way the summary is written (stdout, --out) and the exit status is 0.
@@ -116,14 +200,19 @@ def main(argv=None, restore_signals=True):
         state["done"] = True
         for s, h in old.items():
             signal.signal(s, h if restore_signals else signal.SIG_IGN)
+        # a bounded wait for the rest (the summary) to get out; a writer still blocked
+        # after that is a daemon thread and does not keep the process alive
+        output.uninstall(OUTPUT_TIMEOUT)
+
+
+OUTPUT_TIMEOUT = 2.0  # s: how long the exit waits for a blocked stdout / stderr
 
 
 def _print_summary(summary, fmt):
     text = format_summary(summary) if fmt == "text" else dumps(summary)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    output.out(text + "\n", force=True)
     if sys.stderr.isatty() and fmt == "json":
-        sys.stderr.write(format_summary(summary) + "\n")
+        output.err(format_summary(summary) + "\n")
 
 
 def _startup_stopped(args, fmt, state, got):
@@ -157,7 +246,7 @@ def _startup_stopped(args, fmt, state, got):
 
 def build_sinks(args, detector, state, stage):
     """The sinks the options ask for (bnn_camera.sinks.Sink), as the pipeline's list:
-    --snapshots, --out, --mqtt, --http's frame hub ("hub").  The list's order is the
+    --snapshots, --out, --mqtt, --http's frame hub ("http").  The list's order is the
     order of their keys in the stats records.  They are opened in the start-up order
     (--out first), and each one's close goes into state["closers"] as soon as it exists,
     so that a start-up stopped half-way (a signal, a bad option) closes what was opened.
@@ -177,7 +266,8 @@ def build_sinks(args, detector, state, stage):
     if args.mqtt:
         from .mqtt import MqttSink, parse_mqtt
         host, port, topic = parse_mqtt(args.mqtt)
-        mqtt = MqttSink(host, port, topic)
+        mqtt = MqttSink(host, port, topic, keepalive=args.mqtt_keepalive,
+                        max_queued=args.mqtt_queue)
         closers.insert(0, mqtt.close)
         stage("connecting to the MQTT broker")
         if not mqtt.wait_connected(3.0):  # it goes on connecting in the background
@@ -196,7 +286,10 @@ def _run(args, fmt, state, got):
 
     model = args.model or DEFAULT_MODEL
     if not os.path.isfile(model):
-        if args.model:
+        if args.model and os.path.exists(model):  # a FIFO / device would block the reader
+            from firmware_py.model_format import file_kind
+            _err("model %s is %s, not a regular file" % (model, file_kind(os.stat(model).st_mode)))
+        elif args.model:
             _err("model not found: %s" % model)
         else:
             _err("the shipped detector %s does not exist (it has not been trained / "
@@ -215,7 +308,8 @@ def _run(args, fmt, state, got):
         _err("cannot import firmware_py.detect: %s" % e)
         return 2
     try:
-        detector = Detector(model, num_threads=args.threads, conf=args.conf, iou=args.iou)
+        detector = Detector(model, num_threads=args.threads, conf=args.conf, iou=args.iou,
+                            memory_limit=args.memory_limit)
     except Exception as e:
         _err("cannot load the detector %s: %s: %s" % (model, type(e).__name__, e))
         return 2
@@ -223,7 +317,8 @@ def _run(args, fmt, state, got):
     stage("opening the source")
     try:
         source, notes = open_source(args.source, loop=args.loop, realtime=args.realtime,
-                                    width=args.width, height=args.height, fps=args.fps)
+                                    width=args.width, height=args.height, fps=args.fps,
+                                    max_pixels=args.max_image_pixels)
     except (SourceError, ValueError) as e:
         _err(str(e))
         return 1
@@ -231,17 +326,24 @@ def _run(args, fmt, state, got):
     for n in notes:
         _err("source: %s" % n)
 
-    out_lock = threading.Lock()
-
     def emit(rec):
         if rec.get("type") == "summary":
             return  # printed by main after shutdown
         if args.quiet:
             return
         line = format_line(rec) if fmt == "text" else dumps(rec)
-        with out_lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+        output.out(line + "\n")  # never blocks: dropped and counted when stdout is stuck
+
+    def emit_finish():  # the summary's account of stdout (lines a stuck reader cost)
+        w = output._OUT
+        waiting = w.pending() if w is not None else 0
+        if w is None or not (w.dropped or w.errors or waiting):
+            return {}
+        return {"stdout_lines_dropped": w.dropped + w.errors,
+                "stdout_lines_waiting": waiting,
+                "stdout_last_error": w.last_error or "stdout is not being read"}
+
+    emit.finish = emit_finish
 
     stage("opening the power meter")
     from firmware_py import power
@@ -273,8 +375,10 @@ def _run(args, fmt, state, got):
         from .http_server import HttpServer, parse_hostport
         try:
             host, port = parse_hostport(args.http)
-            hub = next(s for s in sinks if s.name == "hub")
-            http = HttpServer(pipe, hub, host, port)
+            hub = next(s for s in sinks if s.name == "http")
+            http = HttpServer(pipe, hub, host, port, timeout=args.http_timeout,
+                              max_connections=args.http_max_connections,
+                              max_mjpeg=args.mjpeg_max_clients)
         except (OSError, ValueError) as e:
             _err("--http %s: %s" % (args.http, e))
             for c in closers:

@@ -12,7 +12,7 @@ import threading
 import time
 
 from . import report
-from .sinks import Sink, _ErrorLog, detections_list
+from .sinks import Sink, _ErrorLog, detections_list, stderr_log
 from .sources import EndOfStream, SourceError, SourceLost, as_bgr
 
 __all__ = ["FrameQueue", "Closed", "Pipeline"]
@@ -91,6 +91,10 @@ class _Emit(Sink):
 
     def __init__(self, fn):
         self.on_stats = fn
+        self._finish = getattr(fn, "finish", None)
+
+    def finish(self):
+        return self._finish() if self._finish is not None else {}
 
 
 SINK_ATTRS = ("name", "on_detections", "on_frame", "on_stats", "status", "finish", "close")
@@ -104,10 +108,11 @@ class Pipeline:
     is for whoever opened them (the CLI)."""
 
     MAX_DETECTOR_ERRORS = 50  # in a row: the model is broken, stop (loudly)
+    MAX_BAD_IN_ROW = 100  # unusable frames in a row: the source is broken (see _capture)
 
     def __init__(self, detector, source, max_frames=None, queue_size=2, power_meter=None,
                  report_interval=1.0, emit=None, sinks=(), backoff=(0.5, 10.0), vcgencmd="",
-                 sys_root="/"):
+                 sys_root="/", log=None):
         self.detector = detector
         self.class_names = list(getattr(detector, "class_names", []) or [])
         self.source = source
@@ -135,52 +140,89 @@ class Pipeline:
         self._threads = []
         self._capture_done = threading.Event()
         self._infer_done = threading.Event()
+        self._log = log if log is not None else stderr_log
+        self._down_since = None  # the source is away since (monotonic), see _source_down
+        self._down_tries = 0
+        self._down_logged = 0.0
         self._report_errors = _ErrorLog("reports", None)  # reporter thread, shutdown
         self._sink_errors = _ErrorLog("sinks", None)  # inference thread
 
     # ---- threads ------------------------------------------------------------------------
     def _capture(self):
+        """Reads the source into the queue.  It never spins: every way a source can stop
+        making progress ends in a wait or an end, with a state and a log line --
+
+        * a source that cannot be opened: a live one (camera, stream) and a looped file
+          that was open before (moved or replaced: it may come back) are retried with
+          exponential backoff (``reconnecting``); any other source ``failed``;
+        * a source that is lost while reading (SourceLost: unplugged, the stream dropped,
+          a looped file that cannot be reopened): the same;
+        * ``MAX_BAD_IN_ROW`` unusable frames in a row (every read raises or returns
+          garbage): a live or looped source is treated as lost (reopened with backoff),
+          any other ``failed``;
+        * a bad frame in between good ones is skipped and counted (``bad_frames_total``)."""
         src, st, q = self.source, self.stats, self.queue
         delay = self.backoff[0]
-        opened = False
+        opened = ever_opened = False
+        bad_in_row = 0
         seq = 0
         try:
             while not self.stop_event.is_set():
+                retry = src.reconnect or (src.loop and ever_opened)
                 if not opened:
                     try:
                         src.open()
-                        opened = True
-                        st.set_state("running")
                     except SourceError as e:
-                        if not src.reconnect:  # a file / directory: nothing to wait for
-                            st.set_state("failed", e)
-                            self.fatal = self.fatal or "source: %s" % e
+                        if not retry:  # a file / directory: nothing to wait for
+                            self._source_failed(e)
                             return
-                        st.set_state("reconnecting", e)
+                        self._source_down(e, delay)
                         self.stop_event.wait(delay)
                         delay = min(delay * 2, self.backoff[1])
                         continue
+                    opened = ever_opened = True
+                    bad_in_row = 0
+                    self._source_up()
                 try:
                     frame = src.read()
                 except EndOfStream:
                     st.set_state("ended")
                     return
-                except (SourceLost, Exception) as e:
-                    if src.reconnect:
-                        st.set_state("reconnecting", e)
-                        src.close()
+                except (SourceLost, SourceError) as e:
+                    if not retry:
+                        self._source_failed(e)
+                        return
+                    self._source_down(e, delay)
+                    self._close_source()
+                    opened = False
+                    self.stop_event.wait(delay)
+                    delay = min(delay * 2, self.backoff[1])
+                    continue
+                except Exception as e:  # a decoder error on one frame: a bad frame
+                    st.on_capture()
+                    st.on_bad(e)
+                    bad_in_row += 1
+                else:
+                    t_cap = time.monotonic()
+                    st.on_capture()
+                    frame = as_bgr(frame)
+                    if frame is None:
+                        st.on_bad("unusable frame (not a BGR/gray uint8 image)")
+                        bad_in_row += 1
+                    else:
+                        bad_in_row = 0
+                if bad_in_row:
+                    if bad_in_row >= self.MAX_BAD_IN_ROW:
+                        why = "%d unusable frames in a row (last: %s)" % (bad_in_row,
+                                                                          st.last_error)
+                        if not (src.reconnect or src.loop or src.live):
+                            self._source_failed(why)
+                            return
+                        self._source_down(why, delay)  # no progress: back off, reopen
+                        self._close_source()
                         opened = False
                         self.stop_event.wait(delay)
                         delay = min(delay * 2, self.backoff[1])
-                        continue
-                    st.on_capture()  # a file whose decoder raised: a frame, skipped
-                    st.on_bad(e)
-                    continue
-                t_cap = time.monotonic()
-                st.on_capture()
-                frame = as_bgr(frame)
-                if frame is None:
-                    st.on_bad("unusable frame (not a BGR/gray uint8 image)")
                     continue
                 delay = self.backoff[0]
                 seq += 1
@@ -192,13 +234,51 @@ class Pipeline:
                 elif not q.put_wait(item, self.stop_event):
                     st.on_discard(1)  # stopping: the frame in hand is not processed
                     return
+        except BaseException as e:  # never die silently
+            self.fatal = self.fatal or "capture thread: %s: %s" % (type(e).__name__, e)
+            st.set_state("failed", e)
+            self._log("source %s failed: capture thread: %s: %s" % (src.name,
+                                                                   type(e).__name__, e))
+            raise
         finally:
-            try:
-                src.close()
-            except Exception:
-                pass
+            self._close_source()
             q.close()
             self._capture_done.set()
+
+    def _close_source(self):
+        try:
+            self.source.close()
+        except Exception:  # noqa: BLE001 - closing a broken source
+            pass
+
+    def _source_failed(self, why):
+        self.stats.set_state("failed", why)
+        self.fatal = self.fatal or "source: %s" % why
+        self._log("source %s failed: %s" % (self.source.name, why))
+
+    def _source_down(self, why, delay):
+        """The source is away (reconnecting): logged when it goes away, then at most once
+        a minute while it stays away ("still ..."), and when it is back (_source_up)."""
+        self.stats.set_state("reconnecting", why)
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since, self._down_tries = now, 0
+            self._down_logged = now
+            self._log("source %s: %s; reconnecting (backoff %g .. %g s)"
+                      % (self.source.name, why, self.backoff[0], self.backoff[1]))
+        elif now - self._down_logged >= 60.0:
+            self._down_logged = now
+            self._log("source %s: still reconnecting after %.0f s (%d tries): %s"
+                      % (self.source.name, now - self._down_since, self._down_tries, why))
+        self._down_tries += 1
+
+    def _source_up(self):
+        self.stats.set_state("running")
+        if self._down_since is not None:
+            self._log("source %s: running again after %.1f s (%d tries)"
+                      % (self.source.name, time.monotonic() - self._down_since,
+                         self._down_tries))
+            self._down_since = None
 
     def _inference(self):
         st, det = self.stats, self.detector

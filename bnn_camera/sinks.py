@@ -6,23 +6,59 @@ of snapshots, network) happens in another thread."""
 import collections
 import json
 import os
-import sys
 import threading
 import time
 
 import numpy as np
 
 __all__ = ["Sink", "detections_list", "annotate", "EventLog", "SnapshotSink", "FrameHub",
-           "stderr_log"]
+           "stderr_log", "write_atomic", "create_exclusive"]
 
 
 def stderr_log(msg):
-    """The app's diagnostics: one line on stderr (the journal under systemd)."""
+    """The app's diagnostics: one line on stderr (the journal under systemd); through
+    bnn_camera.output's writer when the app installed it (then it never blocks)."""
+    from . import output
+    output.err("app: %s\n" % msg)
+
+
+def create_exclusive(path, mode=0o644):
+    """A new file opened for writing (a raw fd): O_CREAT | O_EXCL | O_NOFOLLOW -- it
+    fails (FileExistsError) when anything exists at ``path``, a symlink included, so a
+    planted file or link is never written through."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                   | getattr(os, "O_CLOEXEC", 0), mode)
+
+
+def write_atomic(path, data, mode=0o644):
+    """Writes ``data`` to ``path`` whole or not at all: a temporary file with a random
+    name in the same folder (create_exclusive), then os.replace (which replaces a link at
+    ``path`` itself, never its target).  On any error the temporary file is removed."""
+    d, base = os.path.split(path)
+    for _ in range(16):
+        tmp = os.path.join(d, ".%s.%s.part" % (base, os.urandom(6).hex()))
+        try:
+            fd = create_exclusive(tmp, mode)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError("cannot create a temporary file next to %s" % path)
     try:
-        sys.stderr.write("app: %s\n" % msg)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.close(fd)
+        fd = None
+        os.replace(tmp, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class _ErrorLog:
@@ -250,7 +286,9 @@ class SnapshotSink(Sink):
     """--snapshots DIR: an annotated JPEG of a frame with detections, at most one per
     ``min_interval`` seconds, written by a worker thread; keeps the newest ``keep`` files.
 
-    Each JPEG is encoded in memory and written to ``NAME.part``, then renamed, so a
+    Each JPEG is encoded in memory and written to a new temporary file next to it, then
+    renamed (write_atomic: created with O_EXCL | O_NOFOLLOW under an unpredictable name,
+    so a file or symlink planted in a shared folder is never written through), so a
     snapshot on disk is always whole.  A write that fails (disk full, file size limit,
     read-only or vanished folder) is counted (``failed``, ``last_error``; in the stats
     records and the summary), logged on stderr, and the next snapshot is tried again:
@@ -327,17 +365,7 @@ class SnapshotSink(Sink):
 
     @staticmethod
     def _write(name, buf):
-        tmp = name + ".part"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(buf.tobytes())
-            os.replace(tmp, name)
-        except BaseException:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(name, buf.tobytes())
 
     @property
     def failed(self):
@@ -368,15 +396,17 @@ class SnapshotSink(Sink):
 
 
 class FrameHub(Sink):
-    """The newest (frame, result) for the MJPEG stream; readers wait on a condition."""
+    """The newest (frame, result) for the MJPEG stream; readers wait on a condition.  Its
+    status() / finish() are the HTTP server's counters (``http``, set by HttpServer)."""
 
-    name = "hub"
+    name = "http"
 
     def __init__(self):
         self._cond = threading.Condition()
         self._item = None
         self._seq = 0
         self.closed = False
+        self.http = None
 
     def publish(self, frame, result):
         with self._cond:
@@ -387,9 +417,14 @@ class FrameHub(Sink):
     def on_frame(self, seq, frame, result):
         self.publish(frame, result)
 
+    def status(self):
+        return self.http.status() if self.http is not None else None
+
     def finish(self):
         self.close()  # no more frames: the MJPEG streams end
-        return {}
+        if self.http is None:
+            return {}
+        return {"http_" + k: v for k, v in self.http.status().items()}
 
     def wait_next(self, last_seq, timeout=1.0):
         """(seq, frame, result) newer than last_seq, or None after the timeout / close."""

@@ -4,10 +4,16 @@ directories of images, and in-memory frames (benchmarks).
 A source is opened, read and closed by the capture thread (bnn_camera.pipeline):
 
     src.open()          # raises SourceError when it cannot be opened
-    frame = src.read()  # a BGR uint8 HxWx3 array; None for a bad frame (skipped, counted);
-                        # raises EndOfStream (a file ended) or SourceLost (unplugged, stream
-                        # dropped: the capture thread reconnects with backoff)
+    frame = src.read()  # a BGR uint8 HxWx3 array; None or BadFrame for a bad frame
+                        # (skipped, counted); raises EndOfStream (a file ended) or
+                        # SourceLost (unplugged, stream dropped, a looped file that cannot
+                        # be reopened: the capture thread reconnects with backoff)
     src.close()
+
+Only regular files are opened as files and images (a FIFO or a device could block the
+capture thread forever), and an image's size is read from its header before it is
+decoded: one over ``max_pixels`` (``--max-image-pixels``) is a bad frame, never
+decoded (a 1 MB PNG can decode to gigabytes).
 
 ``live`` sources (cameras, streams) never wait for the consumer: when inference lags the
 oldest queued frame is dropped.  Files and directories are read as fast as inference
@@ -23,9 +29,9 @@ import numpy as np
 
 from . import SAMPLES
 
-__all__ = ["SourceError", "SourceLost", "EndOfStream", "Source", "CvSource", "DirSource",
-           "MemorySource", "Picamera2Source", "open_source", "picamera2_cameras",
-           "bundled_sample", "as_bgr"]
+__all__ = ["SourceError", "SourceLost", "EndOfStream", "BadFrame", "Source", "CvSource",
+           "DirSource", "MemorySource", "Picamera2Source", "open_source", "picamera2_cameras",
+           "bundled_sample", "as_bgr", "image_size", "read_image", "DEFAULT_MAX_PIXELS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -41,6 +47,156 @@ class SourceLost(RuntimeError):
 
 class EndOfStream(Exception):
     """A file or directory has no more frames."""
+
+
+class BadFrame(Exception):
+    """This frame is unusable (skipped and counted, with this message); the source goes on."""
+
+
+DEFAULT_MAX_PIXELS = 40_000_000  # --max-image-pixels: 40 MP, about 120 MB decoded as BGR
+
+
+# ---- image headers -------------------------------------------------------------------------
+def _u16be(b, i):
+    return (b[i] << 8) | b[i + 1]
+
+
+def _jpeg_size(b):
+    i, n = 2, len(b)
+    while i + 4 <= n:
+        if b[i] != 0xFF:
+            return None
+        m = b[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if m in (0xD8, 0x01) or 0xD0 <= m <= 0xD7:  # no length
+            i += 2
+            continue
+        if m in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        if m in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if i + 9 > n:
+                return None
+            return _u16be(b, i + 7), _u16be(b, i + 5)
+        i += 2 + _u16be(b, i + 2)
+    return None
+
+
+def _pnm_size(b):
+    tokens, i, n = [], 2, min(len(b), 4096)
+    while len(tokens) < 2 and i < n:
+        c = b[i:i + 1]
+        if c == b"#":
+            while i < n and b[i:i + 1] not in (b"\n", b"\r"):
+                i += 1
+        elif c.isspace():
+            i += 1
+        else:
+            j = i
+            while j < n and b[j:j + 1].isdigit():
+                j += 1
+            if j == i:
+                return None
+            tokens.append(int(b[i:j]))
+            i = j
+    return tuple(tokens) if len(tokens) == 2 else None
+
+
+def _tiff_size(b):
+    import struct
+    end = "<" if b[:2] == b"II" else ">"
+    if len(b) < 8 or struct.unpack(end + "H", b[2:4])[0] != 42:
+        return None  # BigTIFF (43) and anything else: not read
+    off = struct.unpack(end + "I", b[4:8])[0]
+    if off + 2 > len(b):
+        return None
+    count = struct.unpack(end + "H", b[off:off + 2])[0]
+    w = h = None
+    for k in range(count):
+        e = off + 2 + 12 * k
+        if e + 12 > len(b):
+            return None
+        tag, typ = struct.unpack(end + "HH", b[e:e + 4])
+        if tag in (256, 257):
+            v = (struct.unpack(end + "H", b[e + 8:e + 10])[0] if typ == 3
+                 else struct.unpack(end + "I", b[e + 8:e + 12])[0] if typ == 4 else None)
+            if tag == 256:
+                w = v
+            else:
+                h = v
+    return (w, h) if w is not None and h is not None else None
+
+
+def _webp_size(b):
+    if len(b) < 30:
+        return None
+    kind = b[12:16]
+    if kind == b"VP8 " and b[23:26] == b"\x9d\x01\x2a":
+        return (b[26] | b[27] << 8) & 0x3FFF, (b[28] | b[29] << 8) & 0x3FFF
+    if kind == b"VP8L" and b[20] == 0x2F:
+        bits = b[21] | b[22] << 8 | b[23] << 16 | b[24] << 24
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        return (b[24] | b[25] << 8 | b[26] << 16) + 1, (b[27] | b[28] << 8 | b[29] << 16) + 1
+    return None
+
+
+def image_size(data):
+    """(width, height) read from an image file's header (PNG, JPEG, BMP, PNM, TIFF,
+    WebP -- the formats of IMAGE_EXTS), without decoding it; None when the format is
+    not one of those or the header is malformed."""
+    b = bytes(data[:1 << 16]) if not isinstance(data, bytes) else data
+    try:
+        if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR":
+            return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+        if b[:2] == b"\xff\xd8":
+            return _jpeg_size(b)
+        if b[:2] == b"BM" and len(b) >= 26:
+            hdr = int.from_bytes(b[14:18], "little")
+            if hdr == 12:
+                return int.from_bytes(b[18:20], "little"), int.from_bytes(b[20:22], "little")
+            return (abs(int.from_bytes(b[18:22], "little", signed=True)),
+                    abs(int.from_bytes(b[22:26], "little", signed=True)))
+        if b[:1] == b"P" and b[1:2] in b"123456" and len(b) > 2:
+            return _pnm_size(b)
+        if b[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(b)
+        if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
+            return _webp_size(b)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def read_image(path, max_pixels=DEFAULT_MAX_PIXELS):
+    """An image file decoded as BGR uint8, checked first: only a regular file (opened
+    without blocking), at most 4 bytes per allowed pixel, and its header's width x height
+    at most max_pixels -- before anything is decoded.  Raises BadFrame with the reason."""
+    from firmware_py.model_format import open_regular
+    cv2 = _cv2()
+    name = os.path.basename(path)
+    max_bytes = 4 * max_pixels + (1 << 16)
+    try:
+        with open_regular(path, not_regular=BadFrame) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise BadFrame("%s: %s" % (name, e.strerror or e)) from None
+    if len(data) > max_bytes:
+        raise BadFrame("%s: larger than %d bytes (--max-image-pixels %d)" % (name, max_bytes,
+                                                                           max_pixels))
+    size = image_size(data)
+    if size is None:
+        raise BadFrame("%s: not a PNG / JPEG / BMP / PNM / TIFF / WebP image with a readable "
+                       "size in its header" % name)
+    w, h = size
+    if w * h > max_pixels:
+        raise BadFrame("%s: %dx%d pixels, more than --max-image-pixels %d (not decoded)"
+                       % (name, w, h, max_pixels))
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BadFrame("%s: OpenCV cannot decode it (corrupt?)" % name)
+    return img
 
 
 def bundled_sample():
@@ -105,7 +261,7 @@ class CvSource(Source):
     ``loop`` a rewind.  Devices and streams: a failed read is SourceLost (reconnect)."""
 
     def __init__(self, target, kind, loop=False, realtime=False, width=None, height=None,
-                 max_bad=25):
+                 max_bad=25, max_pixels=DEFAULT_MAX_PIXELS):
         self.target = target
         self.kind = kind  # "file" | "v4l2" | "stream"
         self.name = str(target)
@@ -115,6 +271,7 @@ class CvSource(Source):
         self.reconnect = kind != "file"
         self.width, self.height = width, height
         self.max_bad = max_bad
+        self.max_pixels = max_pixels
         self.cap = None
         self.fps = None
         self._count = 0
@@ -124,8 +281,14 @@ class CvSource(Source):
 
     def open(self):
         cv2 = _cv2()
-        if self.kind == "file" and not os.path.isfile(self.target):
-            raise SourceError("no such file: %s" % self.target)
+        if self.kind == "file":  # a regular file only: a FIFO or a device could block
+            from firmware_py.model_format import open_regular
+            try:
+                open_regular(self.target, not_regular=SourceError).close()
+            except FileNotFoundError:
+                raise SourceError("no such file: %s" % self.target) from None
+            except OSError as e:
+                raise SourceError("cannot open %s: %s" % (self.target, e.strerror or e)) from None
         if self.kind == "v4l2":
             dev = self.target
             if isinstance(dev, str) and not os.path.exists(dev):
@@ -144,6 +307,11 @@ class CvSource(Source):
         if not cap.isOpened():
             cap.release()
             raise SourceError("OpenCV cannot open %s" % self.target)
+        w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        if self.max_pixels and w and h and w * h > self.max_pixels:
+            cap.release()
+            raise SourceError("%s has frames of %dx%d pixels, more than --max-image-pixels %d"
+                              % (self.target, w, h, self.max_pixels))
         self.cap = cap
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else None
@@ -183,7 +351,10 @@ class CvSource(Source):
             return None
         if self.loop:
             self.close()
-            self.open()
+            try:
+                self.open()
+            except SourceError as e:  # moved or replaced: the capture thread backs off
+                raise SourceLost("cannot reopen %s to loop it: %s" % (self.name, e)) from None
             ok, frame = self.cap.read()
             if ok and frame is not None:
                 self._pos = 1
@@ -197,36 +368,48 @@ class CvSource(Source):
 
 
 class DirSource(Source):
-    """The images of a directory in name order (a corrupt image is a bad frame)."""
+    """The images of a directory in name order (a corrupt, oversized or non-regular file
+    is a bad frame).  With ``loop`` the directory is listed again at each pass, so
+    images added, replaced or removed meanwhile are seen; a pass that finds no image left
+    is SourceLost (the capture thread waits with backoff for images to come back)."""
 
     kind = "dir"
 
-    def __init__(self, path, loop=False, realtime=False, fps=10.0):
+    def __init__(self, path, loop=False, realtime=False, fps=10.0,
+                 max_pixels=DEFAULT_MAX_PIXELS):
         self.path = path
         self.name = path
         self.loop = loop
         self.realtime = realtime
         self.live = realtime
         self.fps = fps
+        self.max_pixels = max_pixels
         self.files = []
         self._i = 0
         self._next_t = None
 
-    def open(self):
-        _cv2()
+    def _list(self):
         if not os.path.isdir(self.path):
             raise SourceError("no such directory: %s" % self.path)
-        self.files = sorted(f for f in glob.glob(os.path.join(self.path, "*"))
-                            if f.lower().endswith(IMAGE_EXTS))
-        if not self.files:
+        files = sorted(f for f in glob.glob(os.path.join(glob.escape(self.path), "*"))
+                       if f.lower().endswith(IMAGE_EXTS))
+        if not files:
             raise SourceError("no images (%s) in %s" % (" ".join(IMAGE_EXTS), self.path))
+        return files
+
+    def open(self):
+        _cv2()
+        self.files = self._list()
         self._i = 0
 
     def read(self):
-        cv2 = _cv2()
         if self._i >= len(self.files):
             if not self.loop:
                 raise EndOfStream(self.name)
+            try:
+                self.files = self._list()
+            except SourceError as e:
+                raise SourceLost(str(e)) from None
             self._i = 0
         if self.realtime:
             now = time.monotonic()
@@ -236,7 +419,7 @@ class DirSource(Source):
             self._next_t = max(self._next_t + 1.0 / self.fps, now - 1.0)
         f = self.files[self._i]
         self._i += 1
-        return cv2.imread(f, cv2.IMREAD_COLOR)  # None for an unreadable / corrupt file
+        return read_image(f, self.max_pixels)
 
 
 class MemorySource(Source):
@@ -342,9 +525,11 @@ class Picamera2Source(Source):
 
 # ---- choosing ------------------------------------------------------------------------------
 
-def open_source(spec, loop=False, realtime=False, width=640, height=480, fps=None):
+def open_source(spec, loop=False, realtime=False, width=640, height=480, fps=None,
+                max_pixels=DEFAULT_MAX_PIXELS):
     """A Source for a --source value (see the CLI help); auto picks picamera2, then
-    /dev/video0, then the bundled sample clip (looped, paced like a camera)."""
+    /dev/video0, then the bundled sample clip (looped, paced like a camera).
+    max_pixels: the largest image / video frame (width x height) read."""
     notes = []
     if spec in (None, "", "auto"):
         cams, why = picamera2_cameras()
@@ -358,15 +543,16 @@ def open_source(spec, loop=False, realtime=False, width=640, height=480, fps=Non
         if clip is None:
             raise SourceError("auto: no camera (%s) and no bundled sample clip" % "; ".join(notes))
         notes.append("using the bundled sample clip %s" % clip)
-        return CvSource(clip, "file", loop=True, realtime=True), notes
+        return CvSource(clip, "file", loop=True, realtime=True, max_pixels=max_pixels), notes
     if spec == "picamera2" or spec.startswith("picamera2:"):
         num = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return Picamera2Source(num, (width, height), fps), notes
     if spec.startswith(STREAM_PREFIXES):
-        return CvSource(spec, "stream"), notes
+        return CvSource(spec, "stream", max_pixels=max_pixels), notes
     if spec.startswith("/dev/video") or spec.isdigit():
         return CvSource(int(spec) if spec.isdigit() else spec, "v4l2", width=width,
                         height=height), notes
     if os.path.isdir(spec):
-        return DirSource(spec, loop=loop, realtime=realtime, fps=fps or 10.0), notes
-    return CvSource(spec, "file", loop=loop, realtime=realtime), notes
+        return DirSource(spec, loop=loop, realtime=realtime, fps=fps or 10.0,
+                         max_pixels=max_pixels), notes
+    return CvSource(spec, "file", loop=loop, realtime=realtime, max_pixels=max_pixels), notes

@@ -15,6 +15,7 @@ from ._native import (  # noqa: F401
     BnnSizeError,
 )
 from .model_format import ModelFormatError  # noqa: F401
+from .memory import MemoryBudgetError  # noqa: F401
 from .executor import Model, load  # noqa: F401
 from .zoo import zoo_path  # noqa: F401
 from .ops import (  # noqa: F401

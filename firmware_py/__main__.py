@@ -14,6 +14,28 @@ def _shape_arg(text):
         raise argparse.ArgumentTypeError("expected NAME=D0,D1,..., got %r" % text) from None
 
 
+def _size_arg(text):
+    from .memory import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _threads_arg(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError("expected a number of threads 1..256, got %r" % text)
+    return n
+
+
+MEMORY_HELP = ("what the model may need at run time: bytes or 512M / 2G; 0 or 'none': no "
+               "limit (default: $BNN_MEMORY_LIMIT, else the memory available now)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m firmware_py")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -25,10 +47,12 @@ def main(argv=None):
     c.add_argument("--report", action="store_true", help="print a per-layer table")
     c.add_argument("--input-shape", action="append", type=_shape_arg, default=[],
                    help="NAME=1,3,224,224 for inputs with dynamic dimensions")
+    c.add_argument("--memory-limit", type=_size_arg, default=None, help=MEMORY_HELP)
     i = sub.add_parser("info", help="validate a model file and print its layers")
     i.add_argument("path")
     i.add_argument("--profile", action="store_true", help="time each layer on a random input")
-    i.add_argument("--threads", type=int, default=None)
+    i.add_argument("--threads", type=_threads_arg, default=None)
+    i.add_argument("--memory-limit", type=_size_arg, default=None, help=MEMORY_HELP)
     a = ap.parse_args(argv)
 
     if a.cmd == "convert":
@@ -40,7 +64,7 @@ def main(argv=None):
             check_inputs = np.load(a.check_data, allow_pickle=False)
         try:
             res = convert(a.src, a.dst, input_shapes=dict(a.input_shape) or None, check=a.check or bool(a.check_data),
-                          check_inputs=check_inputs)
+                          check_inputs=check_inputs, memory_limit=a.memory_limit)
         except ConvertError as e:
             print("error: %s" % e, file=sys.stderr)
             return 1
@@ -59,8 +83,8 @@ def main(argv=None):
         from . import load
         from .model_format import ModelFormatError
         try:
-            m = load(a.path, num_threads=a.threads)
-        except (ModelFormatError, OSError) as e:
+            m = load(a.path, num_threads=a.threads, memory_limit=a.memory_limit)
+        except (ModelFormatError, ValueError, OSError) as e:
             print("error: %s" % e, file=sys.stderr)
             return 1
         print(m.summary())

@@ -245,10 +245,10 @@ class _OnnxRunner:
 
 
 class _BnnRunner:
-    def __init__(self, path, num_threads):
+    def __init__(self, path, num_threads, memory_limit=None):
         from .executor import load
 
-        self.model = load(path, num_threads=num_threads)
+        self.model = load(path, num_threads=num_threads, memory_limit=memory_limit)
         self.metadata = self.model.metadata
         self.input_shape = self.model.inputs[0].shape
         self.output_names = [o.name for o in self.model.outputs]
@@ -261,14 +261,18 @@ class _BnnRunner:
 class Detector:
     """A detector model (.bnn or .onnx) with letterbox pre-processing, decode and NMS."""
 
-    def __init__(self, model_path, num_threads=None, conf=0.25, iou=0.45, max_det=300, use_cv2=None):
+    def __init__(self, model_path, num_threads=None, conf=0.25, iou=0.45, max_det=300, use_cv2=None,
+                 memory_limit=None):
         path = os.fspath(model_path)
         if not os.path.exists(path):  # the same error for .bnn and .onnx
             raise FileNotFoundError(errno.ENOENT, "detector model not found", path)
+        # a regular file only: onnxruntime (or a reader) opening a FIFO would wait forever
+        from .model_format import open_regular
+        open_regular(path).close()
         if path.lower().endswith(".onnx"):
             self.runner = _OnnxRunner(path, num_threads)
         else:
-            self.runner = _BnnRunner(path, num_threads)
+            self.runner = _BnnRunner(path, num_threads, memory_limit)
         meta = self.runner.metadata
         self.head = head_from_metadata(meta)
         names = meta.get("class_names", None)

@@ -33,6 +33,7 @@ one Model are serialised by a lock (a Model is meant to be used by one thread at
 load one Model per thread to run in parallel).  Different Models are independent.
 """
 
+import bisect
 import collections
 import statistics
 import tempfile
@@ -46,16 +47,19 @@ from . import ops, registry
 from .model_format import (read_model, validate_graph, write_model, _check_tensor_data, DTYPES,
                            ModelFormatError)
 
-__all__ = ["load", "Model", "IOSpec", "Profile", "overhead_report"]
+__all__ = ["load", "Model", "IOSpec", "Profile", "overhead_report", "memory_budget"]
 
 IOSpec = collections.namedtuple("IOSpec", "name shape layout")
 
 
-def load(path, num_threads=None, fuse=True):
+def load(path, num_threads=None, fuse=True, memory_limit=None):
     """Loads and validates a model file; builds its layers and buffers.
 
     num_threads: worker threads of the model's ops.Context (None: one per CPU).
-    fuse: run elementwise chains as single C passes (see the module docstring)."""
+    fuse: run elementwise chains as single C passes (see the module docstring).
+    memory_limit: bytes (or "512M"; 0 / "none": no limit) the model may need at run time,
+    checked before anything is allocated (memory.MemoryBudgetError, a ModelFormatError);
+    None: $BNN_MEMORY_LIMIT, else the memory available now (firmware_py/memory.py)."""
     try:
         graph, tensors = read_model(path, mmap=True)
     except ModelFormatError as e:
@@ -65,7 +69,8 @@ def load(path, num_threads=None, fuse=True):
                                    "(python -m firmware_py convert %s)"
                                    % (e, os.fspath(path), os.fspath(path))) from None
         raise
-    return Model(graph, tensors, num_threads=num_threads, fuse=fuse, _validated=True)
+    return Model(graph, tensors, num_threads=num_threads, fuse=fuse, memory_limit=memory_limit,
+                 _validated=True)
 
 
 _CHAIN_OPS = ("affine", "prelu")
@@ -144,35 +149,207 @@ class StepBuilder:
 
 
 class _Planner:
-    """Assigns values to shared byte buffers by lifetime (best fit, growing if needed)."""
+    """Assigns values to shared byte buffers by lifetime: best fit (the smallest free
+    buffer that is large enough), else the largest free buffer grown, else a new one.
+
+    The free buffers are kept by size (a dict size -> ids, and the distinct sizes in a
+    sorted list searched by bisection), so an allocation or a release costs O(log n)
+    comparisons however many buffers are free; a scan of the free list per allocation
+    made a 40k-node model take minutes to load."""
 
     def __init__(self):
         self.sizes = []
-        self.free = []
         self.assign = {}  # value -> (buffer id, nbytes)
+        self._by_size = {}  # size -> [free buffer ids]
+        self._free_sizes = []  # the keys of _by_size, sorted
+
+    @property
+    def free(self):
+        """the free buffer ids (a list; for inspection)"""
+        return [b for s in self._free_sizes for b in self._by_size[s]]
+
+    def _take(self, i):
+        size = self._free_sizes[i]
+        ids = self._by_size[size]
+        b = ids.pop()
+        if not ids:
+            del self._by_size[size]
+            del self._free_sizes[i]
+        return b
 
     def alloc(self, name, nbytes):
         nbytes = max(int(nbytes), 1)
-        fits = [b for b in self.free if self.sizes[b] >= nbytes]
-        if fits:
-            b = min(fits, key=lambda i: self.sizes[i])
-        elif self.free:
-            b = max(self.free, key=lambda i: self.sizes[i])
-            self.sizes[b] = nbytes
+        if self._free_sizes:
+            i = bisect.bisect_left(self._free_sizes, nbytes)
+            if i < len(self._free_sizes):
+                b = self._take(i)
+            else:  # none is large enough: grow the largest
+                b = self._take(len(self._free_sizes) - 1)
+                self.sizes[b] = nbytes
         else:
             b = len(self.sizes)
             self.sizes.append(nbytes)
-            self.assign[name] = (b, nbytes)
-            return
-        self.free.remove(b)
         self.assign[name] = (b, nbytes)
 
     def release(self, name):
-        self.free.append(self.assign[name][0])
+        b = self.assign[name][0]
+        size = self.sizes[b]
+        ids = self._by_size.get(size)
+        if ids is None:
+            bisect.insort(self._free_sizes, size)
+            self._by_size[size] = [b]
+        else:
+            ids.append(b)
+
+    def peak_bytes(self):
+        """what materialise() allocates"""
+        return sum((s + 7) // 8 * 8 for s in self.sizes)
 
     def materialise(self):
         raws = [np.empty((s + 7) // 8, dtype=np.uint64).view(np.uint8) for s in self.sizes]
         return raws
+
+
+def _value_nbytes(kind, shape):
+    n = 1
+    for d in shape[:-1]:
+        n *= int(d)
+    if kind == "bits":
+        return n * ops.packed_words(int(shape[-1])) * 4
+    return n * int(shape[-1]) * 4
+
+
+def _plan(values, exec_nodes, inputs, outputs):
+    """The buffer plan of a graph (values: name -> (kind, shape); exec_nodes: the nodes as
+    executed, fused or not; inputs / outputs: value names): a _Planner."""
+    last = {}
+    for i, node in enumerate(exec_nodes):
+        for nm in node["inputs"]:
+            last[nm] = i
+    keep = set(outputs)
+    p = _Planner()
+    for name in inputs:
+        p.alloc(name, _value_nbytes(*values[name]))
+    for name in inputs:
+        if name not in keep and name not in last:
+            p.release(name)
+    for i, node in enumerate(exec_nodes):
+        out = node["outputs"][0]
+        p.alloc(out, _value_nbytes(*values[out]))
+        dying = [nm for nm in set(node["inputs"]) if last.get(nm) == i and nm not in keep]
+        if out not in last and out not in keep:
+            dying.append(out)
+        for nm in dying:
+            p.release(nm)
+    return p
+
+
+def _words(c):
+    return (int(c) + 31) // 32
+
+
+def _node_extra(node, values, tensor_bytes):
+    """(bytes the C layer of a node keeps -- its own blocked copy of the weights --,
+    scratch bytes while it runs) for one executed node; the sizes follow
+    csrc/neon/{bconv2d,fconv2d} and registry's numpy steps."""
+    op = node["op"]
+    attrs = node.get("attrs", {})
+    params = node.get("params", {})
+    in_kind, in_shape = values[node["inputs"][0]]
+    out_kind, out_shape = values[node["outputs"][0]]
+    layer = scratch = 0
+    if op in ("bconv2d", "bdense"):
+        n = int(in_shape[0])
+        if op == "bconv2d":
+            kh, kw = attrs["kernel"]
+            h, w, c = in_shape[1:]
+            oc = out_shape[-1]
+            pt, pl, pb, pr = attrs["pads"]
+            if pt or pl or pb or pr:  # the padded input, in the context's scratch
+                scratch = n * (h + pt + pb) * (w + pl + pr) * _words(c) * 4
+        else:
+            kh = kw = 1
+            c, oc = in_shape[-1], out_shape[-1]
+        k = kh * kw * _words(c)
+        layer = (int(oc) + 15) // 16 * 16 * k * 4 + kh * kw * int(oc) * 4 + 16 * int(oc)
+    elif op in ("fconv2d", "dense"):
+        layer = sum(tensor_bytes.get(t, 0) for t in params.values())
+    elif op == "xnor_scale":
+        scratch = int(in_shape[0]) * int(in_shape[1]) * int(in_shape[2]) * 4
+    elif op == "flatten" and in_kind == "bits":
+        n, h, w, c = (int(d) for d in in_shape)
+        layer = n * h * w * c * 4 * (2 if out_kind == "bits" else 1)  # its float temporaries
+    elif op == "softmax":
+        full = _value_nbytes(out_kind, out_shape)
+        scratch = full if attrs.get("log") else full // max(int(out_shape[-1]), 1) * 2
+    return layer, scratch
+
+
+def memory_budget(graph, tensors=None, fuse=True):
+    """What running a (validated) graph takes, in bytes, computed from the graph alone
+    (nothing is allocated): a dict with
+
+      activations  the buffer planner's peak (the arrays every value lives in)
+      weights      the tensors (mapped from the file, or in memory)
+      layers       the C layers' own copies of their weights, per-step numpy temporaries
+      scratch      the largest scratch one step needs (the C context's, numpy's)
+      outputs      the copies of the outputs each run returns
+      total        their sum
+      largest      (value, kind, shape, bytes, what writes it) of the largest value
+
+    tensors: {name: array} when the graph has no tensor table yet (the converter)."""
+    values = {v["name"]: (v["kind"], tuple(v["shape"])) for v in graph["values"]}
+    outputs = [o["name"] for o in graph["outputs"]]
+    nodes = graph["nodes"]
+    exec_nodes = _fuse(nodes, set(outputs)) if fuse else list(nodes)
+    plan = _plan(values, exec_nodes, [i["name"] for i in graph["inputs"]], outputs)
+    if tensors is not None:
+        tensor_bytes = {k: int(np.asarray(a).nbytes) for k, a in tensors.items()}
+    else:
+        tensor_bytes = {t["name"]: int(t["nbytes"]) for t in graph.get("tensors", [])}
+    layers = scratch = 0
+    for node in exec_nodes:
+        for n in node.get("_chain", [node]):
+            lb, sb = _node_extra(n, values, tensor_bytes)
+            layers += lb
+            scratch = max(scratch, sb)
+    out_bytes = 0
+    for name in outputs:
+        kind, shape = values[name]
+        f = _value_nbytes("float", shape)
+        out_bytes += 2 * f if kind == "bits" else f
+    largest = max(((nm, k, list(sh), _value_nbytes(k, sh)) for nm, (k, sh) in values.items()),
+                  key=lambda t: t[3])
+    maker = next((n for n in nodes if n["outputs"][0] == largest[0]), None)
+    largest += ("%s node %r" % (maker["op"], maker["name"]) if maker else "the graph input",)
+    budget = {"activations": plan.peak_bytes(), "weights": sum(tensor_bytes.values()),
+              "layers": layers, "scratch": scratch, "outputs": out_bytes}
+    budget["total"] = sum(budget.values())
+    budget["largest"] = tuple(largest)
+    budget["_plan"] = plan
+    return budget
+
+
+def describe_budget(budget):
+    """The budget in words (for error messages and Model.summary)."""
+    from .memory import format_bytes as fb
+    name, kind, shape, nb, maker = budget["largest"]
+    return ("%s (activations %s, weights %s, layer copies and temporaries %s, scratch %s, "
+            "output copies %s; the largest value is %r from %s, %s %s = %s)"
+            % (fb(budget["total"]), fb(budget["activations"]), fb(budget["weights"]),
+               fb(budget["layers"]), fb(budget["scratch"]), fb(budget["outputs"]), name, maker,
+               kind, shape, fb(nb)))
+
+
+def check_memory(budget, memory_limit=None, what="the model"):
+    """Raises memory.MemoryBudgetError when budget["total"] is over the limit
+    (memory.resolve_limit(memory_limit)); returns (limit or None, how it was chosen)."""
+    from .memory import MemoryBudgetError, format_bytes, resolve_limit
+    limit, how = resolve_limit(memory_limit)
+    if limit is not None and budget["total"] > limit:
+        raise MemoryBudgetError("%s needs %s at run time, more than the memory limit of %s "
+                                "(%s)" % (what, describe_budget(budget), format_bytes(limit), how))
+    return limit, how
 
 
 class Profile(list):
@@ -196,7 +373,8 @@ class Profile(list):
 class Model:
     """A loaded model; see the module docstring.  Build it with :func:`load`."""
 
-    def __init__(self, graph, tensors, num_threads=None, fuse=True, _validated=False):
+    def __init__(self, graph, tensors, num_threads=None, fuse=True, memory_limit=None,
+                 _validated=False):
         if not _validated:
             validate_graph(graph, None)
             for t in graph["tensors"]:
@@ -205,6 +383,11 @@ class Model:
                         or list(a.shape) != t["shape"]:
                     raise ValueError("tensor %r does not match the graph's tensor table" % t["name"])
             _check_tensor_data(graph, tensors)
+        # what the model needs, checked before anything is allocated (a tiny file can ask
+        # for gigabytes: the format bounds each value, not their sum)
+        budget = memory_budget(graph, fuse=fuse)
+        self.memory_limit, _ = check_memory(budget, memory_limit)
+        self.memory = {k: v for k, v in budget.items() if not k.startswith("_")}
         self._lock = threading.Lock()
         self._ctx = ops.Context(num_threads)
         self.inputs = [IOSpec(i["name"], tuple(i["shape"]), i["layout"]) for i in graph["inputs"]]
@@ -216,7 +399,7 @@ class Model:
         keep = {o.name for o in self.outputs}
         self._exec_nodes = _fuse(self._nodes, keep) if fuse else list(self._nodes)
         self._layers = []
-        self._plan_buffers()
+        self._plan_buffers(budget["_plan"])
         self._steps = [self._build(node, tensors) for node in self._exec_nodes]
         self._feeds = [self._feed_fn(spec) for spec in self.inputs]
         self._collects = [self._collect_fn(spec) for spec in self.outputs]
@@ -228,29 +411,13 @@ class Model:
             return int(np.prod(shape[:-1])) * ops.packed_words(shape[-1]) * 4
         return int(np.prod(shape)) * 4
 
-    def _plan_buffers(self):
-        last = {}
-        for i, node in enumerate(self._exec_nodes):
-            for nm in node["inputs"]:
-                last[nm] = i
-        keep = {o.name for o in self.outputs}
-        p = _Planner()
-        for spec in self.inputs:
-            p.alloc(spec.name, self._nbytes(spec.name))
-        for spec in self.inputs:
-            if spec.name not in keep and spec.name not in last:
-                p.release(spec.name)
-        for i, node in enumerate(self._exec_nodes):
-            out = node["outputs"][0]
-            p.alloc(out, self._nbytes(out))
-            dying = [nm for nm in set(node["inputs"]) if last.get(nm) == i and nm not in keep]
-            if out not in last and out not in keep:
-                dying.append(out)
-            for nm in dying:
-                p.release(nm)
-        raws = p.materialise()
+    def _plan_buffers(self, plan=None):
+        if plan is None:
+            plan = _plan(self._values, self._exec_nodes, [s.name for s in self.inputs],
+                         [o.name for o in self.outputs])
+        raws = plan.materialise()
         self._buf = {}
-        for name, (b, nbytes) in p.assign.items():
+        for name, (b, nbytes) in plan.assign.items():
             kind, shape = self._values[name]
             if kind == "bits":
                 dt, shp = np.uint32, shape[:-1] + (ops.packed_words(shape[-1]),)
@@ -400,6 +567,10 @@ class Model:
         lines.append("  executed as %d steps (%d fused elementwise runs)" % (len(self._exec_nodes), len(fused)))
         lines.append("  activation buffers: %.1f KiB planned (%.1f KiB without sharing)"
                      % (self.buffer_bytes / 1024, self.value_bytes / 1024))
+        from .memory import format_bytes
+        lines.append("  memory needed: %s (limit %s)" % (
+            describe_budget(self.memory), "none" if self.memory_limit is None
+            else format_bytes(self.memory_limit)))
         return "\n".join(lines)
 
     def _check_open(self):

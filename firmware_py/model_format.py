@@ -13,9 +13,11 @@ missing file, no permission) raise ``OSError`` as usual.
 Only numpy and the standard library are used here (no native library).
 """
 
+import errno
 import json
 import mmap as _mmap
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -40,11 +42,17 @@ __all__ = [
     "validate_graph",
     "packed_words",
     "pack_signs",
+    "open_regular",
+    "file_kind",
 ]
 
 
 class ModelFormatError(ValueError):
     """A model file (or a graph given to write_model) is malformed, truncated or corrupt."""
+
+
+class GraphSizeError(ModelFormatError):
+    """write_model: the graph's JSON is larger than the format allows (MAX_GRAPH_SIZE)."""
 
 
 MAGIC = b"BNNMODEL"
@@ -77,6 +85,48 @@ def _fail(msg, *args):
 
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_name(where, key, name):
+    """A name (tensor, value, node, producer): a non-empty string of printable characters.
+    str.isprintable() is False for control characters (newlines, escapes), for separators
+    other than the space and for lone surrogates ("\\ud800" in the JSON: not UTF-8), so a
+    name can always be printed, logged and encoded."""
+    if not isinstance(name, str) or not name:
+        _fail("%s: %r must be a non-empty string, got %r", where, key, name)
+    if not name.isprintable():
+        bad = next(ch for ch in name if not ch.isprintable())
+        _fail("%s: %r %s holds a character that is not printable UTF-8 (U+%04X); names "
+              "must be printable text", where, key, ascii(name), ord(bad))
+
+
+def _check_strings(graph):
+    """Every string in the graph JSON (keys included) must be encodable as UTF-8: JSON
+    escapes can spell lone surrogates ("\\udc80"), which no UTF-8 text holds and which
+    make printing or re-encoding the graph fail later."""
+    try:  # the common case, in one C pass
+        json.dumps(graph, ensure_ascii=False, check_circular=False).encode("utf-8")
+        return
+    except UnicodeEncodeError:
+        pass
+    except (TypeError, ValueError):  # not plain JSON data: the walk below
+        pass
+    stack = [("graph", graph)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, dict):
+            for k, x in v.items():
+                stack.append((where, k))
+                stack.append(("%s.%s" % (where, ascii(k)[1:-1]) if isinstance(k, str)
+                              else where, x))
+        elif isinstance(v, (list, tuple)):
+            stack.extend(("%s[%d]" % (where, i), x) for i, x in enumerate(v))
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                _fail("%s: the string %s is not valid UTF-8 (a lone surrogate at %d)",
+                      where, ascii(v[:80]), e.start)
 
 
 def _prod(shape):
@@ -138,8 +188,7 @@ def _check_tensors(graph, data_size, g):
         _check_keys(where, t, {"name", "dtype", "shape", "offset", "nbytes"},
                     ("name", "dtype", "shape", "offset", "nbytes"))
         name = t["name"]
-        if not isinstance(name, str) or not name:
-            _fail("%s: 'name' must be a non-empty string, got %r", where, name)
+        _check_name(where, "name", name)
         where = "tensor %r (tensors[%d])" % (name, i)
         if name in g.tensors:
             _fail("%s: duplicate tensor name", where)
@@ -178,8 +227,7 @@ def _check_values(graph, g):
         where = "values[%d]" % i
         _check_keys(where, v, {"name", "kind", "shape"}, ("name", "kind", "shape"))
         name = v["name"]
-        if not isinstance(name, str) or not name:
-            _fail("%s: 'name' must be a non-empty string, got %r", where, name)
+        _check_name(where, "name", name)
         where = "value %r (values[%d])" % (name, i)
         if name in g.values:
             _fail("%s: duplicate value name", where)
@@ -306,8 +354,7 @@ def _check_node(i, node, g, written):
         _fail("%s (name %r): unknown op %r (this reader, format %d.%d, knows %s)", where0,
               node.get("name"), op, VERSION_MAJOR, VERSION_MINOR, sorted(OPS))
     name = node["name"]
-    if not isinstance(name, str) or not name:
-        _fail("%s (op %r): 'name' must be a non-empty string, got %r", where0, op, name)
+    _check_name("%s (op %r)" % (where0, op), "name", name)
     where = _where_node(i, node)
     spec = OPS[op]
     attrs = node.get("attrs", {})
@@ -367,6 +414,8 @@ def validate_graph(graph, data_size=None):
         _fail("graph 'format' must be 'bnn-graph', got %r", graph["format"])
     if "producer" in graph and not isinstance(graph["producer"], str):
         _fail("graph 'producer' must be a string, got %r", graph["producer"])
+    if graph.get("producer"):
+        _check_name("graph", "producer", graph["producer"])
     if "metadata" in graph and not isinstance(graph["metadata"], dict):
         _fail("graph 'metadata' must be an object, got %s", type(graph["metadata"]).__name__)
     g = _Graph()
@@ -388,6 +437,7 @@ def validate_graph(graph, data_size=None):
         if v["name"] not in written:
             _fail("value %r is never written (neither a graph input nor a node's output)",
                   v["name"])
+    _check_strings(graph)
     return g
 
 
@@ -417,6 +467,44 @@ def _check_tensor_data(graph, arrays):
 
 
 # ---- reading --------------------------------------------------------------------------------------
+def file_kind(mode):
+    """What a st_mode is, in words (for the messages about files that are not regular)."""
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def open_regular(path, not_regular=None):
+    """Opens ``path`` for reading, only when it is a regular file (a symlink to one is
+    fine); returns a binary file object.  The open itself cannot block: it is made with
+    O_NONBLOCK (opening a FIFO that no one writes would wait forever, a device may never
+    end), and the type is checked on the opened descriptor (fstat), so nothing can be
+    swapped in between a check and the open.  A directory raises IsADirectoryError;
+    anything else that is not a regular file raises ``not_regular(message)`` (default
+    ModelFormatError)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise (not_regular or ModelFormatError)(
+                "%s is %s, not a regular file (only regular files are read)"
+                % (os.fspath(path), file_kind(st.st_mode)))
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            import fcntl
+            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _reject_constant(s):
     raise ValueError("non-standard JSON constant %s" % s)
 
@@ -536,7 +624,9 @@ def read_model(path_or_bytes, mmap=True):
     memoryview).  With a path and mmap=True the arrays are read-only views into a
     read-only memory map of the file (nothing is copied; the map lives as long as an
     array does); mmap=False reads the file into memory.  The arrays are always read-only.
-    Raises ModelFormatError for anything malformed, OSError for I/O errors.
+    Raises ModelFormatError for anything malformed (and for a path that is not a
+    regular file: a FIFO, a device, a socket -- never opened in a way that could block),
+    OSError for I/O errors.
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         try:
@@ -551,7 +641,7 @@ def read_model(path_or_bytes, mmap=True):
     if not isinstance(path_or_bytes, (str, os.PathLike)):
         raise TypeError("path_or_bytes must be a path or bytes, got %s"
                         % type(path_or_bytes).__name__)
-    with open(path_or_bytes, "rb") as f:
+    with open_regular(path_or_bytes) as f:  # never blocks on a FIFO or a device
         size = os.fstat(f.fileno()).st_size
         if not mmap:
             data = f.read()
@@ -590,7 +680,7 @@ def _align(n):
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def write_model(path, graph, tensors, minor=VERSION_MINOR):
+def write_model(path, graph, tensors, minor=VERSION_MINOR, check=None):
     """Writes a model file.
 
     graph: the graph dict without its tensor table: ``graph["tensors"]`` is (re)filled
@@ -599,7 +689,10 @@ def write_model(path, graph, tensors, minor=VERSION_MINOR):
     little-endian copies, each on a 64-byte boundary).  The graph is validated exactly
     as read_model would (ModelFormatError) before anything is written.  The file is
     written atomically: a temporary file in the same folder, fsync, os.replace; on any
-    error nothing is left behind.  Returns the path.
+    error nothing is left behind.  ``check``: a function called with the validated graph
+    (as a reader will see it, with its tensor table) before anything is written; what it
+    raises stops the write (the converter checks the memory budget there).  Returns the
+    path.
     """
     if not isinstance(graph, dict):
         _fail("graph must be a dict, got %s", type(graph).__name__)
@@ -618,13 +711,20 @@ def write_model(path, graph, tensors, minor=VERSION_MINOR):
                           ensure_ascii=False)
     except (TypeError, ValueError) as e:
         _fail("the graph cannot be written as JSON: %s", e)
-    graph_bytes = text.encode("utf-8")
-    # Validate what a reader will see (the JSON round trip), then the tensor contents.
-    check = json.loads(text)
-    validate_graph(check, data_size)
-    _check_tensor_data(check, {n: a for n, a in arrays})
+    try:
+        graph_bytes = text.encode("utf-8")
+    except UnicodeEncodeError:
+        _check_strings(graph)  # names the string
+        raise
     if not 1 <= len(graph_bytes) <= MAX_GRAPH_SIZE:
-        _fail("the graph JSON is %d bytes (the limit is %d)", len(graph_bytes), MAX_GRAPH_SIZE)
+        raise GraphSizeError("the graph JSON is %d bytes (the limit is %d)"
+                             % (len(graph_bytes), MAX_GRAPH_SIZE))
+    # Validate what a reader will see (the JSON round trip), then the tensor contents.
+    check_graph = json.loads(text)
+    validate_graph(check_graph, data_size)
+    _check_tensor_data(check_graph, {n: a for n, a in arrays})
+    if check is not None:
+        check(check_graph)
 
     data_offset = _align(HEADER_SIZE + len(graph_bytes))
     data_crc = 0

@@ -43,7 +43,11 @@ are shown as `<tmp>/`, the repository as `<repo>/`.  The models are built by
 `OSError`s.  On the command line `python -m firmware_py` prints `error: <message>` and
 exits 1; `python -m bnn_camera` prints `app: <message>` and exits 2 (model) or 1 (source).
 Text that comes from another package (onnx / protobuf / onnxruntime, and the first bytes
-of an ONNX file) is shown as this machine produced it; the up-to-date check ignores it.
+of an ONNX file), and figures of this machine (the memory available, the default memory
+limit), are shown as this machine produced them; the up-to-date check ignores them.
+A `MemoryBudgetError` (`firmware_py.memory`) is a `ModelFormatError`; `BadFrame` (a
+frame skipped and counted, the source goes on), `SourceError` and `SourceLost` are
+`bnn_camera.sources`' (docs/reliability.md, "Limits").
 """
 
 # Python's own errors that say nothing about what was wrong with the input: a case that
@@ -221,6 +225,7 @@ def _ce():
     return ConvertError
 
 
+S = "bnn_camera sources (frames)"
 L = "firmware_py.load (model files)"
 R = "Model.run (inputs)"
 D = "Detector / Detector.detect"
@@ -269,6 +274,17 @@ case(L, "node reads a value nobody writes", "node input 'ghost'", _mfe)(
     lambda c: _load(c.graph_with("ghost.bnn", lambda g: g["nodes"][1].update(
         inputs=["ghost"]))))
 case(L, "not a path", "load(123)", TypeError)(lambda c: _load(123))
+case(L, "a FIFO (named pipe) as the model file", "load('<tmp>/fifo.bnn')", _mfe)(
+    lambda c: _load(_fifo(c, "fifo.bnn")))
+case(L, "a 512-byte graph whose pad makes an 8 GiB image, limit 1 GiB",
+     "load(pad.bnn, memory_limit='1G')", _mfe)(
+    lambda c: _load_pad(c, 1, memory_limit="1G"))
+case(L, "a 13 KB graph of 64 pads asking for 1 TiB (the default limit)", "load(pad64.bnn)",
+     _mfe, volatile=[r"the memory limit of ([^;]+);"])(lambda c: _load_pad(c, 64))
+case(L, "a node name with a lone surrogate", "node name '\\ud800' (a JSON escape)", _mfe)(
+    lambda c: _load(_named(c, "\ud800")))
+case(L, "a node name with a terminal escape", "node name '\\x1b[31mred'", _mfe)(
+    lambda c: _load(_named(c, "\x1b[31mred")))
 
 case(R, "wrong shape", "run(zeros((1, 3, 64, 64), float32))", ValueError)(
     lambda c: c.model().run(np.zeros((1, 3, 64, 64), np.float32)))
@@ -287,6 +303,24 @@ case(R, "two inputs for a one-input model", "run([x, x])", ValueError)(
     lambda c: c.model().run([np.zeros((1, 3, 32, 32), np.float32)] * 2))
 case(R, "a dict with a wrong name", "run({'input': x})", ValueError)(
     lambda c: c.model().run({"input": np.zeros((1, 3, 32, 32), np.float32)}))
+
+
+def _fifo(c, name):
+    path = c.p(name)
+    if not os.path.exists(path):
+        os.mkfifo(path)
+    return path
+
+
+def _load_pad(c, n, **kw):
+    from tests.hostile import write_pad_model
+    import firmware_py
+    return firmware_py.load(write_pad_model(c.p("pad%d.bnn" % n), n), num_threads=1, **kw)
+
+
+def _named(c, name):
+    from tests.hostile import write_named_model
+    return write_named_model(c.p("named%d.bnn" % len(os.listdir(c.tmp))), name)
 
 
 def _closed_run(c):
@@ -324,6 +358,8 @@ case(D, "detector metadata input_size disagrees with the model", "input_size [64
     lambda c: _detector(write_tiny_detector(c.p("meta2.bnn"), {
         "decode": "yolov5", "input_size": [64, 64], "strides": [8],
         "anchors": [[10, 13, 16, 30, 33, 23]], "num_classes": 1, "outputs": ["head"]})))
+case(D, "a FIFO as the detector model", "Detector('<tmp>/fifo.bnn')", _mfe)(
+    lambda c: _detector(_fifo(c, "fifo.bnn")))
 case(D, "grayscale frame (H x W)", "detect(zeros((48, 64), uint8))", ValueError)(
     lambda c: c.detector().detect(np.zeros((48, 64), np.uint8)))
 case(D, "BGRA frame (4 channels)", "detect(zeros((48, 64, 4), uint8))", ValueError)(
@@ -370,6 +406,78 @@ def _truncated_onnx(c):
 
 case(C, "truncated ONNX file", "convert(model.onnx cut in half)", _ce,
      volatile=ONNX_READ)(_truncated_onnx)
+case(C, "Pad to 46004 x 46004 (8 GB), limit 1 GiB", "convert(pad.onnx, memory_limit='1G')",
+     _ce)(lambda c: _convert(_onnx_pad(c, "pad.onnx"), memory_limit="1G"))
+case(C, "a FIFO as the ONNX file", "convert('<tmp>/fifo.onnx')", _ce)(
+    lambda c: _convert(_fifo(c, "fifo.onnx")))
+case(C, "a graph output name with a newline", "convert(output 'y\\nz')", _ce)(
+    lambda c: _convert(_onnx_pad(c, "nl.onnx", pad=1, out_name="y\nz")))
+
+
+def _onnx_pad(c, name, **kw):
+    from tests.hostile import onnx_pad
+    return onnx_pad(c.p(name), **kw)
+
+
+# ---- sources -------------------------------------------------------------------------------
+def _sources():
+    from bnn_camera import sources
+    return sources
+
+
+def _frame_file(c, name, data):
+    d = os.path.join(c.tmp, "frames")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _bomb(c):
+    from tests.hostile import png_bomb
+    return _sources().read_image(png_bomb(c.p("bomb.png")))
+
+
+def _clip(c, name, n=3, size=(64, 48)):
+    import cv2
+    path = c.p(name)
+    w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
+    for i in range(n):
+        w.write(np.full((size[1], size[0], 3), 40 * i, np.uint8))
+    w.release()
+    return path
+
+
+def _moved_loop(c):
+    src = _sources().CvSource(_clip(c, "loop.avi"), "file", loop=True)
+    src.open()
+    for _ in range(3):
+        src.read()
+    os.rename(c.p("loop.avi"), c.p("moved.avi"))
+    src.read()  # the end: the rewind cannot reopen it
+
+
+case(S, "a PNG of 20000 x 20000 pixels (48 KB on disk, 1.2 GB decoded)",
+     "read_image(bomb.png)", lambda: _sources().BadFrame)(_bomb)
+case(S, "a FIFO named like an image", "read_image('<tmp>/fifo.jpg')",
+     lambda: _sources().BadFrame)(lambda c: _sources().read_image(_fifo(c, "fifo.jpg")))
+case(S, "a link to /dev/zero named like an image", "read_image(zero.jpg -> /dev/zero)",
+     lambda: _sources().BadFrame)(lambda c: _sources().read_image(_zero_link(c)))
+case(S, "a GIF named .jpg", "read_image(anim.jpg)", lambda: _sources().BadFrame)(
+    lambda c: _sources().read_image(_frame_file(c, "anim.jpg", b"GIF89a" + bytes(64))))
+case(S, "a video of 64x48 frames, max_pixels 1000",
+     "CvSource(clip, 'file', max_pixels=1000).open()", lambda: _sources().SourceError)(
+    lambda c: _sources().CvSource(_clip(c, "small.avi"), "file", max_pixels=1000).open())
+case(S, "a --loop video moved away while playing", "CvSource(clip, loop=True).read() at "
+     "its end", lambda: _sources().SourceLost)(_moved_loop)
+
+
+def _zero_link(c):
+    path = c.p("zero.jpg")
+    if not os.path.lexists(path):
+        os.symlink("/dev/zero", path)
+    return path
 
 
 def _cli(args):
@@ -402,6 +510,24 @@ case(A, "firmware_py convert with an unsupported op",
 case(A, "firmware_py convert --input-shape without '='",
      "python -m firmware_py convert m.onnx --input-shape 1,3,8,8", "cli")(
     lambda c: _cli(["-m", "firmware_py", "convert", "m.onnx", "--input-shape", "1,3,8,8"]))
+case(A, "firmware_py info on a node named '\\ud800'", "python -m firmware_py info named.bnn",
+     "cli")(lambda c: _cli(["-m", "firmware_py", "info", _named(c, "\ud800")]))
+case(A, "firmware_py convert --memory-limit lots",
+     "python -m firmware_py convert m.onnx --memory-limit lots", "cli")(
+    lambda c: _cli(["-m", "firmware_py", "convert", "m.onnx", "--memory-limit", "lots"]))
+case(A, "app: model is a FIFO", "python -m bnn_camera --model <tmp>/fifo.bnn", "cli")(
+    lambda c: _cli(["-m", "bnn_camera", "--model", _fifo(c, "fifo.bnn"), "--source", "x.mp4"]))
+case(A, "app: model over --memory-limit", "python -m bnn_camera --model det.bnn "
+     "--memory-limit 1K", "cli")(
+    lambda c: _cli(["-m", "bnn_camera", "--model", c.det, "--memory-limit", "1K",
+                    "--source", "x.mp4"]))
+for _args, _what in ((["--interval", "0"], "--interval 0"),
+                     (["--http", "127.0.0.1:99999"], "--http 127.0.0.1:99999"),
+                     (["--conf", "nan"], "--conf nan"), (["--threads", "-3"], "--threads -3"),
+                     (["--mqtt", "broker:1883/a/#"], "--mqtt broker:1883/a/#"),
+                     (["--http-timeout", "0"], "--http-timeout 0")):
+    case(A, "app: " + _what, "python -m bnn_camera " + _what, "cli")(
+        lambda c, a=_args: _cli(["-m", "bnn_camera"] + a))
 
 
 # ---- running them --------------------------------------------------------------------------

@@ -41,20 +41,37 @@ class ConvertResult:
         return report_text(self)
 
 
+def _json_meta(meta, key):
+    """metadata_props[key] parsed as JSON; ConvertError when it is not JSON, or when its
+    strings are not UTF-8 text (JSON escapes can spell lone surrogates)."""
+    try:
+        v = json.loads(meta[key])
+    except ValueError:
+        raise ConvertError("metadata %r is not valid JSON" % key) from None
+    try:
+        json.dumps(v, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConvertError("metadata %r holds a string that is not valid UTF-8 (a lone "
+                           "surrogate: %s)" % (key, e.reason)) from None
+    return v
+
+
 def _metadata(meta: dict, src) -> dict:
     out = {"source": os.path.basename(os.fspath(src)) if not hasattr(src, "graph") else "<ModelProto>"}
     if "class_names" in meta:
         try:
             names = json.loads(meta["class_names"])
-            if isinstance(names, list) and all(isinstance(n, str) for n in names):
-                out["class_names"] = names
         except ValueError:
-            pass
+            names = None
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            names = _json_meta(meta, "class_names")
+            bad = [n for n in names if not n.isprintable()]
+            if bad:
+                raise ConvertError("metadata 'class_names': %s is not printable text"
+                                   % ascii(bad[0]))
+            out["class_names"] = names
     if "detector" in meta:  # detection head parameters (firmware_py.detect), JSON
-        try:
-            det = json.loads(meta["detector"])
-        except ValueError:
-            raise ConvertError("metadata 'detector' is not valid JSON") from None
+        det = _json_meta(meta, "detector")
         if not isinstance(det, dict):
             raise ConvertError("metadata 'detector' must be a JSON object")
         out["detector"] = det
@@ -67,9 +84,7 @@ def _metadata(meta: dict, src) -> dict:
 def _rename(ir, old, new):
     ir.values[new] = dict(ir.values.pop(old), name=new)
     ir._names.add(new)
-    for n in ir.nodes:
-        n["inputs"] = [new if i == old else i for i in n["inputs"]]
-        n["outputs"] = [new if o == old else o for o in n["outputs"]]
+    ir.rename_value(old, new)
 
 
 def build(src, input_shapes=None):
@@ -113,13 +128,34 @@ def build(src, input_shapes=None):
     return graph, ir.tensors, low.notes, g.source_bytes
 
 
+def _memory_check(memory_limit):
+    """write_model's check: the converted model must fit the memory limit (the same budget
+    and limit as the loader's: firmware_py/memory.py)."""
+    from ..executor import check_memory, memory_budget
+    from ..memory import MemoryBudgetError
+
+    def check(graph):
+        try:
+            check_memory(memory_budget(graph), memory_limit, what="the converted model")
+        except MemoryBudgetError as e:
+            raise ConvertError("%s; nothing was written (a Pad, Resize or Concat making a "
+                               "huge tensor?  --memory-limit / memory_limit= changes the "
+                               "limit)" % e) from None
+        except ValueError as e:  # a malformed memory_limit / $BNN_MEMORY_LIMIT
+            raise ConvertError(str(e)) from None
+    return check
+
+
 def convert(src, dst=None, input_shapes=None, check=False, check_inputs=None, check_samples=4, seed=0,
-            rtol=1e-3, atol=1e-4) -> ConvertResult:
+            rtol=1e-3, atol=1e-4, memory_limit=None) -> ConvertResult:
     """Converts an ONNX model (path or ModelProto) to the model file `dst` (default: src with
     the extension .bnn).  Raises ConvertError naming the node for anything unsupported;
     nothing is written then.  check=True compares firmware_py against onnxruntime on
     random inputs (and check_inputs: an array or a list of arrays) and raises
-    ConvertError when they disagree."""
+    ConvertError when they disagree.  memory_limit: what the converted model may need at
+    run time (bytes or "512M"; 0 / "none": no limit; None: $BNN_MEMORY_LIMIT, else the
+    memory available here -- firmware_py/memory.py): a ConvertError before anything is
+    written when it needs more."""
     from ..model_format import write_model
 
     graph, tensors, notes, source_bytes = build(src, input_shapes)
@@ -127,11 +163,18 @@ def convert(src, dst=None, input_shapes=None, check=False, check_inputs=None, ch
         if not isinstance(src, (str, os.PathLike)):
             raise ConvertError("dst is required when src is a ModelProto")
         dst = os.path.splitext(os.fspath(src))[0] + ".bnn"
-    write_model(dst, graph, tensors)
+    from ..model_format import GraphSizeError
+    try:
+        write_model(dst, graph, tensors, check=_memory_check(memory_limit))
+    except GraphSizeError as e:
+        raise ConvertError("%s: the converted model has %d nodes and %d values, more than a "
+                           "model file can describe; nothing was written" % (
+                               e, len(graph["nodes"]), len(graph["values"]))) from None
     result = ConvertResult(os.fspath(dst), graph, tensors, notes, source_bytes, os.path.getsize(dst))
     if check:
         from .check import check_against_onnxruntime
-        result.check = check_against_onnxruntime(src, dst, graph, check_inputs, check_samples, seed, rtol, atol)
+        result.check = check_against_onnxruntime(src, dst, graph, check_inputs, check_samples, seed, rtol,
+                                                 atol, memory_limit)
         if not result.check["ok"]:
             raise ConvertError("--check failed: %s" % result.check["summary"])
     return result

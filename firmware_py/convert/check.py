@@ -6,14 +6,15 @@ import numpy as np
 from .errors import ConvertError
 
 
-def check_against_onnxruntime(src, dst, graph, inputs=None, samples=4, seed=0, rtol=1e-3, atol=1e-4):
+def check_against_onnxruntime(src, dst, graph, inputs=None, samples=4, seed=0, rtol=1e-3, atol=1e-4,
+                              memory_limit=None):
     try:
         import onnxruntime as ort
     except ImportError:
         raise ConvertError("--check needs onnxruntime (pip install onnxruntime)") from None
     from .. import load
 
-    model = load(dst, num_threads=1)
+    model = load(dst, num_threads=1, memory_limit=memory_limit)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(src if isinstance(src, str) else src.SerializeToString(), so,

@@ -401,11 +401,10 @@ class Lowering:
                                         "bias, used nowhere else")
         if tuple(k.shape[2:]) != tuple(x.shape[2:]):
             raise ConvertError.at(node, "K has spatial shape %s, the convolution %s" % (k.shape[2:], x.shape[2:]))
-        prod["inputs"].append(k.value)
+        self.ir.set_inputs(prod, prod["inputs"] + [k.value])
         kp = self.ir.producer(k.value)  # K must be computed before the convolution reads it
-        if self.ir.nodes.index(kp) > self.ir.nodes.index(prod):
-            self.ir.nodes.remove(kp)
-            self.ir.nodes.insert(self.ir.nodes.index(prod), kp)
+        if self.ir.order(kp) > self.ir.order(prod):
+            self.ir.move_before(kp, prod)
         return x
 
     def op_Div(self, node):

@@ -131,7 +131,16 @@ def load_model(src):
         raise ConvertError("input file not found: %s" % path)
     from onnx.external_data_helper import load_external_data_for_model
 
+    from ..model_format import open_regular
+
+    def regular(p):  # a FIFO or a device would block the reader
+        try:
+            open_regular(p, not_regular=ConvertError).close()
+        except OSError as e:
+            raise ConvertError("cannot read ONNX file %s: %s" % (p, e)) from None
+
     base = os.path.dirname(os.path.abspath(path))
+    regular(path)
     try:
         model = onnx.load(path, load_external_data=False)
         # external data files count toward the source size
@@ -141,6 +150,7 @@ def load_model(src):
             p = os.path.join(base, loc)
             if not os.path.exists(p):
                 raise ConvertError("external data file %r of %s not found" % (loc, path))
+            regular(p)
             size += os.path.getsize(p)
         load_external_data_for_model(model, base)
     except ConvertError:
@@ -172,6 +182,15 @@ def _check_strings(model):
                 [(x, "input") for x in n.input] + [(x, "output") for x in n.output] + \
                 [(a.name, "attribute name") for a in n.attribute]:
             need(v, "node %d's %s" % (i, what))
+    # the graph's inputs and outputs keep their names in the model file, where names
+    # must be printable text (model_format): no control characters
+    inits = {t.name for t in g.initializer}
+    for kind, items in (("input", g.input), ("output", g.output)):
+        for vi in items:
+            if vi.name not in inits and not vi.name.isprintable():
+                raise ConvertError("graph %s %s: the name holds a character that is not "
+                                   "printable (names must be printable text)"
+                                   % (kind, ascii(vi.name)))
 
 
 MAX_ELEMENTS = 2**31 - 1  # per tensor: the runtime counts elements in int32

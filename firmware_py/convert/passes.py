@@ -23,7 +23,7 @@ def fold_affine(ir: IR, outputs):
     while changed:
         changed = False
         for node in list(ir.nodes):
-            if node["op"] != "affine":
+            if node["op"] != "affine" or not ir.alive(node):
                 continue
             src = node["inputs"][0]
             prod = ir.producer(src)
@@ -46,8 +46,9 @@ def fold_affine(ir: IR, outputs):
                 ir.set_param(prod, "bias", pb * s + b)
             else:
                 continue
-            prod["outputs"] = list(node["outputs"])
-            ir.nodes.remove(node)
+            outs = list(node["outputs"])
+            ir.remove(node)
+            ir.set_outputs(prod, outs)
             changed = True
 
 
@@ -63,15 +64,14 @@ def sign_before_maxpool(ir: IR, outputs):
         xs = ir.values[x]["shape"]
         bits_in = ir.value(x + ".bits", "bits", xs)
         # bitpack(x) -> bmaxpool2d -> (the old bitpack output)
-        node["inputs"] = [x]
         old_out = node["outputs"][0]
-        node["outputs"] = [bits_in]
+        ir.set_outputs(node, [bits_in])
+        ir.set_inputs(node, [x])
         pool["op"] = "bmaxpool2d"
-        pool["inputs"] = [bits_in]
-        pool["outputs"] = [old_out]
+        ir.set_outputs(pool, [old_out])
+        ir.set_inputs(pool, [bits_in])
         # order: the bitpack must come before the pool
-        ir.nodes.remove(node)
-        ir.nodes.insert(ir.nodes.index(pool), node)
+        ir.move_before(node, pool)
 
 
 def thresholds(mul: np.ndarray, add: np.ndarray, n: int, threshold: float = 0.0):
@@ -118,8 +118,9 @@ def fuse_thresholds(ir: IR, outputs):
         prod["params"]["threshold"] = ir.tensor(prod["name"] + ".threshold", thr)
         prod["params"]["flip"] = ir.tensor(prod["name"] + ".flip", flip)
         prod["attrs"]["output"] = "bits"
-        prod["outputs"] = list(node["outputs"])
-        ir.nodes.remove(node)
+        outs = list(node["outputs"])
+        ir.remove(node)
+        ir.set_outputs(prod, outs)
 
 
 def optimize(ir: IR, outputs):
