@@ -10,7 +10,8 @@ speed, with --http, --mqtt (a real mosquitto on 127.0.0.1) and --out, three time
 2. loaded, ``--minutes``: 50 idle HTTP connections (each one the server closes is
    opened again), 20 MJPEG viewers of which 5 never read (each one the server drops is
    opened again), /metrics polled every 5 s, the clip replaced twice (moved away, then a
-   new copy put in its place 3 s later) and the broker restarted twice (SIGKILL, back 2 s
+   new copy put in its place 3 s later or, when the app has not rewound the clip by then,
+   once its stats say "reconnecting") and the broker restarted twice (SIGKILL, back 2 s
    later on the same port);
 3. unloaded again (the machine's speed drifts; the baseline is the mean of 1 and 3).
 
@@ -318,6 +319,19 @@ def _app_args(model, clip, port_mqtt, out, threads, http_timeout):
     return args
 
 
+def _wait_state(app, state, timeout):
+    """True once one of the app's stats records since now has ``source_state`` == state."""
+    n = len(app.records)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if any(r.get("source_state") == state for r in list(app.records)[n:]):
+            return True
+        if app.p.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
 def _fps(records, warm_s=5.0):
     fps = sorted(r["inference_fps"] for r in records if r["uptime_s"] > warm_s)
     return fps[len(fps) // 2] if fps else None
@@ -382,6 +396,9 @@ def run_stress(minutes=10.0, model=None, threads=None, baseline_minutes=None,
                 if what == "replace":  # moved away, a new copy put in its place later
                     os.rename(clip, clip + ".old")
                     time.sleep(gap_s)
+                    # the app notices only when it rewinds: the clip stays away until
+                    # its stats say "reconnecting" (a loop of the clip at most)
+                    noticed = _wait_state(app, "reconnecting", timeout=120)
                     shutil.copy(sample, clip + ".new")
                     os.replace(clip + ".new", clip)
                     os.remove(clip + ".old")
@@ -390,6 +407,8 @@ def run_stress(minutes=10.0, model=None, threads=None, baseline_minutes=None,
                     time.sleep(broker_down_s)
                     broker.start()
                 events.append({"t_s": t, "event": what})
+                if what == "replace":
+                    events[-1]["app_noticed"] = noticed
                 log("%s at %.0f s" % (what, t))
             rest = t0 + total_s - time.monotonic()
             if rest > 0:
