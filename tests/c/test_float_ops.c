@@ -122,19 +122,20 @@ static int fconv_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
     return bnn_fconv2d_run(ctx, st->layer, st->x, st->x_len, y, y_len);
 }
 
-static void test_fconv_case(const bnn_window *w, int with_bias) {
+static void test_fconv_case_g(const bnn_window *w, int with_bias, int groups) {
+    const int icg = w->in_c / groups, ocg = w->out_c / groups;
     int32_t oh = out_dim(w->in_h, w->kernel_h, w->stride_h, w->pad_top, w->pad_bottom);
     int32_t ow = out_dim(w->in_w, w->kernel_w, w->stride_w, w->pad_left, w->pad_right);
     size_t x_len = (size_t)w->n * w->in_h * w->in_w * w->in_c;
-    size_t w_len = (size_t)w->out_c * w->kernel_h * w->kernel_w * w->in_c;
+    size_t w_len = (size_t)w->out_c * w->kernel_h * w->kernel_w * icg;
     size_t y_len = (size_t)w->n * oh * ow * w->out_c;
     float *x = falloc(x_len), *wt = falloc(w_len), *bias = falloc(w->out_c);
     frand(x, x_len);
     frand(wt, w_len);
     frand(bias, w->out_c);
     bnn_fconv2d *L = NULL;
-    int rc = bnn_fconv2d_create(&L, w, wt, w_len, with_bias ? bias : NULL, with_bias ? (size_t)w->out_c : 0);
-    CHECK(rc == BNN_OK && L, "fconv create rc %d " WFMT, rc, WARGS(*w));
+    int rc = bnn_fconv2d_create(&L, w, groups, wt, w_len, with_bias ? bias : NULL, with_bias ? (size_t)w->out_c : 0);
+    CHECK(rc == BNN_OK && L, "fconv create rc %d groups %d " WFMT, rc, groups, WARGS(*w));
     if (!L) goto done;
     CHECK(bnn_fconv2d_input_len(L) == x_len, "input_len");
     CHECK(bnn_fconv2d_output_len(L) == y_len, "output_len");
@@ -147,7 +148,8 @@ static void test_fconv_case(const bnn_window *w, int with_bias) {
         float *y = run_paths(fconv_op, &st, y_len, sizeof(float), "fconv2d", path);
         if (!ref) ref = y;
         else if (path == BNN_PATH_NEON)
-            CHECK(memcmp(ref, y, y_len * sizeof(float)) == 0, "fconv2d " WFMT ": neon differs from portable", WARGS(*w));
+            CHECK(memcmp(ref, y, y_len * sizeof(float)) == 0, "fconv2d groups %d " WFMT ": neon differs from portable",
+                  groups, WARGS(*w));
         int bad = 0;
         for (int b = 0; b < w->n; b++)
             for (int oy = 0; oy < oh; oy++)
@@ -158,19 +160,20 @@ static void test_fconv_case(const bnn_window *w, int with_bias) {
                             for (int kx = 0; kx < w->kernel_w; kx++) {
                                 int iy = oy * w->stride_h - w->pad_top + ky, ix = ox * w->stride_w - w->pad_left + kx;
                                 if (iy < 0 || iy >= w->in_h || ix < 0 || ix >= w->in_w) continue;
-                                for (int c = 0; c < w->in_c; c++) {
-                                    double p = (double)x[(((size_t)b * w->in_h + iy) * w->in_w + ix) * w->in_c + c]
-                                               * wt[(((size_t)o * w->kernel_h + ky) * w->kernel_w + kx) * w->in_c + c];
+                                for (int c = 0; c < icg; c++) {
+                                    double p = (double)x[(((size_t)b * w->in_h + iy) * w->in_w + ix) * w->in_c
+                                                         + (size_t)(o / ocg) * icg + c]
+                                               * wt[(((size_t)o * w->kernel_h + ky) * w->kernel_w + kx) * icg + c];
                                     acc += p;
                                     mag += fabs(p);
                                 }
                             }
                         float got = y[(((size_t)b * oh + oy) * ow + ox) * w->out_c + o];
                         if (!close_enough(got, acc, mag) && bad++ < 3)
-                            CHECK(0, "fconv2d %s " WFMT " at b%d y%d x%d o%d: %.9g vs %.9g", bnn_path_name(path),
-                                  WARGS(*w), b, oy, ox, o, got, acc);
+                            CHECK(0, "fconv2d %s groups %d " WFMT " at b%d y%d x%d o%d: %.9g vs %.9g",
+                                  bnn_path_name(path), groups, WARGS(*w), b, oy, ox, o, got, acc);
                     }
-        CHECK(bad == 0, "fconv2d %s " WFMT ": %d mismatches", bnn_path_name(path), WARGS(*w), bad);
+        CHECK(bad == 0, "fconv2d %s groups %d " WFMT ": %d mismatches", bnn_path_name(path), groups, WARGS(*w), bad);
         if (y != ref) free(y);
     }
     free(ref);
@@ -179,6 +182,42 @@ done:
     free(x);
     free(wt);
     free(bias);
+}
+
+static void test_fconv_case(const bnn_window *w, int with_bias) { test_fconv_case_g(w, with_bias, 1); }
+
+/* grouped and depthwise convolutions: random windows with groups dividing both channel
+ * counts (depthwise: groups = in_c = out_c, its own kernels), then the shapes of QuickNet's
+ * stem and blur pools and channel counts around the vector widths */
+static void test_fconv_groups(void) {
+    for (int i = 0; i < 40; i++) {
+        bnn_window w = rand_win(40);
+        int groups;
+        if (i % 2) { /* depthwise */
+            w.out_c = w.in_c;
+            groups = w.in_c;
+        } else {
+            groups = check_rand_int(1, 8);
+            w.in_c = groups * check_rand_int(1, 6);
+            w.out_c = groups * check_rand_int(1, 20);
+        }
+        test_fconv_case_g(&w, i % 3 != 0, groups);
+    }
+    static const int cs[] = {1, 3, 4, 5, 8, 15, 16, 17, 31, 33, 64};
+    for (int i = 0; i < (int)(sizeof cs / sizeof cs[0]); i++) {
+        bnn_window w = {1, 9, 23, cs[i], cs[i], 3, 3, 2, 2, 1, 1, 1, 1}; /* blur pool: 3x3 s2 depthwise */
+        test_fconv_case_g(&w, i % 2, cs[i]);
+        w = (bnn_window){2, 7, 30, cs[i], cs[i], 3, 3, 1, 1, 1, 1, 1, 1};
+        test_fconv_case_g(&w, 1, cs[i]);
+    }
+    bnn_window w = {1, 16, 16, 64, 64, 3, 3, 2, 2, 1, 1, 1, 1}; /* group 8, as QuickNet's stem */
+    test_fconv_case_g(&w, 1, 8);
+    w = (bnn_window){1, 12, 20, 32, 64, 3, 3, 2, 2, 0, 0, 1, 1}; /* 4 in / 8 out per group */
+    test_fconv_case_g(&w, 0, 8);
+    w = (bnn_window){1, 5, 6, 48, 24, 1, 1, 1, 1, 0, 0, 0, 0}; /* flat 1x1, 3 groups */
+    test_fconv_case_g(&w, 1, 3);
+    w = (bnn_window){1, 5, 200, 8, 24, 3, 3, 1, 1, 1, 1, 1, 1}; /* channel multiplier 3 */
+    test_fconv_case_g(&w, 1, 8);
 }
 
 static void test_fconv(void) {
@@ -581,11 +620,11 @@ static void test_bad_args(void) {
 
     /* fconv2d create */
     bnn_fconv2d *L = (bnn_fconv2d *)&w; /* must be reset to NULL on failure */
-    CHECK(bnn_fconv2d_create(NULL, &w, wt, w_len, bias, 4) == BNN_E_NULL, "create out NULL");
-    CHECK(bnn_fconv2d_create(&L, NULL, wt, w_len, bias, 4) == BNN_E_NULL && L == NULL, "create win NULL");
-    CHECK(bnn_fconv2d_create(&L, &w, NULL, w_len, bias, 4) == BNN_E_NULL && L == NULL, "create weights NULL");
-    CHECK(bnn_fconv2d_create(&L, &w, wt, w_len - 1, bias, 4) == BNN_E_SIZE && L == NULL, "create weights short");
-    CHECK(bnn_fconv2d_create(&L, &w, wt, w_len, bias, 3) == BNN_E_SIZE && L == NULL, "create bias short");
+    CHECK(bnn_fconv2d_create(NULL, &w, 1, wt, w_len, bias, 4) == BNN_E_NULL, "create out NULL");
+    CHECK(bnn_fconv2d_create(&L, NULL, 1, wt, w_len, bias, 4) == BNN_E_NULL && L == NULL, "create win NULL");
+    CHECK(bnn_fconv2d_create(&L, &w, 1, NULL, w_len, bias, 4) == BNN_E_NULL && L == NULL, "create weights NULL");
+    CHECK(bnn_fconv2d_create(&L, &w, 1, wt, w_len - 1, bias, 4) == BNN_E_SIZE && L == NULL, "create weights short");
+    CHECK(bnn_fconv2d_create(&L, &w, 1, wt, w_len, bias, 3) == BNN_E_SIZE && L == NULL, "create bias short");
     bnn_window bw[8];
     for (int i = 0; i < 8; i++) bw[i] = w;
     bw[0].kernel_h = 0;
@@ -598,14 +637,19 @@ static void test_bad_args(void) {
     bw[6].pad_top = -1;
     bw[7].kernel_w = 16;
     for (int i = 0; i < 8; i++)
-        CHECK(bnn_fconv2d_create(&L, &bw[i], wt, w_len, bias, 4) == BNN_E_SHAPE && L == NULL, "create bad shape %d", i);
+        CHECK(bnn_fconv2d_create(&L, &bw[i], 1, wt, w_len, bias, 4) == BNN_E_SHAPE && L == NULL, "create bad shape %d", i);
+    /* groups that do not divide both channel counts (in 3, out 4) */
+    CHECK(bnn_fconv2d_create(&L, &w, 0, wt, w_len, bias, 4) == BNN_E_SHAPE && L == NULL, "create groups 0");
+    CHECK(bnn_fconv2d_create(&L, &w, -3, wt, w_len, bias, 4) == BNN_E_SHAPE && L == NULL, "create groups -3");
+    CHECK(bnn_fconv2d_create(&L, &w, 2, wt, w_len, bias, 4) == BNN_E_SHAPE && L == NULL, "create groups 2");
+    CHECK(bnn_fconv2d_create(&L, &w, 3, wt, w_len, bias, 4) == BNN_E_SHAPE && L == NULL, "create groups 3");
     /* huge but in-range geometry whose weights could never fit */
     bnn_window huge = {1, 1, 1, 1 << 20, 1 << 20, 15, 15, 1, 1, 7, 7, 7, 7};
-    int rc = bnn_fconv2d_create(&L, &huge, wt, w_len, NULL, 0);
+    int rc = bnn_fconv2d_create(&L, &huge, 1, wt, w_len, NULL, 0);
     CHECK((rc == BNN_E_SHAPE || rc == BNN_E_SIZE) && L == NULL, "create huge rc %d", rc);
 
     /* fconv2d run */
-    CHECK(bnn_fconv2d_create(&L, &w, wt, w_len, NULL, 0) == BNN_OK && L, "create ok without bias");
+    CHECK(bnn_fconv2d_create(&L, &w, 1, wt, w_len, NULL, 0) == BNN_OK && L, "create ok without bias");
     ffill(y, y_len + 8, SENT);
     CHECK(bnn_fconv2d_run(NULL, L, x, x_len, y, y_len) == BNN_E_NULL, "run ctx NULL");
     CHECK(bnn_fconv2d_run(ctx, NULL, x, x_len, y, y_len) == BNN_E_NULL, "run layer NULL");
@@ -702,6 +746,7 @@ int main(void) {
     test_eltwise();
     test_pools();
     test_fconv();
+    test_fconv_groups();
     for (int t = 0; t < 3; t++) bnn_ctx_destroy(ctxs[t]);
     return check_summary("test_float_ops");
 }

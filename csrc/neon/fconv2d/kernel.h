@@ -1,17 +1,20 @@
 /* The contract every float-convolution kernel (reference.h, kernels_*.h) implements;
  * fconv2d.c's select_kernel picks one per call from the context's path.
  *
- * The weights are laid out in blocks of OB output channels, w[ob][kh][kw][in_c][OB] (the
- * last block zero-padded), so that, for one kernel row, the taps (kx, ic) and the OB output
- * channels are one contiguous run, and so is the input row (x at ix .. ix+kw-1, all
- * channels).  OB is 16 on x86-64 (one AVX-512 register, two AVX2 registers) and 8 elsewhere
+ * The weights are laid out in blocks of OB output channels of one group,
+ * w[group][ob][kh][kw][in_c / groups][OB] (each group's last block zero-padded), so that,
+ * with groups 1, for one kernel row, the taps (kx, ic) and the OB output channels are one
+ * contiguous run, and so is the input row (x at ix .. ix+kw-1, all channels); with groups
+ * > 1 a kernel row is nkx runs of the group's in_c / groups channels (xcol / wcol apart).
+ * OB is 16 on x86-64 (one AVX-512 register, two AVX2 registers) and 8 elsewhere
  * (two NEON ones).
  *
  * A kernel computes np output pixels (xstep apart in x, ystep apart in y) of one output
  * row times nb blocks of OB channels, of which the first nc are stored (fc_tile); each
  * output element is
- *     bias[o], then + x * w over the nky kernel rows (xrow / wrow apart) and, in each, the
- *     nj = (valid kx) * in_c contiguous taps from xs / ws, in this order,
+ *     bias[o], then + x * w over the nky kernel rows (xrow / wrow apart), in each over nkx
+ *     runs (xcol / wcol apart) and, in each, the nj contiguous taps from xs / ws, in this
+ *     order (groups 1: nkx 1, nj = (valid kx) * in_c; else nkx = valid kx, nj = in_c / groups),
  * one multiply-add at a time (fused where the kernel says so; see fconv2d.c).  np > 1 only
  * where the whole kernel row is inside the image (the same taps for every pixel). */
 #ifndef BNN_FCONV2D_KERNEL_H
@@ -28,20 +31,40 @@
 
 typedef struct {
     const float *xs;
-    size_t xrow, xstep;
-    int nky, nj;
+    size_t xrow, xcol, xstep;
+    int nky, nkx, nj;
     const float *ws;
-    size_t wrow, wblock; /* wblock: floats between the weights of consecutive blocks */
+    size_t wrow, wcol, wblock; /* wblock: floats between the weights of consecutive blocks */
     const float *bias;
     float *ys;
     size_t ystep;
     int nc;
 } fc_tile;
 
+/* A depthwise tile (groups = in_c = out_c): np output pixels (xstep / ystep apart) times
+ * the nc channels from xs / ys; channel c of each is
+ *     bias[c], then + x[c] * w[c] over the nky kernel rows (xrow / wrow apart) and, in
+ *     each, the nkx columns (xcol / wcol apart), in this order,
+ * one multiply-add at a time as above.  The weights w[kh][kw][cp] and bias[cp] are padded
+ * to cp >= nc rounded up to OB, so a kernel may read them past nc (never x past nc). */
+typedef struct {
+    const float *xs;
+    size_t xrow, xcol, xstep;
+    int nky, nkx;
+    const float *ws;
+    size_t wrow, wcol;
+    const float *bias;
+    float *ys;
+    size_t ystep;
+    int nc;
+} fc_dw_tile;
+
 typedef struct {
     void (*run)(const fc_tile *t, int np, int nb); /* 1 <= np <= px, 1 <= nb <= gb */
     int px;                                         /* output pixels per call, at most */
     int gb;                                         /* blocks per work item, at most */
+    void (*dw)(const fc_dw_tile *t, int np);        /* depthwise: 1 <= np <= dwpx */
+    int dwpx;
 } bnn_fconv2d_kernel;
 
 #define FC_RUN 96 /* px of the kernels that loop over their tiles themselves (FC_DEF_RUN_KERNEL) */
@@ -65,9 +88,10 @@ typedef struct {
             FC_##ISA##_VEC bv = FC_##ISA##_LOAD(t->bias + FC_##ISA##_LANES * v);                \
             BNN_UNROLLED(p, P) acc[p][v] = bv;                                                 \
         }                                                                                      \
-        for (int ky = 0; ky < t->nky; ky++) {                                                  \
-            const float *xr = t->xs + (size_t)ky * t->xrow;                                    \
-            const float *wr = t->ws + (size_t)ky * t->wrow;                                    \
+        for (int ky = 0; ky < t->nky; ky++)                                                    \
+        for (int kx = 0; kx < t->nkx; kx++) {                                                  \
+            const float *xr = t->xs + (size_t)ky * t->xrow + (size_t)kx * t->xcol;             \
+            const float *wr = t->ws + (size_t)ky * t->wrow + (size_t)kx * t->wcol;             \
             for (int j = 0; j < t->nj; j++) {                                                  \
                 FC_##ISA##_VEC wv[NB * FC_##ISA##_VPB];                                        \
                 BNN_UNROLLED(v, NB * FC_##ISA##_VPB)                                           \
@@ -120,6 +144,38 @@ typedef struct {
     FC_DEF_TILE(name##_1_2, ISA, 1, 2)                                                         \
     FC_DEF_TILE(name##_1_1, ISA, 1, 1)                                                         \
     FC_DEF_TILES(name, ISA, NBMAX)
+
+/* FC_DEF_DW: a depthwise kernel (fc_dw_tile) of up to P pixels over an ISA's operations
+ * and FC_<ISA>_LOADN(p, n) / FC_<ISA>_STOREN(y, v, n) (the first n < LANES floats; the
+ * others loaded as 0): for each LANES channels, P accumulators, one weight vector per tap. */
+#define FC_DEF_DW(name, ATTR, ISA, P)                                                          \
+    ATTR static void name(const fc_dw_tile *t, int np) {                                       \
+        for (int c = 0; c < t->nc; c += FC_##ISA##_LANES) {                                    \
+            const int n = t->nc - c;                                                           \
+            FC_##ISA##_VEC acc[P];                                                             \
+            size_t xo[P];                                                                      \
+            BNN_UNROLLED(p, P) {                                                               \
+                acc[p] = FC_##ISA##_LOAD(t->bias + c);                                         \
+                xo[p] = (size_t)(p < np ? p : np - 1) * t->xstep + (size_t)c;                  \
+            }                                                                                  \
+            for (int ky = 0; ky < t->nky; ky++)                                                \
+                for (int kx = 0; kx < t->nkx; kx++) {                                          \
+                    const float *xr = t->xs + (size_t)ky * t->xrow + (size_t)kx * t->xcol;     \
+                    FC_##ISA##_VEC wv = FC_##ISA##_LOAD(t->ws + (size_t)ky * t->wrow + (size_t)kx * t->wcol + c); \
+                    if (n >= FC_##ISA##_LANES) {                                               \
+                        BNN_UNROLLED(p, P) acc[p] = FC_##ISA##_FMADD(FC_##ISA##_LOAD(xr + xo[p]), wv, acc[p]); \
+                    } else {                                                                   \
+                        BNN_UNROLLED(p, P) acc[p] = FC_##ISA##_FMADD(FC_##ISA##_LOADN(xr + xo[p], n), wv, acc[p]); \
+                    }                                                                          \
+                }                                                                              \
+            BNN_UNROLLED(p, P) {                                                               \
+                if (p >= np) break;                                                            \
+                float *yp = t->ys + (size_t)p * t->ystep + c;                                  \
+                if (n >= FC_##ISA##_LANES) FC_##ISA##_STORE1(yp, acc[p]);                      \
+                else FC_##ISA##_STOREN(yp, acc[p], n);                                         \
+            }                                                                                  \
+        }                                                                                      \
+    }
 
 /* A kernel's run for up to px = FC_RUN pixels per call from a function `tiles` of up to P
  * pixels (FC_DEF_TILES, or the reference's): P at a time, no indirect call per tile. */

@@ -1,7 +1,8 @@
 /* NEON float-convolution kernel (see kernel.h) for aarch64 and armv7: a block of OB = 8
  * channels is two q registers; a tile is FC_NEON_P pixels times up to 2 blocks (aarch64,
  * 32 q registers: 4 x 2 x 2 = 16 accumulators; armv7, 16 q registers: 2 x 2 x 2 = 8); a
- * call runs up to FC_RUN pixels, tile after tile.  The tiles are kernel.h's template over
+ * call runs up to FC_RUN pixels, tile after tile; a depthwise tile is FC_NEON_DW_P pixels
+ * times 4 channels.  The tiles are kernel.h's template over
  * the FC_NEON_* operations below.  It does exactly
  * the reference's operations (VFMA where the reference fuses, VMLA where it does not), so
  * it is only built where the two agree (else the reference serves); it then gives the same
@@ -51,7 +52,25 @@ BNN_INLINE void fc_neon_store(float *y, float32x4_t v0, float32x4_t v1, int nc) 
 FC_DEF_ISA_TILES(fconv2d_neon_tiles, NEON, FC_NEON_P, FC_NEON_GB)
 FC_DEF_RUN_KERNEL(fconv2d_neon_run, , fconv2d_neon_tiles, FC_NEON_P)
 
-static const bnn_fconv2d_kernel fconv2d_neon = {fconv2d_neon_run, FC_RUN, FC_NEON_GB};
+/* depthwise: FC_NEON_DW_P pixels x one q register of channels (the last ones through a
+ * zeroed copy) */
+#define FC_NEON_DW_P 8
+BNN_INLINE float32x4_t fc_neon_loadn(const float *p, int n) {
+    float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < n; i++) tmp[i] = p[i];
+    return vld1q_f32(tmp);
+}
+BNN_INLINE void fc_neon_storen(float *y, float32x4_t v, int n) {
+    float tmp[4];
+    vst1q_f32(tmp, v);
+    for (int i = 0; i < n; i++) y[i] = tmp[i];
+}
+#define FC_NEON_STORE1 vst1q_f32
+#define FC_NEON_LOADN fc_neon_loadn
+#define FC_NEON_STOREN fc_neon_storen
+FC_DEF_DW(fconv2d_dw_neon, , NEON, FC_NEON_DW_P)
+
+static const bnn_fconv2d_kernel fconv2d_neon = {fconv2d_neon_run, FC_RUN, FC_NEON_GB, fconv2d_dw_neon, FC_NEON_DW_P};
 
 #else
 #define fconv2d_neon fconv2d_portable

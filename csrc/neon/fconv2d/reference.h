@@ -20,17 +20,18 @@ BNN_INLINE void tile_portable(const fc_tile *t, int np) {
     float acc[FC_PX][OB];
     for (int p = 0; p < np; p++)
         for (int o = 0; o < OB; o++) acc[p][o] = t->bias[o];
-    for (int ky = 0; ky < t->nky; ky++) {
-        const float *xr = t->xs + (size_t)ky * t->xrow;
-        const float *wr = t->ws + (size_t)ky * t->wrow;
-        for (int j = 0; j < t->nj; j++) {
-            const float *wv = wr + (size_t)j * OB;
-            for (int p = 0; p < np; p++) {
-                float xv = xr[(size_t)p * t->xstep + (size_t)j];
-                for (int o = 0; o < OB; o++) acc[p][o] = MADD(acc[p][o], xv, wv[o]);
+    for (int ky = 0; ky < t->nky; ky++)
+        for (int kx = 0; kx < t->nkx; kx++) {
+            const float *xr = t->xs + (size_t)ky * t->xrow + (size_t)kx * t->xcol;
+            const float *wr = t->ws + (size_t)ky * t->wrow + (size_t)kx * t->wcol;
+            for (int j = 0; j < t->nj; j++) {
+                const float *wv = wr + (size_t)j * OB;
+                for (int p = 0; p < np; p++) {
+                    float xv = xr[(size_t)p * t->xstep + (size_t)j];
+                    for (int o = 0; o < OB; o++) acc[p][o] = MADD(acc[p][o], xv, wv[o]);
+                }
             }
         }
-    }
     for (int p = 0; p < np; p++) memcpy(t->ys + (size_t)p * t->ystep, acc[p], (size_t)t->nc * sizeof(float));
 }
 
@@ -47,6 +48,22 @@ BNN_INLINE void fconv2d_portable_tiles(const fc_tile *t0, int np, int nb) {
 
 FC_DEF_RUN_KERNEL(fconv2d_portable_run, , fconv2d_portable_tiles, FC_PX)
 
-static const bnn_fconv2d_kernel fconv2d_portable = {fconv2d_portable_run, FC_RUN, 1};
+/* depthwise: each pixel, each channel, in the order of kernel.h */
+static void fconv2d_dw_portable(const fc_dw_tile *t, int np) {
+    for (int p = 0; p < np; p++) {
+        const float *xp = t->xs + (size_t)p * t->xstep;
+        float *yp = t->ys + (size_t)p * t->ystep;
+        for (int c = 0; c < t->nc; c++) {
+            float acc = t->bias[c];
+            for (int ky = 0; ky < t->nky; ky++)
+                for (int kx = 0; kx < t->nkx; kx++)
+                    acc = MADD(acc, xp[(size_t)ky * t->xrow + (size_t)kx * t->xcol + (size_t)c],
+                               t->ws[(size_t)ky * t->wrow + (size_t)kx * t->wcol + (size_t)c]);
+            yp[c] = acc;
+        }
+    }
+}
+
+static const bnn_fconv2d_kernel fconv2d_portable = {fconv2d_portable_run, FC_RUN, 1, fconv2d_dw_portable, 1};
 
 #endif

@@ -168,12 +168,15 @@ BNN_API int bnn_bmaxpool2d(bnn_ctx *ctx, const bnn_window *win, const uint32_t *
                            uint32_t *y, size_t y_len);
 
 /* ---- float layers a BNN keeps --------------------------------------------------------
- * Float convolution (groups 1), NHWC in and out, zero padding as ONNX: the first layer
- * (1-3 input channels), 1x1 convolutions and dense heads (a dense layer is a 1x1
- * convolution on a 1x1 image).  weights: OHWI float [out_c][kh][kw][in_c];
+ * Float convolution, NHWC in and out, zero padding as ONNX: the first layer (1-3 input
+ * channels), 1x1 convolutions, dense heads (a dense layer is a 1x1 convolution on a 1x1
+ * image), grouped and depthwise convolutions (QuickNet's stem, blur pools).
+ * groups: 1 .. dividing both in_c and out_c (ONNX Conv's group; depthwise: groups = in_c
+ * = out_c); output channel o reads the input channels of its group
+ * o / (out_c / groups).  weights: OHWI float [out_c][kh][kw][in_c / groups];
  * bias: [out_c] or NULL.  y = conv(x, w) + bias. */
 typedef struct bnn_fconv2d bnn_fconv2d;
-BNN_API int bnn_fconv2d_create(bnn_fconv2d **out, const bnn_window *win,
+BNN_API int bnn_fconv2d_create(bnn_fconv2d **out, const bnn_window *win, int32_t groups,
                                const float *weights, size_t weights_len,
                                const float *bias, size_t bias_len);
 BNN_API void bnn_fconv2d_destroy(bnn_fconv2d *layer);
