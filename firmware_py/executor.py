@@ -274,6 +274,14 @@ def _node_extra(node, values, tensor_bytes):
         layer = (int(oc) + 15) // 16 * 16 * k * 4 + kh * kw * int(oc) * 4 + 16 * int(oc)
     elif op in ("fconv2d", "dense"):
         layer = sum(tensor_bytes.get(t, 0) for t in params.values())
+        groups = int(attrs.get("groups", 1))
+        if groups > 1:  # fconv2d.c's padded copies: depthwise [kh*kw + 1][c], else blocks of 16 per group
+            kh, kw = attrs["kernel"]
+            c, oc = int(in_shape[-1]), int(out_shape[-1])
+            if groups == c == oc:
+                layer = (kh * kw + 1) * ((c + 15) // 16 * 16) * 4
+            else:
+                layer = groups * ((oc // groups + 15) // 16 * 16) * (kh * kw * c // groups + 1) * 4
     elif op == "xnor_scale":
         scratch = int(in_shape[0]) * int(in_shape[1]) * int(in_shape[2]) * 4
     elif op == "flatten" and in_kind == "bits":

@@ -808,14 +808,18 @@ def global_avgpool(x, ctx=None, out=None):
 
 # ---- float convolution -------------------------------------------------------------------------
 class FConv2d(_Layer):
-    """Float 2-D convolution (groups 1), zero padding as ONNX.  weight: float OIHW (the
-    ONNX layout), or OHWI (the runtime's, as the model format stores it) with
-    layout="OHWI"; bias: [out_c] or None; in_shape: NHWC (n, h, w, c).  run(x) -> float32
+    """Float 2-D convolution, zero padding as ONNX.  weight: float OIHW (the ONNX layout,
+    I = c / groups), or OHWI (the runtime's, as the model format stores it) with
+    layout="OHWI"; bias: [out_c] or None; in_shape: NHWC (n, h, w, c); groups: as ONNX
+    Conv's group (dividing c and out_c; depthwise: groups = c = out_c).  run(x) -> float32
     NHWC."""
 
-    def __init__(self, weight, in_shape, bias=None, stride=1, padding="valid", layout="OIHW"):
+    def __init__(self, weight, in_shape, bias=None, stride=1, padding="valid", layout="OIHW", groups=1):
         self._ptr = None
         n, h, w, c = _shape4("in_shape", in_shape)
+        groups = _int("groups", groups, 1, c)
+        if c % groups:
+            raise ValueError("groups = %d must divide the input channels c = %d" % (groups, c))
         if layout not in ("OIHW", "OHWI"):
             raise ValueError("layout must be 'OIHW' or 'OHWI', got %r" % (layout,))
         if layout == "OHWI":
@@ -823,7 +827,9 @@ class FConv2d(_Layer):
             if weight.ndim != 4:
                 raise ValueError("weight must be 4-D OHWI, got shape %s" % (weight.shape,))
             weight = weight.transpose(0, 3, 1, 2)  # a view: checked as OIHW below
-        wt, out_c, k_h, k_w = _weight_oihw(weight, c)
+        wt, out_c, k_h, k_w = _weight_oihw(weight, c // groups)
+        if out_c % groups:
+            raise ValueError("groups = %d must divide the output channels out_c = %d" % (groups, out_c))
         win, oh, ow = _window(n, h, w, c, out_c, (k_h, k_w), stride, padding)
         # (OHWI weights come back to their own memory here: no copy when already float32)
         w_ohwi = np.ascontiguousarray(wt.transpose(0, 2, 3, 1), dtype=np.float32)
@@ -834,12 +840,13 @@ class FConv2d(_Layer):
         L = lib()
         out = ffi.new("bnn_fconv2d **")
         check(
-            L.bnn_fconv2d_create(out, win, _buf("float", w_ohwi), w_ohwi.size, b_ptr, b_len),
+            L.bnn_fconv2d_create(out, win, groups, _buf("float", w_ohwi), w_ohwi.size, b_ptr, b_len),
             "bnn_fconv2d_create",
         )
         self._ptr = ffi.gc(out[0], L.bnn_fconv2d_destroy)
         self.in_shape = (n, h, w, c)
         self.out_c = out_c
+        self.groups = groups
         self.kernel = (k_h, k_w)
         self.stride = (win.stride_h, win.stride_w)
         self.pads = (win.pad_top, win.pad_left, win.pad_bottom, win.pad_right)

@@ -245,23 +245,29 @@ class XnorScale:
         return ops.bind(ops.xnor_scale, b.x, ctx=b.ctx, out=b.y, **b.win)
 
 
-@op("fconv2d", attrs=conv_window(), params={"weights": "float32", "bias": "float32"})
+@op("fconv2d", attrs=dict(conv_window(), groups=(Int(1, (1 << 31) - 1), False)),
+    params={"weights": "float32", "bias": "float32"})
 class FConv2d:
-    """float convolution (weights OHWI), zero padding"""
+    """float convolution (weights OHWI, [out_c, kh, kw, in_c / groups]), zero padding"""
 
     @staticmethod
     def check(v):
         n, h, w, c = v.need_in(0, ("float",), (4,))
         k, _, _, (oh, ow) = v.window(conv=True, in_hw=(h, w))
         oc = v.out_channels(4)
-        v.param("weights", (oc, k[0], k[1], c))
+        groups = v.attrs.get("groups", 1)
+        if c % groups or oc % groups:
+            v.fail("%s: attrs.groups %d must divide the input channels %d and the output channels %d", v.where,
+                   groups, c, oc)
+        v.param("weights", (oc, k[0], k[1], c // groups))
         v.param("bias", (oc,), required=False)
         return "float", (n, oh, ow, oc)
 
     @staticmethod
     def build(b):
         layer = b.keep(ops.FConv2d(b.param("weights"), b.in_shape, bias=b.param("bias"), layout="OHWI",
-                                   stride=b.win["stride"], padding=b.win["padding"]))
+                                   stride=b.win["stride"], padding=b.win["padding"],
+                                   groups=b.attrs.get("groups", 1)))
         return ops.bind(layer.run, b.x, ctx=b.ctx, out=b.y)
 
 

@@ -541,6 +541,38 @@ def test_softmax_over_a_spatial_axis_is_refused(tmp_path):
     assert not (tmp_path / "s.bnn").exists()
 
 
+class GroupedNet(nn.Module):
+    """QuickNet-style stem (3x3 s2 conv, 3x3 s2 depthwise), a group=8 conv, a blur pool
+    (fixed 3x3 stride-2 depthwise binomial filter) and a depthwise conv on a binary input."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
+        self.g8 = nn.Conv2d(16, 64, 3, padding=1, groups=8)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.blur = nn.Conv2d(64, 64, 3, stride=2, padding=1, groups=64, bias=False)
+        with torch.no_grad():
+            k = torch.tensor([1.0, 2.0, 1.0])
+            self.blur.weight.copy_((k[:, None] * k[None, :] / 16).expand(64, 1, 3, 3))
+        self.act = BinaryActivation()
+        self.dwb = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+
+    def forward(self, x):
+        x = self.dw(F.relu(self.bn0(self.stem(x))))
+        x = self.blur(self.bn1(self.g8(x)))
+        return self.dwb(self.act(x))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_grouped_and_depthwise_convs(tmp_path, exporter):
+    res = roundtrip(randomize_bn(GroupedNet(), seed=5), (1, 3, 30, 34), tmp_path, exporter)
+    groups = [n["attrs"].get("groups", 1) for n in nodes_of(res, "fconv2d")]
+    assert groups == [1, 16, 8, 64, 64], groups
+    assert any("group=64 (binary convolutions have groups 1)" in note for note in res.notes), res.notes
+
+
 # ---- errors -----------------------------------------------------------------------------------------
 
 

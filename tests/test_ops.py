@@ -648,6 +648,32 @@ def test_fconv2d(case, ctx_cache):
     layer.close()
 
 
+@pytest.mark.parametrize("case", [(1, 15, 17, 24, 24, 3, 2, 24), (2, 9, 8, 16, 32, 3, 1, 8), (1, 6, 7, 12, 6, 1, 1, 3)],
+                         ids=["depthwise-3x3s2", "group8", "1x1-group3"])
+def test_fconv2d_groups(case, ctx_cache):
+    """grouped / depthwise convolutions = one convolution per group (ref_conv on its channels)"""
+    n, h, w, c, o, k, s, groups = case
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((o, c // groups, k, k)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    pads = fp.pads_for((h, w), (k, k), (s, s), "same")
+    ic, oc = c // groups, o // groups
+    ref = np.concatenate([ref_conv(x[..., g * ic:(g + 1) * ic], wt[g * oc:(g + 1) * oc], (s, s), pads, 0.0,
+                                   dtype=np.float64) for g in range(groups)], axis=-1) + bias
+    layer = fp.FConv2d(wt, (n, h, w, c), bias=bias, stride=s, padding="same", groups=groups)
+    assert layer.out_shape == ref.shape and layer.groups == groups
+    for path, t in contexts():
+        y = layer.run(x, ctx=get_ctx(ctx_cache, path, t))
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4, err_msg="path %s threads %d" % (path, t))
+    with pytest.raises(ValueError, match="groups = 5 must divide the input channels"):
+        fp.FConv2d(wt, (n, h, w, c), groups=5)
+    with pytest.raises(ValueError, match="weight has"):
+        fp.FConv2d(wt, (n, h, w, c))  # groups 1 expects c input channels
+    if groups > 1:
+        with pytest.raises(ValueError, match="must divide the output channels"):
+            fp.FConv2d(wt[:-1], (n, h, w, c), groups=groups)
+
 # ---- add ---------------------------------------------------------------------------------------------
 def test_add():
     rng = np.random.default_rng(41)

@@ -303,9 +303,7 @@ class Lowering:
         x = self.rep(node.inputs[0], node)
         w = np.asarray(self.const(node.inputs[1], node, "weights"), np.float32)
         b = self.const(node.inputs[2], node, "bias") if len(node.inputs) > 2 else None
-        if int(node.attrs.get("group", 1)) != 1:
-            raise ConvertError.at(node, "group=%d convolutions are not supported" % node.attrs["group"],
-                                  "use groups=1")
+        groups = int(node.attrs.get("group", 1))
         if w.ndim != 4 or len(x.shape) != 4:
             raise ConvertError.at(node, "only 2-D convolutions are supported (weights %s)" % (w.shape,))
         k = (w.shape[2], w.shape[3])
@@ -323,12 +321,16 @@ class Lowering:
             return Rep("kscale", kv, out_shape)
         if x.kind not in ("float", "bits"):
             self.as_float(x, node)  # raises the right message
-        if w.shape[1] != x.shape[1]:
-            raise ConvertError.at(node, "weights have %d input channels, input has %d" % (w.shape[1], x.shape[1]))
+        if groups < 1 or x.shape[1] % groups or w.shape[0] % groups:
+            raise ConvertError.at(node, "group=%d does not divide the %d input and %d output channels"
+                                  % (groups, x.shape[1], w.shape[0]))
+        if w.shape[1] * groups != x.shape[1]:
+            raise ConvertError.at(node, "weights have %d input channels per group (group=%d), input has %d"
+                                  % (w.shape[1], groups, x.shape[1]))
         bias = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32).reshape(-1)
         if bias.shape != (w.shape[0],):
             raise ConvertError.at(node, "bias has %d values for %d output channels" % (bias.size, w.shape[0]))
-        alpha = binary_alpha(w) if x.kind == "bits" else None
+        alpha = binary_alpha(w) if x.kind == "bits" and groups == 1 else None
         out = self.new_float(node.outputs[0], out_shape)
         if alpha is not None:
             wt = pack_bits(w.transpose(0, 2, 3, 1))
@@ -339,12 +341,15 @@ class Lowering:
                          "add": self.ir.tensor(node.name + ".add", bias)})
         else:
             if x.kind == "bits":
-                self.notes.append("%s: weights are not +-alpha per filter; runs as a float convolution on the "
-                                  "binary input" % node.name)
+                self.notes.append("%s: %s; runs as a float convolution on the binary input"
+                                  % (node.name, "weights are not +-alpha per filter" if groups == 1
+                                     else "group=%d (binary convolutions have groups 1)" % groups))
             xf = self.as_float(x, node)
             params = {"weights": self.ir.tensor(node.name + ".weights", np.ascontiguousarray(w.transpose(0, 2, 3, 1)))}
             if b is not None:
                 params["bias"] = self.ir.tensor(node.name + ".bias", bias)
+            if groups > 1:
+                attrs["groups"] = groups
             self.ir.add("fconv2d", node.name, [xf.value], [out.value], attrs, params)
         return out
 
@@ -571,7 +576,7 @@ class Lowering:
         if w.shape[1] != x.shape[1]:
             raise ConvertError.at(node, "weights take %d features, input has %d" % (w.shape[1], x.shape[1]))
         out = self.new_float(node.outputs[0], (x.shape[0], w.shape[0]))
-        alpha = binary_alpha(w) if x.kind == "bits" else None
+        alpha = binary_alpha(w) if x.kind == "bits" and groups == 1 else None
         b = np.zeros(w.shape[0], np.float32) if bias is None else bias
         if alpha is not None:
             self.ir.add("bdense", node.name, [x.value], [out.value], params={

@@ -18,7 +18,7 @@ def layer_rows(graph, tensors):
         if op in ("bconv2d", "fconv2d"):
             w = tensors[n["params"]["weights"]]
             kh, kw = n["attrs"]["kernel"]
-            in_c = values[n["inputs"][0]]["shape"][3]
+            in_c = values[n["inputs"][0]]["shape"][3] // n["attrs"].get("groups", 1)
             params = w.shape[0] * kh * kw * in_c
             ops = out[0] * out[1] * out[2] * params
         elif op in ("dense", "bdense"):
