@@ -475,8 +475,8 @@ class Model:
         if kind == "bits":
             c = shape[-1]
             if nchw:
-                return lambda: np.ascontiguousarray(ops.unpack(buf, c).transpose(0, 3, 1, 2))
-            return lambda: ops.unpack(buf, c)
+                return lambda: np.ascontiguousarray(ops.unpack(buf, c, ctx=self._ctx).transpose(0, 3, 1, 2))
+            return lambda: ops.unpack(buf, c, ctx=self._ctx)
         if nchw:
             return lambda: np.ascontiguousarray(buf.transpose(0, 3, 1, 2))
         return lambda: buf.copy()

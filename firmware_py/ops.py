@@ -513,7 +513,7 @@ def bitpack_affine(x, scale=None, bias=None, threshold=0.0, ctx=None, out=None):
     return out
 
 
-def unpack(bits, c, out=None):
+def unpack(bits, c, out=None, ctx=None):
     """The inverse of bitpack: float32 +1 / -1 of shape bits.shape[:-1] + (c,)
     (written into ``out`` when given)."""
     c = _int("c", c, 1, _INT32_MAX)
@@ -530,7 +530,7 @@ def unpack(bits, c, out=None):
     out = _out(out, bits.shape[:-1] + (c,), np.float32, bits)
     if pixels == 0:
         return out
-    _c("bnn_unpack_f32", _buf("uint32_t", bits), bits.size, pixels, c, _buf("float", out, True), out.size)
+    _call(ctx, "bnn_unpack_f32", _buf("uint32_t", bits), bits.size, pixels, c, _buf("float", out, True), out.size)
     return out
 
 

@@ -165,7 +165,7 @@ class Unpack:
 
     @staticmethod
     def build(b):
-        return ops.bind(ops.unpack, b.x, b.in_shape[-1], out=b.y)
+        return ops.bind(ops.unpack, b.x, b.in_shape[-1], ctx=b.ctx, out=b.y)
 
 
 # ---- convolutions --------------------------------------------------------------------------------
@@ -590,7 +590,7 @@ class Flatten:
             return lambda: np.copyto(y4, xt)
         tmp = np.empty((n, h, w, c), dtype=np.float32)
         tmpt = tmp.transpose(0, 3, 1, 2)
-        unpack = ops.bind(ops.unpack, x, c, out=tmp)
+        unpack = ops.bind(ops.unpack, x, c, ctx=ctx, out=tmp)
         if b.out_kind == "float":
             y4 = y.reshape(n, c, h, w)
 

@@ -311,6 +311,17 @@ def test_unpack(c):
     np.testing.assert_array_equal(got, ref_unpack(bits, c))
 
 
+def test_unpack_paths_threads_identical(ctx_cache):
+    """the vector kernels on every path and thread count: the same bits as the reference"""
+    rng = np.random.default_rng(6)
+    for c in (1, 33, 64, 100, 512):
+        bits = ref_pack(rng.random((4000, c)) < 0.5)
+        ref = ref_unpack(bits, c)
+        for path, t in contexts():
+            got = fp.unpack(bits, c, ctx=get_ctx(ctx_cache, path, t))
+            assert got.tobytes() == ref.tobytes(), "c %d path %s threads %d" % (c, path, t)
+
+
 def test_bitpack_paths_threads_identical(ctx_cache):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 7, 9, 545)).astype(np.float32)

@@ -60,7 +60,7 @@ static void test_bitpack(bnn_ctx *ctx) {
                 }
         CHECK(bad == 0, "bitpack c=%d: %d wrong bits", c, bad);
         float *u = malloc((size_t)pixels * c * sizeof(float));
-        CHECK(bnn_unpack_f32(b, pixels * words, pixels, c, u, (size_t)pixels * c) == BNN_OK, "unpack");
+        CHECK(bnn_unpack_f32(ctx, b, pixels * words, pixels, c, u, (size_t)pixels * c) == BNN_OK, "unpack");
         bad = 0;
         for (int i = 0; i < pixels * c; i++) bad += u[i] != (x[i] < 0 ? -1.0f : 1.0f);
         CHECK(bad == 0, "unpack c=%d", c);

@@ -418,6 +418,54 @@ static void frand_special(float *p, size_t n) {
 }
 static int same_float(float a, float b) { return memcmp(&a, &b, sizeof a) == 0 || (a != a && b != b); }
 
+/* ---- unpack on every path: each float's bits against the bit ------------------------------ */
+typedef struct {
+    const uint32_t *x;
+    int32_t pixels, c;
+} unpack_state;
+
+static int unpack_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
+    const unpack_state *st = s;
+    return bnn_unpack_f32(ctx, st->x, (size_t)st->pixels * words(st->c), st->pixels, st->c, y, y_len);
+}
+
+static void test_unpack(void) {
+    static const int32_t cs[] = {1, 3, 4, 8, 15, 31, 32, 33, 63, 64, 65, 96, 100, 257};
+    static const int32_t ps[] = {0, 1, 5, 3000}; /* 3000 x 64+ channels: several threads */
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
+        for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
+            int32_t c = cs[ci], pixels = ps[pi];
+            size_t nw = (size_t)pixels * words(c), n = (size_t)pixels * c;
+            uint32_t *x = malloc((nw ? nw : 1) * sizeof *x);
+            if (!x) abort();
+            for (size_t i = 0; i < nw; i++) {
+                x[i] = (uint32_t)check_rand_int(0, 0xFFFF) << 16 | (uint32_t)check_rand_int(0, 0xFFFF);
+                if (c % 32 && i % words(c) == words(c) - 1) x[i] &= (1u << (c % 32)) - 1u; /* tail bits 0 */
+            }
+            unpack_state st = {x, pixels, c};
+            float *y = run_variants(unpack_op, &st, n, sizeof(float), "unpack");
+            int bad = 0;
+            for (size_t p = 0; p < (size_t)pixels; p++)
+                for (int32_t ch = 0; ch < c; ch++) {
+                    float want = (x[p * words(c) + (size_t)ch / 32] >> (ch % 32)) & 1u ? -1.0f : 1.0f;
+                    bad += memcmp(&y[p * (size_t)c + (size_t)ch], &want, sizeof want) != 0;
+                }
+            CHECK(bad == 0, "unpack c=%d pixels=%d: %d wrong", c, pixels, bad);
+            free(x);
+            free(y);
+        }
+    uint32_t xb[2] = {5, 1};
+    float y[40];
+    ffill(y, 40, SENT);
+    CHECK(bnn_unpack_f32(NULL, xb, 2, 1, 33, y, 33) == BNN_E_NULL, "unpack ctx NULL");
+    CHECK(bnn_unpack_f32(ctxs[0], NULL, 2, 1, 33, y, 33) == BNN_E_NULL, "unpack x NULL");
+    CHECK(bnn_unpack_f32(ctxs[0], xb, 1, 1, 33, y, 33) == BNN_E_SIZE, "unpack x short");
+    CHECK(bnn_unpack_f32(ctxs[0], xb, 2, 1, 33, y, 32) == BNN_E_SIZE, "unpack y short");
+    CHECK(bnn_unpack_f32(ctxs[0], xb, 2, 1, 0, y, 33) == BNN_E_SHAPE, "unpack c 0");
+    CHECK(bnn_unpack_f32(ctxs[0], xb, 2, -1, 33, y, 33) == BNN_E_SHAPE, "unpack pixels -1");
+    CHECK(all_sent(y, 40), "unpack wrote on error");
+}
+
 /* ---- bit packing (plain and after an affine) on every path -------------------------------- */
 typedef struct {
     const float *x, *scale, *bias;
@@ -743,6 +791,7 @@ int main(void) {
     test_bad_args();
     test_add();
     test_bitpack_paths();
+    test_unpack();
     test_eltwise();
     test_pools();
     test_fconv();

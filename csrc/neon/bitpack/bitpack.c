@@ -8,7 +8,8 @@
  * the portable kernel (the semantics), kernels_x86.h (AVX2, AVX-512) and kernels_neon.h
  * (aarch64) the SIMD ones; select_kernel below picks one from the context's path.  Every
  * one computes the same IEEE products, sums and ordered compares, so the bits are
- * identical on every path.  Integer input is packed by the reference's PACK_WORD. */
+ * identical on every path.  Integer input is packed by the reference's PACK_WORD.
+ * bnn_unpack_f32, the inverse, has its kernels in the same files (bnn_bitpack_kernel.unpack). */
 #include <string.h>
 #include "../core/internal.h"
 #include "kernel.h"
@@ -30,7 +31,7 @@ typedef struct {
     float fthr;
     int32_t ithr;
     const float *scale, *bias; /* f32 only; NULL = 1 / 0 */
-    bnn_bitpack_kernel row;    /* f32 only */
+    bnn_bitpack_kernel k;      /* f32 only: k.pack */
     uint32_t *out;
 } pack_args;
 
@@ -39,7 +40,7 @@ static void pack_task(void *p, int64_t begin, int64_t end) {
     const int32_t c = a->c;
     const size_t words = bnn_packed_words(c);
     if (a->dtype == 0) {
-        a->row((const float *)a->x + (size_t)begin * (size_t)c, end - begin, c, a->scale, a->bias, a->fthr,
+        a->k.pack((const float *)a->x + (size_t)begin * (size_t)c, end - begin, c, a->scale, a->bias, a->fthr,
                a->out + (size_t)begin * words);
         return;
     }
@@ -96,15 +97,28 @@ int bnn_bitpack_i8(bnn_ctx *ctx, const int8_t *x, size_t x_len, int32_t pixels, 
     return bitpack_any(ctx, 2, x, x_len, pixels, c, 0.0f, zero_point, NULL, NULL, 0, out, out_len);
 }
 
-int bnn_unpack_f32(const uint32_t *x, size_t x_len, int32_t pixels, int32_t c, float *out, size_t out_len) {
-    if (!x || !out) return BNN_E_NULL;
+typedef struct {
+    const uint32_t *x;
+    int32_t c;
+    bnn_unpack_rows_fn unpack;
+    float *out;
+} unpack_args;
+
+static void unpack_task(void *p, int64_t begin, int64_t end) {
+    const unpack_args *a = p;
+    a->unpack(a->x + (size_t)begin * bnn_packed_words(a->c), end - begin, a->c, a->out + (size_t)begin * (size_t)a->c);
+}
+
+int bnn_unpack_f32(bnn_ctx *ctx, const uint32_t *x, size_t x_len, int32_t pixels, int32_t c, float *out,
+                   size_t out_len) {
+    if (!ctx || !x || !out) return BNN_E_NULL;
     if (pixels < 0 || c < 1) return BNN_E_SHAPE;
     size_t words = bnn_packed_words(c), need_in, need_out;
     if (!bnn_mul_ok((size_t)pixels, words, &need_in) || !bnn_mul_ok((size_t)pixels, (size_t)c, &need_out))
         return BNN_E_SHAPE;
     if (x_len < need_in || out_len < need_out) return BNN_E_SIZE;
-    for (size_t p = 0; p < (size_t)pixels; p++)
-        for (int32_t ch = 0; ch < c; ch++)
-            out[p * (size_t)c + ch] = ((x[p * words + ch / 32] >> (ch % 32)) & 1u) ? -1.0f : 1.0f;
+    unpack_args a = {x, c, select_kernel(&ctx->cpu, ctx->path).unpack, out};
+    /* a thread only for >= 64k floats: below that, waking one costs more than the stores */
+    bnn_parallel_for(ctx, pixels, 1 + 65536 / c, unpack_task, &a);
     return BNN_OK;
 }

@@ -1,6 +1,7 @@
 /* x86-64 float bit-packing kernels (see kernel.h):
  *   AVX-512F: VCMPPS into a mask register, 16 channels, masked loads for the tail word;
- *   AVX2: VCMPPS + VMOVMSKPS, 8 channels (the shared vector loop of kernel.h). */
+ *   AVX2: VCMPPS + VMOVMSKPS, 8 channels (the shared vector loop of kernel.h).
+ * Unpack (both paths): AVX2, 8 channels a VPSLLVD (kernel.h's BNN_UNPACK_DEF_VEC). */
 #ifndef BNN_BITPACK_KERNELS_X86_H
 #define BNN_BITPACK_KERNELS_X86_H
 #include "../core/internal.h"
@@ -30,7 +31,7 @@ BITPACK_AVX512 BNN_INLINE void bitpack_pixel_avx512(const float *x, int32_t c, c
         out[wd] = word;
     }
 }
-BNN_PACK_DEF_ROWS(bitpack_avx512, BITPACK_AVX512, bitpack_pixel_avx512)
+BNN_PACK_DEF_ROWS(bitpack_rows_avx512, BITPACK_AVX512, bitpack_pixel_avx512)
 
 #define PACK_AVX2_LANES 8
 #define PACK_AVX2_VEC __m256
@@ -40,7 +41,22 @@ BNN_PACK_DEF_ROWS(bitpack_avx512, BITPACK_AVX512, bitpack_pixel_avx512)
 #define PACK_AVX2_ADD _mm256_add_ps
 #define PACK_AVX2_LT_BITS(v, t) ((uint32_t)_mm256_movemask_ps(_mm256_cmp_ps((v), (t), _CMP_LT_OQ)))
 BNN_PACK_DEF_VEC_PIXEL(bitpack_pixel_avx2, BITPACK_AVX2, PACK_AVX2)
-BNN_PACK_DEF_ROWS(bitpack_avx2, BITPACK_AVX2, bitpack_pixel_avx2)
+BNN_PACK_DEF_ROWS(bitpack_rows_avx2, BITPACK_AVX2, bitpack_pixel_avx2)
+
+/* unpack: the word in every lane, shifted left by 31 - bit index (VPSLLVD), the sign kept */
+BITPACK_AVX2 BNN_INLINE __m256i unpack_avx2_signs(uint32_t word, int q) {
+    const __m256i sh = _mm256_sub_epi32(_mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24), _mm256_set1_epi32(8 * q));
+    return _mm256_and_si256(_mm256_sllv_epi32(_mm256_set1_epi32((int)word), sh),
+                            _mm256_set1_epi32((int)0x80000000u));
+}
+#define UNPACK_AVX2_LANES 8
+#define UNPACK_AVX2_SIGNS unpack_avx2_signs
+#define UNPACK_AVX2_OR_ONE(v) _mm256_or_si256((v), _mm256_set1_epi32((int)BNN_UNPACK_ONE))
+#define UNPACK_AVX2_STORE(p, v) _mm256_storeu_si256((__m256i *)(void *)(p), (v))
+BNN_UNPACK_DEF_VEC(unpack_rows_avx2, BITPACK_AVX2, UNPACK_AVX2)
+
+static const bnn_bitpack_kernel bitpack_avx2 = {bitpack_rows_avx2, unpack_rows_avx2};
+static const bnn_bitpack_kernel bitpack_avx512 = {bitpack_rows_avx512, unpack_rows_avx2};
 
 #endif /* defined(BNN_X86) */
 #endif

@@ -1,8 +1,10 @@
 /* Portable float bit-packing kernel: plain C, defines the semantics (see kernel.h).  Used
  * on armv6 and armv7 (armv7 NEON flushes denormals to zero) and for the tail words of the
- * vector kernels; PACK_WORD also packs the integer inputs (bitpack.c) on every path. */
+ * vector kernels; PACK_WORD also packs the integer inputs (bitpack.c) on every path.  The
+ * portable unpack writes each float's bits (sign = the bit, then 1.0f). */
 #ifndef BNN_BITPACK_REFERENCE_H
 #define BNN_BITPACK_REFERENCE_H
+#include <string.h>
 #include "kernel.h"
 
 /* One word from up to 32 values; n <= 32.  Written as a loop the compilers vectorise. */
@@ -38,6 +40,21 @@ static void bitpack_pixel_portable(const float *x, int32_t c, const float *scale
     }
 }
 
-BNN_PACK_DEF_ROWS(bitpack_portable, , bitpack_pixel_portable)
+BNN_PACK_DEF_ROWS(bitpack_rows_portable, , bitpack_pixel_portable)
+
+/* c channels from their words */
+static void unpack_pixel_portable(const uint32_t *x, int32_t c, float *out) {
+    for (int32_t ch = 0; ch < c; ch++) {
+        uint32_t u = BNN_UNPACK_ONE | ((x[ch / 32] >> (ch % 32)) & 1u) << 31;
+        memcpy(&out[ch], &u, sizeof u);
+    }
+}
+
+static void unpack_rows_portable(const uint32_t *x, int64_t np, int32_t c, float *out) {
+    const size_t words = bnn_packed_words(c);
+    for (int64_t p = 0; p < np; p++) unpack_pixel_portable(x + (size_t)p * words, c, out + (size_t)p * (size_t)c);
+}
+
+static const bnn_bitpack_kernel bitpack_portable = {bitpack_rows_portable, unpack_rows_portable};
 
 #endif

@@ -92,8 +92,9 @@ BNN_API int bnn_bitpack_i8(bnn_ctx *ctx, const int8_t *x, size_t x_len, int32_t 
 BNN_API int bnn_bitpack_affine_f32(bnn_ctx *ctx, const float *x, size_t x_len, int32_t pixels, int32_t c,
                                    const float *scale, const float *bias, size_t param_len,
                                    float threshold, uint32_t *out, size_t out_len);
-/* The inverse, for tests and debugging: out[p][c] = +1.0f or -1.0f. */
-BNN_API int bnn_unpack_f32(const uint32_t *x, size_t x_len, int32_t pixels, int32_t c,
+/* The inverse: out[p][c] = +1.0f (bit 0) or -1.0f (bit 1); where a binary activation
+ * must go float.  Same bits on every path and thread count. */
+BNN_API int bnn_unpack_f32(bnn_ctx *ctx, const uint32_t *x, size_t x_len, int32_t pixels, int32_t c,
                            float *out, size_t out_len);
 
 /* ---- 2-D window geometry shared by convolutions and pools ---------------------------
