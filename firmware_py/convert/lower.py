@@ -576,7 +576,7 @@ class Lowering:
         if w.shape[1] != x.shape[1]:
             raise ConvertError.at(node, "weights take %d features, input has %d" % (w.shape[1], x.shape[1]))
         out = self.new_float(node.outputs[0], (x.shape[0], w.shape[0]))
-        alpha = binary_alpha(w) if x.kind == "bits" and groups == 1 else None
+        alpha = binary_alpha(w) if x.kind == "bits" else None
         b = np.zeros(w.shape[0], np.float32) if bias is None else bias
         if alpha is not None:
             self.ir.add("bdense", node.name, [x.value], [out.value], params={
