@@ -453,7 +453,11 @@ class Model:
     def _feed_fn(self, spec):
         buf = self._buf[spec.name]
         src_shape = spec.shape
-        if spec.layout == "NCHW" and spec.shape[1] <= 8:
+        if spec.layout == "NCHW" and (spec.shape[1] == 1 or np.prod(spec.shape[2:]) == 1):
+            # one channel or a 1x1 image: NCHW and NHWC hold the values in the same order
+            def feed(x):
+                np.copyto(buf, x.reshape(buf.shape))
+        elif spec.layout == "NCHW" and spec.shape[1] <= 8:
             # an image (few channels): stacking the planes is ~5x faster than a transposed
             # copy, whose innermost loop strides over whole planes
             chans = range(spec.shape[1])

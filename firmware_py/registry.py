@@ -588,6 +588,20 @@ class Flatten:
         if b.in_kind == "float":
             y4, xt = y.reshape(n, c, h, w), x.transpose(0, 3, 1, 2)
             return lambda: np.copyto(y4, xt)
+        if h * w == 1 or c == 1:  # NCHW order = NHWC order: no transposition
+            if b.out_kind == "bits" and h * w == 1:  # the same words
+                xw = x.reshape(y.shape)
+                return lambda: np.copyto(y, xw)
+            if b.out_kind == "float":
+                return ops.bind(ops.unpack, x, c, ctx=ctx, out=y.reshape(n, h, w, c))
+            flat = np.empty((n, h * w), dtype=np.float32)
+            unpack = ops.bind(ops.unpack, x, c, ctx=ctx, out=flat.reshape(n, h, w, c))
+            pack = ops.bind(ops.bitpack, flat, 0.0, ctx=ctx, out=y)
+
+            def run():
+                unpack()
+                pack()
+            return run
         tmp = np.empty((n, h, w, c), dtype=np.float32)
         tmpt = tmp.transpose(0, 3, 1, 2)
         unpack = ops.bind(ops.unpack, x, c, ctx=ctx, out=tmp)

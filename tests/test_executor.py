@@ -312,10 +312,13 @@ def test_global_avgpool_flatten(tmp_path):
 
 
 # (flatten of a float value gives float: no float -> bits case)
+# shapes: the general transposition, one channel and 1x1 images (no transposition: their own
+# paths in registry.Flatten), words of 32 channels and more
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 1, 28, 28), (2, 70, 1, 1), (1, 64, 1, 1)], ids=str)
 @pytest.mark.parametrize("kind_in,kind_out", [("float", "float"), ("bits", "float"), ("bits", "bits")])
-def test_flatten_nchw_order(tmp_path, kind_in, kind_out):
+def test_flatten_nchw_order(tmp_path, kind_in, kind_out, shape):
     rng = np.random.default_rng(RNG_SEED)
-    n, c, h, w = 2, 5, 3, 4
+    n, c, h, w = shape
     g = G()
     g.input("x", (n, c, h, w))
     src = "x"

@@ -37,6 +37,10 @@ typedef struct {
 #define BNN_UNPACK_DEF_VEC(name, ATTR, ISA)                                                         \
     ATTR static void name(const uint32_t *x, int64_t np, int32_t c, float *out) {                  \
         const size_t words = bnn_packed_words(c), full = (size_t)c / 32;                           \
+        if (c < 32) {                                                                              \
+            unpack_small_portable(x, np, c, out);                                                  \
+            return;                                                                                \
+        }                                                                                          \
         for (int64_t p = 0; p < np; p++) {                                                         \
             const uint32_t *xp = x + (size_t)p * words;                                            \
             float *op = out + (size_t)p * (size_t)c;                                               \
@@ -47,11 +51,17 @@ typedef struct {
         }                                                                                          \
     }
 
-/* A kernel from its function of one pixel, pixel(x, c, scale, bias, thr, out): np pixels in turn. */
+/* A kernel from its function of one pixel, pixel(x, c, scale, bias, thr, out): np pixels in
+ * turn; pixels of fewer than 32 channels (one tail word each) by the reference's
+ * bitpack_small_portable (reference.h), without a call per pixel. */
 #define BNN_PACK_DEF_ROWS(name, ATTR, pixel)                                                         \
     ATTR static void name(const float *x, int64_t np, int32_t c, const float *scale, const float *bias, \
                           float thr, uint32_t *out) {                                                \
         const size_t words = bnn_packed_words(c);                                                    \
+        if (c < 32) {                                                                                \
+            bitpack_small_portable(x, np, c, scale, bias, thr, out);                                 \
+            return;                                                                                  \
+        }                                                                                            \
         for (int64_t p = 0; p < np; p++)                                                             \
             pixel(x + (size_t)p * (size_t)c, c, scale, bias, thr, out + (size_t)p * words);          \
     }

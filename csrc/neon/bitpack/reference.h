@@ -40,6 +40,16 @@ static void bitpack_pixel_portable(const float *x, int32_t c, const float *scale
     }
 }
 
+/* np pixels of c < 32 channels: one word each, the same operations */
+BNN_INLINE void bitpack_small_portable(const float *x, int64_t np, int32_t c, const float *scale, const float *bias,
+                                       float thr, uint32_t *out) {
+    for (int64_t p = 0; p < np; p++, x += c) {
+        uint32_t w = 0;
+        for (int32_t i = 0; i < c; i++) w |= (uint32_t)(affine1(x[i], scale, bias, i) < thr) << i;
+        out[p] = w;
+    }
+}
+
 BNN_PACK_DEF_ROWS(bitpack_rows_portable, , bitpack_pixel_portable)
 
 /* c channels from their words */
@@ -50,8 +60,21 @@ static void unpack_pixel_portable(const uint32_t *x, int32_t c, float *out) {
     }
 }
 
+/* np pixels of c < 32 channels (one word each) */
+BNN_INLINE void unpack_small_portable(const uint32_t *x, int64_t np, int32_t c, float *out) {
+    for (int64_t p = 0; p < np; p++, out += c)
+        for (int32_t ch = 0; ch < c; ch++) {
+            uint32_t u = BNN_UNPACK_ONE | ((x[p] >> ch) & 1u) << 31;
+            memcpy(&out[ch], &u, sizeof u);
+        }
+}
+
 static void unpack_rows_portable(const uint32_t *x, int64_t np, int32_t c, float *out) {
     const size_t words = bnn_packed_words(c);
+    if (c < 32) {
+        unpack_small_portable(x, np, c, out);
+        return;
+    }
     for (int64_t p = 0; p < np; p++) unpack_pixel_portable(x + (size_t)p * words, c, out + (size_t)p * (size_t)c);
 }
 

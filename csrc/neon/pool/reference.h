@@ -17,9 +17,6 @@ BNN_INLINE void row_add(float *restrict y, const float *restrict x, size_t n) {
 BNN_INLINE void row_div(float *restrict y, float d, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] /= d;
 }
-BNN_INLINE void row_and(uint32_t *restrict y, const uint32_t *restrict x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] &= x[i];
-}
 
 /* A 2x2 window: ((a + b) + c) + d, then / cnt (or the max in that order), per channel. */
 BNN_INLINE void pool_2x2(const float *restrict a, const float *restrict b, const float *restrict c,
@@ -37,6 +34,18 @@ BNN_INLINE void pool_2x2(const float *restrict a, const float *restrict b, const
             t = t + d[i];
             y[i] = t / cnt;
         }
+    }
+}
+
+/* Binary max of one output pixel: the AND of the valid window positions' words (order
+ * does not matter; all ones ANDed with at least one position), no call per position. */
+BNN_INLINE void bmax_pixel(const uint32_t *restrict x, size_t row_words, size_t c, int64_t nky, int64_t nkx,
+                           uint32_t *restrict y) {
+    for (size_t i = 0; i < c; i++) {
+        uint32_t acc = ~0u;
+        for (int64_t ky = 0; ky < nky; ky++)
+            for (int64_t kx = 0; kx < nkx; kx++) acc &= x[(size_t)ky * row_words + (size_t)kx * c + i];
+        y[i] = acc;
     }
 }
 
@@ -58,7 +67,14 @@ BNN_INLINE void pool_2x2(const float *restrict a, const float *restrict b, const
                 int64_t kx0 = ix0 < 0 ? -ix0 : 0;                                                   \
                 int64_t kx1 = w->in_w - ix0 < w->kernel_w ? w->in_w - ix0 : w->kernel_w;            \
                 size_t opix = (size_t)row * (size_t)j->out_w + (size_t)ox;                          \
-                if (j->kind != POOL_BMAX && ky1 - ky0 == 2 && kx1 - kx0 == 2) {                     \
+                if (j->kind == POOL_BMAX) {                                                         \
+                    size_t i00 = ((size_t)b * (size_t)w->in_h + (size_t)(iy0 + ky0)) * (size_t)w->in_w\
+                                 + (size_t)(ix0 + kx0);                                             \
+                    bmax_pixel((const uint32_t *)j->x + i00 * c, (size_t)w->in_w * c, c, ky1 - ky0, \
+                               kx1 - kx0, (uint32_t *)j->y + opix * c);                             \
+                    continue;                                                                       \
+                }                                                                                   \
+                if (ky1 - ky0 == 2 && kx1 - kx0 == 2) {                                             \
                     /* a whole 2x2 window (the usual downsampling): one pass, same order */         \
                     size_t i00 = ((size_t)b * (size_t)w->in_h + (size_t)(iy0 + ky0)) * (size_t)w->in_w\
                                  + (size_t)(ix0 + kx0);                                             \
@@ -74,18 +90,11 @@ BNN_INLINE void pool_2x2(const float *restrict a, const float *restrict b, const
                     for (int64_t kx = kx0; kx < kx1; kx++) {                                        \
                         size_t ipix = ((size_t)b * (size_t)w->in_h + (size_t)(iy0 + ky)) * (size_t)w->in_w\
                                       + (size_t)(ix0 + kx);                                         \
-                        if (j->kind == POOL_BMAX) {                                                 \
-                            const uint32_t *xp = (const uint32_t *)j->x + ipix * c;                 \
-                            uint32_t *yp = (uint32_t *)j->y + opix * c;                             \
-                            if (first) memcpy(yp, xp, c * sizeof *yp);                              \
-                            else row_and(yp, xp, c);                                                \
-                        } else {                                                                    \
-                            const float *xp = (const float *)j->x + ipix * c;                       \
-                            float *yp = (float *)j->y + opix * c;                                   \
-                            if (first) memcpy(yp, xp, c * sizeof *yp);                              \
-                            else if (j->kind == POOL_MAX) row_max(yp, xp, c);                       \
-                            else row_add(yp, xp, c);                                                \
-                        }                                                                           \
+                        const float *xp = (const float *)j->x + ipix * c;                           \
+                        float *yp = (float *)j->y + opix * c;                                       \
+                        if (first) memcpy(yp, xp, c * sizeof *yp);                                  \
+                        else if (j->kind == POOL_MAX) row_max(yp, xp, c);                           \
+                        else row_add(yp, xp, c);                                                    \
                         first = 0;                                                                  \
                     }                                                                               \
                 }                                                                                   \
