@@ -1,9 +1,12 @@
 /* Binary convolution and bit packing: every code path and thread count against a naive
  * +-1 convolution written here (zero padding contributes 0, one padding +1), all output
  * modes, and bad input (error codes, outputs untouched). */
+#include <stdlib.h>
 #include <string.h>
 #include "../../csrc/neon/include/bnn.h"
 #include "check.h"
+
+const char *bnn_bconv2d_kernel_name(const bnn_ctx *ctx); /* internal (core/internal.h) */
 
 static int32_t naive_dot(const float *x, const float *w, const bnn_window *win, int pad_one, int n, int oy, int ox,
                          int o) {
@@ -211,8 +214,12 @@ int main(void) {
             CHECK(bnn_ctx_set_path(c, path) == BNN_OK, "set path");
             ctxs[nctx++] = c;
         }
-        printf("path %s available\n", bnn_path_name(path));
+        printf("path %s available, bconv2d kernel %s\n", bnn_path_name(path), bnn_bconv2d_kernel_name(ctxs[nctx - 1]));
     }
+    /* ./build.sh test runs this under qemu-aarch64 -cpu cortex-a53 with the in-order kernel expected */
+    const char *want = getenv("BNN_EXPECT_BCONV2D_KERNEL");
+    if (want) CHECK(strcmp(bnn_bconv2d_kernel_name(ctxs[nctx - 1]), want) == 0, "bconv2d kernel %s, expected %s",
+                    bnn_bconv2d_kernel_name(ctxs[nctx - 1]), want);
     test_bitpack(ctxs[0]);
     test_bad_input(ctxs[nctx - 1]);
     check_seed(42);
@@ -221,6 +228,7 @@ int main(void) {
         {1, 12, 10, 65, 16, 7, 2, 1, 0}, {1, 5, 5, 130, 40, 1, 1, 0, 0}, {1, 9, 9, 3, 8, 3, 2, 1, 1},
         {1, 10, 13, 33, 70, 3, 1, 1, 1}, {1, 4, 4, 256, 128, 3, 1, 1, 0}, {1, 3, 3, 100, 3, 3, 1, 0, 0},
         {1, 1, 1, 1000, 10, 1, 1, 0, 0},
+        {1, 4, 5, 8000, 20, 3, 1, 1, 0}, /* 2,250 words per output: the 16-bit counters widen mid-row */
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) run_case(ctxs, nctx, &fixed[i]);
     for (int i = 0; i < 30; i++) {

@@ -25,8 +25,21 @@ struct bnn_bconv2d {
 };
 
 static bnn_bconv2d_kernel select_kernel(const bnn_cpu *cpu, int path) {
-    (void)cpu; /* each kernel needs only what its path guarantees */
+#if defined(__aarch64__)
+    if (path == BNN_PATH_NEON && cpu->inorder) return bconv2d_neon_a53; /* the in-order schedule */
+#endif
+    (void)cpu; /* the other kernels need only what their path guarantees */
     return BNN_KERNEL_FOR_PATH(bconv2d, path);
+}
+
+/* For the C tests (internal.h): which kernel a context's bconv2d runs. */
+const char *bnn_bconv2d_kernel_name(const bnn_ctx *ctx) {
+    bnn_bconv2d_kernel k = select_kernel(&ctx->cpu, ctx->path);
+#if defined(__aarch64__)
+    if (k == bconv2d_neon_a53) return "neon-a53";
+#endif
+    (void)k;
+    return bnn_path_name(ctx->path);
 }
 
 void bnn_bconv2d_destroy(bnn_bconv2d *L) {

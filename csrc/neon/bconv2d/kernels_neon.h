@@ -4,7 +4,9 @@
  * The 16-bit lanes gain at most 16 per word, so they are widened (UADDLP / UADALP) into
  * 32-bit totals every BNN_NEON_FLUSH words.
  * Tiles: aarch64 (32 q registers): 4 pixels x 16 channels = 16 accumulators;
- *        armv7 (16 q registers):   2 pixels x 16 channels = 8 accumulators. */
+ *        armv7 (16 q registers):   2 pixels x 16 channels = 8 accumulators.
+ * aarch64 in-order cores (Cortex-A53 ...) get bconv2d_neon_a53: the same tile with its inner
+ * loop scheduled for in-order issue (below); bconv2d.c's select_kernel picks it. */
 #ifndef BNN_BCONV2D_KERNELS_NEON_H
 #define BNN_BCONV2D_KERNELS_NEON_H
 #include "../core/internal.h"
@@ -80,6 +82,91 @@ static inline uint32x4_t bnn_ld1r_post(const uint32_t **p) {
 #define BNN_NEON_P 4
 BNN_DEF_TILE_NEON(4)
 #define bnn_tile_neon_big bnn_tile_neon_4
+
+/* ---- the 4-pixel tile for in-order cores (Cortex-A53, A55, A35; bnn_cpu.inorder) ------
+ * The same operations as bnn_tile_neon_4, its inner loop (one word of 4 pixels x 16
+ * channels = 2,048 binary MACs a trip) scheduled by hand for in-order issue: the compiler's
+ * schedule runs at 75 cycles a trip on Cortex-A53 (llvm-mca -mcpu=cortex-a53; 26 on A72)
+ * against a bound of 48 (one 128-bit NEON op a cycle).  Chain k = (pixel k / 4, weight
+ * vector k % 4) is EOR, CNT, UADALP; slot s of a trip issues EOR of chain s, CNT of chain
+ * s - 2 and UADALP of chain s - 4 (CNT and UADALP have 6-cycle latencies there), the
+ * negative ones being the previous trip's last chains (zero temporaries before the first
+ * trip; the last trip's go after the loop).  Loads without writeback and the pointer
+ * updates come first in a trip: an in-order core writes registers in program order, so a
+ * post-increment (or any short instruction) after a NEON op waits for that op's result.
+ * Temporaries v8-v15 (chain k: v(8 + k % 8)), operands v0-v3 (activations), v4-v7
+ * (weights); the 16 accumulators take v16-v31, as 4 operands of 4 registers (%S..%V[cP]:
+ * the channels of pixel P; an asm statement takes at most 30 operands).  llvm-mca: 64 cycles a trip on A53, 26 on A72
+ * (python -m firmware_py.bench a53, which also prints the old loop's). */
+BNN_INLINE void bnn_a53_words(uint16x8x4_t acc[4], const uint32_t **xr, const uint32_t **wk, int n) {
+    const uint32_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3], *w = *wk;
+    int64_t cnt = n;
+    __asm__ volatile(
+        "movi v12.16b, #0\n\tmovi v13.16b, #0\n\tmovi v14.16b, #0\n\tmovi v15.16b, #0\n\t"
+        "1:\n\t"
+        "ldp q4, q5, [%[w]]\n\tld1r {v0.4s}, [%[x0]]\n\tldp q6, q7, [%[w], #32]\n\t"
+        "ld1r {v1.4s}, [%[x1]]\n\tld1r {v2.4s}, [%[x2]]\n\tld1r {v3.4s}, [%[x3]]\n\t"
+        "add %[w], %[w], #64\n\tadd %[x0], %[x0], #4\n\tadd %[x1], %[x1], #4\n\tadd %[x2], %[x2], #4\n\tadd %[x3], %[x3], #4\n\tsubs %[n], %[n], #1\n\t"
+        "eor v8.16b, v0.16b, v4.16b\n\tcnt v14.16b, v14.16b\n\tuadalp %S[c3].8h, v12.16b\n\t"
+        "eor v9.16b, v0.16b, v5.16b\n\tcnt v15.16b, v15.16b\n\tuadalp %T[c3].8h, v13.16b\n\t"
+        "eor v10.16b, v0.16b, v6.16b\n\tcnt v8.16b, v8.16b\n\tuadalp %U[c3].8h, v14.16b\n\t"
+        "eor v11.16b, v0.16b, v7.16b\n\tcnt v9.16b, v9.16b\n\tuadalp %V[c3].8h, v15.16b\n\t"
+        "eor v12.16b, v1.16b, v4.16b\n\tcnt v10.16b, v10.16b\n\tuadalp %S[c0].8h, v8.16b\n\t"
+        "eor v13.16b, v1.16b, v5.16b\n\tcnt v11.16b, v11.16b\n\tuadalp %T[c0].8h, v9.16b\n\t"
+        "eor v14.16b, v1.16b, v6.16b\n\tcnt v12.16b, v12.16b\n\tuadalp %U[c0].8h, v10.16b\n\t"
+        "eor v15.16b, v1.16b, v7.16b\n\tcnt v13.16b, v13.16b\n\tuadalp %V[c0].8h, v11.16b\n\t"
+        "eor v8.16b, v2.16b, v4.16b\n\tcnt v14.16b, v14.16b\n\tuadalp %S[c1].8h, v12.16b\n\t"
+        "eor v9.16b, v2.16b, v5.16b\n\tcnt v15.16b, v15.16b\n\tuadalp %T[c1].8h, v13.16b\n\t"
+        "eor v10.16b, v2.16b, v6.16b\n\tcnt v8.16b, v8.16b\n\tuadalp %U[c1].8h, v14.16b\n\t"
+        "eor v11.16b, v2.16b, v7.16b\n\tcnt v9.16b, v9.16b\n\tuadalp %V[c1].8h, v15.16b\n\t"
+        "eor v12.16b, v3.16b, v4.16b\n\tcnt v10.16b, v10.16b\n\tuadalp %S[c2].8h, v8.16b\n\t"
+        "eor v13.16b, v3.16b, v5.16b\n\tcnt v11.16b, v11.16b\n\tuadalp %T[c2].8h, v9.16b\n\t"
+        "eor v14.16b, v3.16b, v6.16b\n\tcnt v12.16b, v12.16b\n\tuadalp %U[c2].8h, v10.16b\n\t"
+        "eor v15.16b, v3.16b, v7.16b\n\tcnt v13.16b, v13.16b\n\tuadalp %V[c2].8h, v11.16b\n\t"
+        "b.ne 1b\n\t"
+        "cnt v14.16b, v14.16b\n\tuadalp %S[c3].8h, v12.16b\n\t"
+        "cnt v15.16b, v15.16b\n\tuadalp %T[c3].8h, v13.16b\n\t"
+        "uadalp %U[c3].8h, v14.16b\n\tuadalp %V[c3].8h, v15.16b\n\t"
+        : [c0] "+w"(acc[0]), [c1] "+w"(acc[1]), [c2] "+w"(acc[2]), [c3] "+w"(acc[3]), /* 4 registers each */
+          [x0] "+r"(x0), [x1] "+r"(x1), [x2] "+r"(x2), [x3] "+r"(x3), [w] "+r"(w), [n] "+r"(cnt)
+        :
+        : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12", "v13", "v14", "v15",
+          "cc", "memory");
+    xr[0] = x0, xr[1] = x1, xr[2] = x2, xr[3] = x3, *wk = w;
+}
+
+BNN_INLINE void bnn_tile_neon_a53_4(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int32_t *pop) {
+    uint16x8x4_t acc[4]; /* acc[p].val[v]: as bnn_tile_neon_4's acc[p][v] */
+    uint32x4_t tot[4][4];
+    BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
+        acc[p].val[v] = vdupq_n_u16(0);
+        tot[p][v] = vdupq_n_u32(0);
+    }
+    int steps = 0;
+    for (int ky = 0; ky < g->kh; ky++)
+        for (int kx = 0; kx < g->kw; kx++) {
+            const uint32_t *xr[4];
+            BNN_UNROLLED(p, 4) xr[p] = x + ky * g->row_stride + kx * g->cw + p * g->pix_stride;
+            const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;
+            for (int c0 = 0; c0 < g->cw;) {
+                int n = g->cw - c0 < BNN_NEON_FLUSH - steps ? g->cw - c0 : BNN_NEON_FLUSH - steps;
+                bnn_a53_words(acc, xr, &wk, n); /* n >= 1 */
+                c0 += n;
+                steps += n;
+                if (steps == BNN_NEON_FLUSH) {
+                    BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
+                        tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);
+                        acc[p].val[v] = vdupq_n_u16(0);
+                    }
+                    steps = 0;
+                }
+            }
+        }
+    BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
+        tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);
+        vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(tot[p][v]));
+    }
+}
 #else
 #define BNN_NEON_P 2
 BNN_DEF_TILE_NEON(2)
@@ -87,16 +174,23 @@ BNN_DEF_TILE_NEON(2)
 #endif
 BNN_DEF_TILE_NEON(1)
 
-static void bconv2d_neon(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int nblocks, int npix,
-                         int32_t *pop) {
-    for (int b = 0; b < nblocks; b++) {
-        const uint32_t *wb = w + b * g->wblock_stride;
-        int32_t *pb = pop + 16 * b;
-        int p = 0;
-        for (; p + BNN_NEON_P <= npix; p += BNN_NEON_P)
-            bnn_tile_neon_big(g, x + p * g->pix_stride, wb, pb + p * BNN_BCONV_POP_STRIDE);
-        for (; p < npix; p++) bnn_tile_neon_1(g, x + p * g->pix_stride, wb, pb + p * BNN_BCONV_POP_STRIDE);
+/* The kernel over a big tile (BNN_NEON_P pixels) and the 1-pixel one for the rest. */
+#define BNN_DEF_KERNEL_NEON(name, big)                                                         \
+    static void name(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int nblocks, int npix, \
+                     int32_t *pop) {                                                           \
+        for (int b = 0; b < nblocks; b++) {                                                    \
+            const uint32_t *wb = w + b * g->wblock_stride;                                     \
+            int32_t *pb = pop + 16 * b;                                                        \
+            int p = 0;                                                                         \
+            for (; p + BNN_NEON_P <= npix; p += BNN_NEON_P)                                    \
+                big(g, x + p * g->pix_stride, wb, pb + p * BNN_BCONV_POP_STRIDE);              \
+            for (; p < npix; p++) bnn_tile_neon_1(g, x + p * g->pix_stride, wb, pb + p * BNN_BCONV_POP_STRIDE); \
+        }                                                                                      \
     }
-}
+
+BNN_DEF_KERNEL_NEON(bconv2d_neon, bnn_tile_neon_big)
+#if defined(__aarch64__)
+BNN_DEF_KERNEL_NEON(bconv2d_neon_a53, bnn_tile_neon_a53_4)
+#endif
 #endif /* defined(BNN_HAVE_NEON) */
 #endif

@@ -6,6 +6,9 @@
 #include <sched.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 #include "internal.h"
 
 const char *bnn_version(void) {
@@ -54,9 +57,17 @@ static uint64_t bnn_xgetbv0(void) {
 #endif
 
 bnn_cpu bnn_cpu_detect(void) {
-    bnn_cpu cpu = {0, 0, 0, 0};
+    bnn_cpu cpu = {0, 0, 0, 0, 0};
 #if defined(BNN_HAVE_NEON)
     cpu.neon = 1;
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+    if (getauxval(AT_HWCAP) & (1ul << 11)) { /* HWCAP_CPUID: the kernel emulates MIDR_EL1 reads */
+        uint64_t midr;
+        __asm__("mrs %0, MIDR_EL1" : "=r"(midr));
+        unsigned part = (unsigned)(midr >> 4) & 0xfffu;
+        cpu.inorder = (midr >> 24) == 0x41 && (part == 0xd03 || part == 0xd04 || part == 0xd05); /* Arm A53 A35 A55 */
+    }
 #endif
 #if defined(BNN_X86)
     unsigned a, b, c, d;

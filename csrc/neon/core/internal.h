@@ -61,8 +61,13 @@ typedef struct bnn_cpu {
     int avx2;             /* x86-64 AVX2 + POPCNT, ymm state enabled by the OS */
     int fma;              /* x86-64 FMA3 (and avx2): the AVX2 float convolution needs it */
     int avx512_vpopcntdq; /* x86-64 AVX-512F + BW + VPOPCNTDQ (and avx2), zmm state enabled */
+    int inorder;          /* aarch64: an in-order core (Cortex-A53 / A55 / A35, MIDR_EL1 read via
+                           * HWCAP_CPUID); bconv2d then runs its in-order schedule */
 } bnn_cpu;
 bnn_cpu bnn_cpu_detect(void);
+/* The bconv2d kernel a context runs ("neon-a53" on in-order aarch64 cores, else its path's
+ * name); not exported from libbnn.so: for the C tests, which link libbnn.a. */
+const char *bnn_bconv2d_kernel_name(const bnn_ctx *ctx);
 
 /* A fully unrolled loop over a register tile (pixels x vectors): for (int i = 0; i < n; i++) */
 #define BNN_UNROLLED(i, n) _Pragma("GCC unroll 16") for (int i = 0; i < (n); i++)
