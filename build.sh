@@ -483,6 +483,9 @@ case "$CMD" in
     step "C tests x86_64 asan+ubsan" asan_tests
     step "C tests x86_64 tsan" tsan_tests
     step "C tests aarch64 (qemu)" run_tests build/aarch64 qemu-aarch64 -L /usr/aarch64-linux-gnu
+    # an in-order core's MIDR: bconv2d must pick (and pass with) its in-order kernel
+    step "C tests aarch64 Cortex-A53 (qemu -cpu cortex-a53)" eval 'BNN_EXPECT_BCONV2D_KERNEL=neon-a53 \
+      run_tests build/aarch64 qemu-aarch64 -cpu cortex-a53 -L /usr/aarch64-linux-gnu'
     step "C tests armhf (qemu)" run_tests build/armhf qemu-arm -L /usr/arm-linux-gnueabihf
     # armv6: Debian's armhf libc uses armv7 instructions, so every program dies with SIGILL
     # under `qemu-arm -cpu arm1176`; the armv6 tests run on qemu's default cpu instead and

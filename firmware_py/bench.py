@@ -7,7 +7,15 @@ XNOR-Net's speedup figure.  Prints a table, or one JSON object per row with ``--
 ``conv --arch aarch64`` (or ``armhf``): cross-builds the static benchmark program
 (csrc/bench/bench_bconv.c) and counts the guest instructions of one convolution under
 qemu-user with ../shared/tools/arm-icount (exact and repeatable, unlike qemu's wall time):
-``instructions_per_binary_mac`` per row.
+``instructions_per_binary_mac`` per row.  ``--qemu-cpu cortex-a53`` emulates that core
+(its MIDR), so the library runs its in-order bconv2d kernel.
+
+``inorder``: the aarch64 binary convolution's inner loop (one trip: one word of 4 pixels x
+16 channels = 2,048 binary MACs), for the default kernel (bnn_tile_neon_4, compiled as
+./build.sh does) and the in-order one (bnn_tile_neon_a53_4, chosen on Cortex-A53/A55/A35),
+through llvm-mca: cycles per trip (per 2,048 binary MACs) on Cortex-A53 and A72, and the
+loop's resource bound.  Needs aarch64-linux-gnu-gcc (./build.sh aarch64 installs it) and
+llvm-mca (Debian package llvm).  Prints JSON.
 """
 from __future__ import annotations
 
@@ -131,7 +139,7 @@ def guest_instructions(arch: str, exe: Path, plugin: Path, args, qemu_args=()) -
     return int(m.group(1))
 
 
-def bench_conv_icount(arch, channels, kernels, size, paths=("neon", "portable")):
+def bench_conv_icount(arch, channels, kernels, size, paths=("neon", "portable"), qemu_cpu=None):
     exe = build_static_bench(arch)
     plugin = icount_plugin()
     path_ids = {"portable": 1, "neon": 2}
@@ -143,12 +151,78 @@ def bench_conv_icount(arch, channels, kernels, size, paths=("neon", "portable"))
                 # the program runs one warm-up convolution, then REPS more: the difference of
                 # the totals for REPS=1 and REPS=0 is exactly one convolution
                 base = [c, c, k, size, size]
-                n0 = guest_instructions(arch, exe, plugin, base + [0, 1, path_ids[path]])
-                n1 = guest_instructions(arch, exe, plugin, base + [1, 1, path_ids[path]])
-                rows.append({"arch": arch, "path": path, "cin": c, "cout": c, "k": k, "h": size, "w": size,
+                qa = ["-cpu", qemu_cpu] if qemu_cpu else []
+                n0 = guest_instructions(arch, exe, plugin, base + [0, 1, path_ids[path]], qa)
+                n1 = guest_instructions(arch, exe, plugin, base + [1, 1, path_ids[path]], qa)
+                rows.append({"arch": arch, "path": path, "qemu_cpu": qemu_cpu or "default", "cin": c, "cout": c,
+                             "k": k, "h": size, "w": size,
                              "threads": 1, "binary_macs": macs, "instructions": n1 - n0,
                              "instructions_per_binary_mac": round((n1 - n0) / macs, 4)})
     return rows
+
+
+def _loops_of(asm: str, fn: str):
+    """(label, body lines) of each loop (a label and a later branch back to it) in the
+    assembly of function ``fn``."""
+    text = asm[asm.index(fn + ":"):]
+    text = text[:text.index(".size\t" + fn)] if ".size\t" + fn in text else text
+    lines = [ln.strip() for ln in text.splitlines()]
+    loops = []
+    for i, ln in enumerate(lines):
+        m = re.match(r"(b(?:\.?[a-z]{2})?|cbn?z\s+\w+,)\s+(\S+)$", ln.replace("\t", " "))
+        if not m:
+            continue
+        target = m.group(2)
+        label = target[:-1] if target.endswith("b") and target[:-1].isdigit() else target
+        starts = [j for j in range(i) if lines[j] == label + ":"]
+        if starts:
+            body = [x for x in lines[starts[-1] + 1:i + 1] if x and not x.startswith(("#", "//", ".p2align"))]
+            loops.append((label, body))
+    return loops
+
+
+def bench_inorder(cpus=("cortex-a53", "cortex-a72")):
+    cc = CROSS["aarch64"][0]
+    mca = shutil.which("llvm-mca")
+    if not shutil.which(cc):
+        sys.exit(f"{cc} not found: run ./build.sh aarch64 first (it installs the cross compiler)")
+    if not mca:
+        sys.exit("llvm-mca not found: install the Debian package llvm (apt-get install llvm)")
+    out = ROOT / "build" / "aarch64"
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / "inorder_loops.c"
+    src.write_text('#include "bconv2d/kernels_neon.h"\n'
+                   "void old_tile(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int32_t *pop)"
+                   " { bnn_tile_neon_4(g, x, w, pop); }\n"
+                   "void new_tile(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int32_t *pop)"
+                   " { bnn_tile_neon_a53_4(g, x, w, pop); }\n")
+    tune = os.environ.get("BNN_TUNE", "cortex-a72")  # as build.sh
+    res = subprocess.run([cc, "-std=c11", "-O3", "-march=armv8-a", f"-mtune={tune}", f"-I{ROOT}/csrc/neon",
+                          f"-I{ROOT}/csrc/neon/include", "-S", str(src), "-o", "-"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    loops = {}
+    for name, fn in (("old", "old_tile"), ("new", "new_tile")):
+        # the innermost loop of the 16 CNT (outer loops hold it too)
+        inner = [body for _, body in _loops_of(res.stdout, fn) if sum(x.startswith("cnt") for x in body) == 16]
+        if not inner:
+            raise RuntimeError(f"{fn}: no loop of 16 CNT in the compiler's output")
+        loops[name] = min(inner, key=len)
+    iters = 500
+    rows = []
+    for name, body in loops.items():
+        text = "\n".join(body) + "\n"
+        for cpu in cpus:
+            r = subprocess.run([mca, "-mtriple=aarch64", f"-mcpu={cpu}", f"-iterations={iters}"], input=text,
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr[-2000:])
+            cycles = int(re.search(r"Total Cycles:\s+(\d+)", r.stdout).group(1))
+            bound = float(re.search(r"Block RThroughput:\s+([\d.]+)", r.stdout).group(1))
+            rows.append({"loop": name, "kernel": "bnn_tile_neon_4" if name == "old" else "bnn_tile_neon_a53_4",
+                         "mcpu": cpu, "instructions": len(body), "binary_macs": 2048,
+                         "cycles_per_2048_binary_macs": round(cycles / iters, 2), "resource_bound_cycles": bound})
+    return {"compiler": cc, "tune": tune, "llvm_mca": mca, "iterations": iters, "rows": rows}
 
 
 def _print_table(rows, keys):
@@ -161,20 +235,24 @@ def _print_table(rows, keys):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m firmware_py.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["conv"])
+    ap.add_argument("what", choices=["conv", "inorder"])
     ap.add_argument("--channels", default="64,128,256,512")
     ap.add_argument("--kernels", default="1,3")
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--threads", default="1", help="comma list; 0 = all cores")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--arch", choices=sorted(CROSS), help="count ARM guest instructions under qemu instead")
+    ap.add_argument("--qemu-cpu", help="with --arch: the CPU qemu emulates (e.g. cortex-a53)")
     ap.add_argument("--json", action="store_true", help="one JSON object per row")
     a = ap.parse_args(argv)
+    if a.what == "inorder":
+        print(json.dumps(bench_inorder(), indent=1))
+        return
     channels = [int(v) for v in a.channels.split(",")]
     kernels = [int(v) for v in a.kernels.split(",")]
     if a.arch:
-        rows = bench_conv_icount(a.arch, channels, kernels, a.size)
-        keys = ["arch", "path", "cin", "cout", "k", "h", "w", "instructions", "instructions_per_binary_mac"]
+        rows = bench_conv_icount(a.arch, channels, kernels, a.size, qemu_cpu=a.qemu_cpu)
+        keys = ["arch", "path", "qemu_cpu", "cin", "cout", "k", "h", "w", "instructions", "instructions_per_binary_mac"]
     else:
         threads = [int(v) if int(v) > 0 else (os.cpu_count() or 1) for v in a.threads.split(",")]
         rows = bench_conv_host(channels, kernels, a.size, threads, a.reps)

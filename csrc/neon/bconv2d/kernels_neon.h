@@ -96,8 +96,8 @@ BNN_DEF_TILE_NEON(4)
  * post-increment (or any short instruction) after a NEON op waits for that op's result.
  * Temporaries v8-v15 (chain k: v(8 + k % 8)), operands v0-v3 (activations), v4-v7
  * (weights); the 16 accumulators take v16-v31, as 4 operands of 4 registers (%S..%V[cP]:
- * the channels of pixel P; an asm statement takes at most 30 operands).  llvm-mca: 64 cycles a trip on A53, 26 on A72
- * (python -m firmware_py.bench a53, which also prints the old loop's). */
+ * the channels of pixel P; an asm statement takes at most 30 operands).  llvm-mca: 60
+ * cycles a trip on A53, 26 on A72 (python -m firmware_py.bench inorder prints both loops'). */
 BNN_INLINE void bnn_a53_words(uint16x8x4_t acc[4], const uint32_t **xr, const uint32_t **wk, int n) {
     const uint32_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3], *w = *wk;
     int64_t cnt = n;

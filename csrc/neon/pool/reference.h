@@ -41,6 +41,10 @@ BNN_INLINE void pool_2x2(const float *restrict a, const float *restrict b, const
  * does not matter; all ones ANDed with at least one position), no call per position. */
 BNN_INLINE void bmax_pixel(const uint32_t *restrict x, size_t row_words, size_t c, int64_t nky, int64_t nkx,
                            uint32_t *restrict y) {
+    if (nky == 2 && nkx == 2) { /* the usual 2x2 window: one pass */
+        for (size_t i = 0; i < c; i++) y[i] = x[i] & x[c + i] & x[row_words + i] & x[row_words + c + i];
+        return;
+    }
     for (size_t i = 0; i < c; i++) {
         uint32_t acc = ~0u;
         for (int64_t ky = 0; ky < nky; ky++)
