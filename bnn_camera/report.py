@@ -26,12 +26,15 @@ Every report is a dict (one JSON line); its fields:
     reconnects           times the source was reopened after a loss
 """
 
+import bisect
 import json
 import random
 import threading
 import time
 
-__all__ = ["Stats", "rss_mb", "percentile", "format_line", "format_summary"]
+SOURCE_STATES = ("starting", "running", "reconnecting", "ended", "failed")
+
+__all__ = ["Stats", "SOURCE_STATES", "rss_mb", "percentile", "format_line", "format_summary"]
 
 
 def rss_mb():
@@ -64,6 +67,8 @@ class Stats:
     Memory is bounded: whole-run latencies are a fixed-size reservoir sample."""
 
     RESERVOIR = 8192
+    # upper bounds (s) of the whole-run latency histogram (Prometheus bnn_latency_seconds)
+    LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -85,6 +90,8 @@ class Stats:
         self._i_lat = []
         self._all_lat = []
         self._n_lat = 0
+        self.latency_counts = [0] * (len(self.LATENCY_BUCKETS) + 1)  # per bucket, +Inf last
+        self.latency_sum = 0.0
         self._i_t = self.t0
         self._rng = random.Random(0)
 
@@ -121,12 +128,25 @@ class Stats:
             if len(self._i_lat) < 100000:
                 self._i_lat.append(ms)
             self._n_lat += 1
+            self.latency_sum += latency_s
+            self.latency_counts[bisect.bisect_left(self.LATENCY_BUCKETS, latency_s)] += 1
             if len(self._all_lat) < self.RESERVOIR:
                 self._all_lat.append(ms)
             else:
                 j = self._rng.randrange(self._n_lat)
                 if j < self.RESERVOIR:
                     self._all_lat[j] = ms
+
+    def latency_histogram(self):
+        """The whole run's latencies: ([(upper bound s, cumulative count)], sum s, count);
+        the last bound is inf."""
+        with self._lock:
+            counts, total = list(self.latency_counts), self.latency_sum
+        cum, out = 0, []
+        for le, n in zip(self.LATENCY_BUCKETS + (float("inf"),), counts):
+            cum += n
+            out.append((le, cum))
+        return out, total, cum
 
     def set_state(self, state, error=None):
         with self._lock:

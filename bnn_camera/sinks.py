@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Sink", "detections_list", "annotate", "EventLog", "SnapshotSink", "FrameHub",
+__all__ = ["Sink", "detections_list", "place_labels", "annotate", "EventLog", "SnapshotSink", "FrameHub",
            "stderr_log", "write_atomic", "create_exclusive"]
 
 
@@ -167,23 +167,62 @@ def detections_list(result, class_names):
     return out
 
 
+def place_labels(boxes, sizes, width, height):
+    """Where each box's label goes: a list of (x, y) top-left corners, one per box, in
+    the order given (draw the most important box first).  Each label is tried above its
+    box, inside its top edge, below it and inside its bottom edge, then at any height
+    next to the box; the first place that overlaps no label placed before wins (labels
+    never cover each other while the image has room for them), clamped into the image."""
+    placed, out = [], []
+
+    def free(r):
+        return all(r[2] <= q[0] or q[2] <= r[0] or r[3] <= q[1] or q[3] <= r[1]
+                   for q in placed)
+
+    for (x1, y1, x2, y2), (tw, th) in zip(boxes, sizes):
+        x = max(0, min(int(x1), width - tw))
+        cands = [y1 - th, y1, y2, y2 - th]
+        cands += sorted(range(0, max(1, height - th + 1)), key=lambda y: abs(y - y1))
+        best = None
+        for y in cands:
+            y = max(0, min(int(y), height - th))
+            if best is None:
+                best = (x, y)
+            if free((x, y, x + tw, y + th)):
+                best = (x, y)
+                break
+        placed.append((best[0], best[1], best[0] + tw, best[1] + th))
+        out.append(best)
+    return out
+
+
+LABEL_FONT_SCALE = 0.45
+
+
 def annotate(frame, result, class_names):
-    """A copy of the frame with the boxes and labels drawn (OpenCV)."""
+    """A copy of the frame with the boxes and labels drawn (OpenCV); the labels never
+    cover each other (place_labels; the highest score gets the best place)."""
     import cv2
     img = frame.copy()
     h, w = img.shape[:2]
-    for d in detections_list(result, class_names):
+    dets = sorted(detections_list(result, class_names), key=lambda d: -d["score"])
+    boxes, sizes, labels = [], [], []
+    for d in dets:
         x1, y1, x2, y2 = [int(round(v)) for v in d["box"]]
         x1, x2 = max(0, min(w - 1, x1)), max(0, min(w - 1, x2))
         y1, y2 = max(0, min(h - 1, y1)), max(0, min(h - 1, y2))
         col = COLOURS[d["class_id"] % len(COLOURS)]
         cv2.rectangle(img, (x1, y1), (x2, y2), col, 2)
         label = "%s %.2f" % (d["class"], d["score"])
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
-        ty = max(th + 2, y1)
-        cv2.rectangle(img, (x1, ty - th - 3), (x1 + tw + 2, ty), col, -1)
-        cv2.putText(img, label, (x1 + 1, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, LABEL_FONT_SCALE, 1)
+        boxes.append((x1, y1, x2, y2))
+        sizes.append((tw + 2, th + base + 2))
+        labels.append((label, col, th))
+    for (x, y), (tw, th), (label, col, text_h) in zip(place_labels(boxes, sizes, w, h), sizes,
+                                                      labels):
+        cv2.rectangle(img, (x, y), (x + tw - 1, y + th - 1), col, -1)
+        cv2.putText(img, label, (x + 1, y + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX,
+                    LABEL_FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 
@@ -396,12 +435,14 @@ class SnapshotSink(Sink):
 
 
 class FrameHub(Sink):
-    """The newest (frame, result) for the MJPEG stream; readers wait on a condition.  Its
+    """The newest (frame, result) for the MJPEG stream; readers wait on a condition; and
+    the last ``history`` stats records (the status page's charts, /history).  Its
     status() / finish() are the HTTP server's counters (``http``, set by HttpServer)."""
 
     name = "http"
 
-    def __init__(self):
+    def __init__(self, history=300):
+        self.history = collections.deque(maxlen=history)
         self._cond = threading.Condition()
         self._item = None
         self._seq = 0
@@ -416,6 +457,10 @@ class FrameHub(Sink):
 
     def on_frame(self, seq, frame, result):
         self.publish(frame, result)
+
+    def on_stats(self, rec):
+        if rec.get("type") == "stats":
+            self.history.append(rec)
 
     def status(self):
         return self.http.status() if self.http is not None else None
