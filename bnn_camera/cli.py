@@ -5,6 +5,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 from . import DEFAULT_MODEL, output, shown_path
 from .report import dumps, format_line, format_summary
@@ -144,6 +145,27 @@ def build_parser():
     ap.add_argument("--quiet", action="store_true", help="no per-second lines on stdout "
                     "(the summary is still printed)")
     ap.add_argument("--no-power", action="store_true", help="do not read power sensors")
+    # -- running as a service: event-log rotation, the journal, power estimate (issue 19) --
+    from firmware_py.power import BOARD_MODELS
+    svc = ap.add_argument_group(
+        "service", "rotation of the --out event log, stdout (the journal) and power "
+        "estimates; under systemd (Type=notify) READY / WATCHDOG / STATUS are sent "
+        "to $NOTIFY_SOCKET by themselves")
+    svc.add_argument("--out-max-size", metavar="SIZE", type=_size, default=0,
+                     help="rotate --out before it grows past SIZE (bytes, 50M, 1G; 0: never)")
+    svc.add_argument("--out-max-age", metavar="S", type=_float_in(0.0, 1e9), default=0.0,
+                     help="rotate --out after S seconds of writing (86400: daily; 0: never)")
+    svc.add_argument("--out-keep", metavar="N", type=_int_in(1, 1000), default=5,
+                     help="rotated files kept: PATH.1 .. PATH.N (default 5)")
+    svc.add_argument("--stdout-interval", metavar="S", type=_float_in(0.0, 86400.0),
+                     default=0.0, help="print a stats line at most every S seconds (the "
+                     "journal under systemd; --out, MQTT and HTTP still get every report; "
+                     "default 0: every report)")
+    svc.add_argument("--power-model", choices=("auto", "none") + tuple(BOARD_MODELS),
+                     default="auto", help="where no sensor measures power: ESTIMATE it from "
+                     "CPU time with this board's published figures (auto: the board in "
+                     "/proc/device-tree/model; none: never); reported apart, as "
+                     "power_estimated (docs/power-estimate.md)")
     return ap
 
 
@@ -256,7 +278,8 @@ def build_sinks(args, detector, state, stage):
     events = snapshots = mqtt = hub = None
     if args.out:
         from .sinks import EventLog
-        events = state["events"] = EventLog(args.out)
+        events = state["events"] = EventLog(args.out, max_bytes=args.out_max_size,
+                                            max_age_s=args.out_max_age, keep=args.out_keep)
         closers.append(events.close)
     if args.snapshots:
         from .sinks import SnapshotSink
@@ -275,7 +298,11 @@ def build_sinks(args, detector, state, stage):
     if args.http:
         from .sinks import FrameHub
         hub = FrameHub()
-    return [s for s in (snapshots, events, mqtt, hub) if s is not None]
+    from .systemd import SystemdNotifier
+    notifier = SystemdNotifier.from_env()  # None unless systemd gave a $NOTIFY_SOCKET
+    if notifier is not None:
+        closers.append(notifier.close)
+    return [s for s in (snapshots, events, mqtt, hub, notifier) if s is not None]
 
 
 def _run(args, fmt, state, got):
@@ -326,11 +353,18 @@ def _run(args, fmt, state, got):
     for n in notes:
         _err("source: %s" % n)
 
+    printed = [None]  # when the last stats line was printed (--stdout-interval)
+
     def emit(rec):
         if rec.get("type") == "summary":
             return  # printed by main after shutdown
         if args.quiet:
             return
+        if args.stdout_interval:
+            now = time.monotonic()
+            if printed[0] is not None and now - printed[0] < args.stdout_interval - 1e-3:
+                return
+            printed[0] = now
         line = format_line(rec) if fmt == "text" else dumps(rec)
         output.out(line + "\n")  # never blocks: dropped and counted when stdout is stuck
 
@@ -351,6 +385,12 @@ def _run(args, fmt, state, got):
     meter = None if args.no_power else power.open_power_meter(vcgencmd=vcgencmd)
     if meter is not None and not meter.available:
         _err("power: %s" % meter.reason)
+    estimator = None
+    board = power.board_model() if args.power_model == "auto" else args.power_model
+    if board not in (None, "none") and not args.no_power and not (meter and meter.available):
+        estimator = power.PowerEstimator(board)
+        _err("power: ESTIMATED from CPU time with the %s model (not measured; "
+             "docs/power-estimate.md)" % board)
 
     stage("opening the sinks")
     try:
@@ -364,7 +404,7 @@ def _run(args, fmt, state, got):
     stage("starting the pipeline")
     pipe = Pipeline(detector, source, max_frames=args.max_frames or None,
                     queue_size=args.queue, power_meter=meter, report_interval=args.interval,
-                    emit=emit, vcgencmd=vcgencmd, sinks=sinks)
+                    emit=emit, vcgencmd=vcgencmd, sinks=sinks, power_estimator=estimator)
     # from here on a signal asks the pipeline to stop (it has not started yet: then it
     # stops at once and writes its summary)
     state["pipe"] = pipe
@@ -393,6 +433,9 @@ def _run(args, fmt, state, got):
         if http is not None:
             http.start()
         pipe.start()
+        for sink in sinks:
+            if sink.name == "systemd":
+                sink.ready()
         pipe.wait()
         summary = pipe.shutdown(extra={"stopped_by": signal.Signals(got[0]).name}
                                 if got else None)

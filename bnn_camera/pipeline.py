@@ -112,13 +112,14 @@ class Pipeline:
 
     def __init__(self, detector, source, max_frames=None, queue_size=2, power_meter=None,
                  report_interval=1.0, emit=None, sinks=(), backoff=(0.5, 10.0), vcgencmd="",
-                 sys_root="/", log=None):
+                 sys_root="/", log=None, power_estimator=None):
         self.detector = detector
         self.class_names = list(getattr(detector, "class_names", []) or [])
         self.source = source
         self.max_frames = max_frames
         self.queue = FrameQueue(queue_size)
         self.power_meter = power_meter
+        self.power_estimator = power_estimator  # firmware_py.power.PowerEstimator or None
         self.report_interval = report_interval
         self.emit = emit
         for sink in sinks:
@@ -330,8 +331,9 @@ class Pipeline:
 
     def _stats_record(self):
         sample = self.power_meter.sample() if self.power_meter is not None else None
+        est = self.power_estimator.sample() if self.power_estimator is not None else None
         temp, thr = self._sensors()
-        rec = self.stats.interval(sample, self.power_meter, temp, thr)
+        rec = self.stats.interval(sample, self.power_meter, temp, thr, est)
         self._sink_status(rec)
         self.last_stats = rec
         return rec
@@ -370,6 +372,8 @@ class Pipeline:
         try:
             if self.power_meter is not None:
                 self.power_meter.sample()  # the start of the first interval
+            if self.power_estimator is not None:
+                self.power_estimator.sample()
         except Exception as e:  # noqa: BLE001
             self._report_errors.failed("power meter: %s: %s" % (type(e).__name__, e))
         while not self.done.wait(self.report_interval):

@@ -235,24 +235,58 @@ class EventLog(Sink):
     error) the file is cut after the last whole line that got out (ftruncate).  A failed
     batch never stops the app: it is counted (``errors``, ``lost`` records,
     ``last_error``; in the stats records and the summary), logged on stderr, and later
-    batches are tried again."""
+    batches are tried again.
+
+    Rotation (--out-max-size, --out-max-age): before a batch that would take the file
+    past ``max_bytes``, or once the file has been written for ``max_age_s`` seconds
+    (counted from when this app opened it), it becomes ``PATH.1`` (``PATH.1`` becomes
+    ``PATH.2`` ..., the oldest beyond ``keep`` is deleted) and a new ``PATH`` is started;
+    a record is never split between two files.  0: no limit."""
 
     FLUSH_BYTES = 1 << 16
     name = "events"
     label = "--out"
     wants_record = True
 
-    def __init__(self, path, log=None):
+    def __init__(self, path, log=None, max_bytes=0, max_age_s=0.0, keep=5, clock=time.time):
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                           | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self.max_bytes, self.max_age_s, self.keep = int(max_bytes), float(max_age_s), int(keep)
+        self._clock = clock
+        self.rotations = 0
         self._lock = threading.Lock()
         self._buf = []
         self._nbuf = 0
         self.lost = 0
         self._err = _ErrorLog("--out %s" % path, log)
+        self._fd = None
+        self._closed = False
+        self._open()
+
+    def _open(self):
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                           | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._size = os.fstat(self._fd).st_size
+        self._born = self._clock()
+
+    def _rotate_locked(self, incoming):
+        """Rotates before writing ``incoming`` bytes when a limit says so."""
+        if not self._size or not (
+                (self.max_bytes and self._size + incoming > self.max_bytes)
+                or (self.max_age_s and self._clock() - self._born >= self.max_age_s)):
+            return
+        os.close(self._fd)
+        self._fd = None
+        try:
+            for i in range(self.keep - 1, 0, -1):
+                old = "%s.%d" % (self.path, i)
+                if os.path.lexists(old):
+                    os.replace(old, "%s.%d" % (self.path, i + 1))
+            os.replace(self.path, self.path + ".1")
+            self.rotations += 1
+        finally:
+            self._open()
 
     @property
     def errors(self):
@@ -260,7 +294,7 @@ class EventLog(Sink):
 
     def status(self):
         return {"write_errors": self._err.errors, "records_lost": self.lost,
-                "last_error": self._err.last_error}
+                "last_error": self._err.last_error, "rotations": self.rotations}
 
     def on_detections(self, seq, frame, result, record):
         self.write(record)
@@ -274,7 +308,7 @@ class EventLog(Sink):
     def write(self, rec, flush=False):
         line = (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self._lock:
-            if self._fd is None:
+            if self._closed:
                 return
             self._buf.append(line)
             self._nbuf += len(line)
@@ -283,7 +317,7 @@ class EventLog(Sink):
 
     def flush(self):
         with self._lock:
-            if self._fd is not None:
+            if not self._closed:
                 self._flush_locked()
 
     def _flush_locked(self):
@@ -293,6 +327,9 @@ class EventLog(Sink):
         self._buf, self._nbuf = [], 0
         start, written = None, 0
         try:
+            if self._fd is None:  # a rotation could not reopen the file: try again
+                self._open()
+            self._rotate_locked(len(data))
             start = os.lseek(self._fd, 0, os.SEEK_END)
             view = memoryview(data)
             while written < len(data):
@@ -304,16 +341,22 @@ class EventLog(Sink):
                     os.ftruncate(self._fd, start + keep)
                 except OSError:
                     pass
+            if start is not None:
+                self._size = start + keep
             lost = n - data.count(b"\n", 0, keep)
             self.lost += lost
             self._err.failed("cannot write (%d record(s) lost): %s" % (lost, e.strerror or e))
         else:
+            self._size = start + written
             self._err.ok()
 
     def close(self):
         with self._lock:
+            if self._closed:
+                return
+            self._flush_locked()
+            self._closed = True
             if self._fd is not None:
-                self._flush_locked()
                 try:
                     os.close(self._fd)
                 except OSError as e:
