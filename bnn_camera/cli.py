@@ -23,8 +23,9 @@ sources (--source):
 
 reports: a JSON line per second on stdout (a human-readable line on a terminal; see
 --format), and a summary at exit.  Power is measured (Pi 5 PMIC, INA2xx hwmon, x86 RAPL)
-or reported as null with the reason.  Exit status: 0 done / stopped by a signal, 1 the
-source or the detector failed, 2 bad arguments or no model.
+or reported as null with the reason (then --power-model may estimate it, reported
+apart).  Exit status: 0 done / stopped by a signal, 1 the source or the detector
+failed, 2 bad arguments or no model.
 """
 
 
