@@ -82,11 +82,14 @@ def plot_run(stats, out, title=None):
         ax2.legend(loc="lower right", fontsize=8)
     else:
         reason = next((r.get("power_reason") for r in stats if r.get("power_reason")), "")
-        ax[2].text(0.5, 0.5, "no power figures: %s" % (reason or "none in the log")[:90],
+        import textwrap
+        ax[2].text(0.5, 0.5, textwrap.fill("no power figures: %s" % (reason or "none in the "
+                                                                      "log"), 100),
                    ha="center", va="center", transform=ax[2].transAxes, fontsize=8)
     ax[2].set_ylabel("power (W)")
-    ax[3].bar(t, [r.get("detections", 0) for r in stats], width=0.8 * min(
-        [r.get("interval_s") or 1.0 for r in stats]), label="detections per report")
+    steps = sorted(r.get("interval_s") or 1.0 for r in stats)
+    ax[3].bar(t, [r.get("detections", 0) for r in stats], width=0.8 * steps[len(steps) // 2],
+              label="detections per report")
     ax[3].set_ylabel("detections")
     ax[3].set_xlabel("time since the first report (s)")
     for a in ax:
