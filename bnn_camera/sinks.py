@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Sink", "detections_list", "place_labels", "annotate", "EventLog", "SnapshotSink", "FrameHub",
+__all__ = ["Sink", "detections_list", "place_labels", "label_layout", "annotate", "EventLog", "SnapshotSink", "FrameHub",
            "stderr_log", "write_atomic", "create_exclusive"]
 
 
@@ -172,7 +172,8 @@ def place_labels(boxes, sizes, width, height):
     the order given (draw the most important box first).  Each label is tried above its
     box, inside its top edge, below it and inside its bottom edge, then at any height
     next to the box; the first place that overlaps no label placed before wins (labels
-    never cover each other while the image has room for them), clamped into the image."""
+    never cover each other while the image has room for them), clamped into the image.
+    Cost: O(labels^2 x height / label height) -- annotate labels at most MAX_LABELS."""
     placed, out = [], []
 
     def free(r):
@@ -182,7 +183,8 @@ def place_labels(boxes, sizes, width, height):
     for (x1, y1, x2, y2), (tw, th) in zip(boxes, sizes):
         x = max(0, min(int(x1), width - tw))
         cands = [y1 - th, y1, y2, y2 - th]
-        cands += sorted(range(0, max(1, height - th + 1)), key=lambda y: abs(y - y1))
+        cands += sorted(range(0, max(1, height - th + 1), max(1, th // 2)),
+                        key=lambda y: abs(y - y1))
         best = None
         for y in cands:
             y = max(0, min(int(y), height - th))
@@ -197,30 +199,43 @@ def place_labels(boxes, sizes, width, height):
 
 
 LABEL_FONT_SCALE = 0.45
+MAX_LABELS = 32  # boxes drawn per frame, the highest scores (place_labels' cost)
 
 
-def annotate(frame, result, class_names):
-    """A copy of the frame with the boxes and labels drawn (OpenCV); the labels never
-    cover each other (place_labels; the highest score gets the best place)."""
+def label_layout(shape, result, class_names):
+    """The boxes and their labels as annotate draws them, highest score first (at most
+    MAX_LABELS):
+    [(box (x1, y1, x2, y2), label rect (x, y, x2, y2), text, colour, text height)],
+    clipped to the frame; the label rects never overlap (place_labels)."""
     import cv2
-    img = frame.copy()
-    h, w = img.shape[:2]
+    h, w = shape[:2]
     dets = sorted(detections_list(result, class_names), key=lambda d: -d["score"])
-    boxes, sizes, labels = [], [], []
+    dets = dets[:MAX_LABELS]
+    boxes, sizes, rest = [], [], []
     for d in dets:
         x1, y1, x2, y2 = [int(round(v)) for v in d["box"]]
         x1, x2 = max(0, min(w - 1, x1)), max(0, min(w - 1, x2))
         y1, y2 = max(0, min(h - 1, y1)), max(0, min(h - 1, y2))
-        col = COLOURS[d["class_id"] % len(COLOURS)]
-        cv2.rectangle(img, (x1, y1), (x2, y2), col, 2)
         label = "%s %.2f" % (d["class"], d["score"])
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, LABEL_FONT_SCALE, 1)
         boxes.append((x1, y1, x2, y2))
         sizes.append((tw + 2, th + base + 2))
-        labels.append((label, col, th))
-    for (x, y), (tw, th), (label, col, text_h) in zip(place_labels(boxes, sizes, w, h), sizes,
-                                                      labels):
-        cv2.rectangle(img, (x, y), (x + tw - 1, y + th - 1), col, -1)
+        rest.append((label, COLOURS[d["class_id"] % len(COLOURS)], th))
+    return [(box, (x, y, x + tw, y + th), label, col, text_h)
+            for box, (x, y), (tw, th), (label, col, text_h)
+            in zip(boxes, place_labels(boxes, sizes, w, h), sizes, rest)]
+
+
+def annotate(frame, result, class_names):
+    """A copy of the frame with the boxes and labels drawn (OpenCV); the labels never
+    cover each other (label_layout; the highest score gets the best place)."""
+    import cv2
+    img = frame.copy()
+    layout = label_layout(img.shape, result, class_names)
+    for (x1, y1, x2, y2), _, _, col, _ in layout:
+        cv2.rectangle(img, (x1, y1), (x2, y2), col, 2)
+    for _, (x, y, x2, y2), label, col, text_h in layout:
+        cv2.rectangle(img, (x, y), (x2 - 1, y2 - 1), col, -1)
         cv2.putText(img, label, (x + 1, y + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX,
                     LABEL_FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
     return img

@@ -314,6 +314,29 @@ def test_labels_never_overlap():
                 assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
 
 
+def test_annotate_draws_each_label_apart():
+    """Four boxes on top of each other: four label rects apart, each still showing its own
+    fill and text in the drawn frame (none painted over by another)."""
+    import collections
+
+    from bnn_camera.sinks import annotate, label_layout
+    R = collections.namedtuple("R", "boxes scores classes")
+    res = R(np.array([[40, 30, 140, 200]] * 4, np.float32),
+            np.array([0.9, 0.8, 0.7, 0.6], np.float32), np.zeros(4, int))
+    frame = np.full((216, 384, 3), 255, np.uint8)
+    layout = label_layout(frame.shape, res, ["person"])
+    img = annotate(frame, res, ["person"])
+    assert [t for _, _, t, _, _ in layout] == ["person 0.90", "person 0.80", "person 0.70",
+                                               "person 0.60"]
+    for i, (_, (x, y, x2, y2), _, col, _) in enumerate(layout):
+        for _, other, _, _, _ in layout[:i]:
+            assert x2 <= other[0] or other[2] <= x or y2 <= other[1] or other[3] <= y
+        patch = img[y:y2, x:x2].reshape(-1, 3)
+        fill = np.mean(np.all(patch == np.array(col, np.uint8), axis=1))
+        text = np.mean(patch.max(axis=1) < 100)  # the black text
+        assert fill > 0.4 and text > 0.03, (i, fill, text)
+
+
 # ---- systemd: notify protocol, watchdog, the unit -------------------------------------------
 
 def _listen(address):
