@@ -82,7 +82,6 @@ def build_info():
 def prometheus_text(stats, last):
     """The exposition text from a report.Stats and the latest stats record (or None)."""
     last = last or {}
-    lat = last.get("latency_ms") or {}
     out = []
     m = out.extend
     m(_metric_lines("bnn_frames_total", "Frames through the detector.", "counter", stats.frames))
@@ -102,8 +101,8 @@ def prometheus_text(stats, last):
     buckets, lat_sum, lat_count = stats.latency_histogram()
     out += ["# HELP bnn_latency_seconds End-to-end latency: capture to detections out.",
             "# TYPE bnn_latency_seconds histogram"]
-    out += ['bnn_latency_seconds_bucket{le="%s"} %d' % ("+Inf" if le == float("inf") else repr(le), n)
-            for le, n in buckets]
+    out += ['bnn_latency_seconds_bucket{le="%s"} %d'
+            % ("+Inf" if le == float("inf") else repr(le), n) for le, n in buckets]
     out += ["bnn_latency_seconds_sum %s" % repr(float(lat_sum)),
             "bnn_latency_seconds_count %d" % lat_count]
     if last.get("power") is not None:

@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-__all__ = ["Sink", "detections_list", "place_labels", "label_layout", "annotate", "EventLog", "SnapshotSink", "FrameHub",
-           "stderr_log", "write_atomic", "create_exclusive"]
+__all__ = ["Sink", "detections_list", "place_labels", "label_layout", "annotate", "EventLog",
+           "SnapshotSink", "FrameHub", "stderr_log", "write_atomic", "create_exclusive"]
 
 
 def stderr_log(msg):
