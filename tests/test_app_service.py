@@ -229,7 +229,7 @@ def test_service_run_promtool_chromium_events_schema_plot(model, tmp_path):
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     in_log = sum(r["type"] == "stats" for r in recs)
     printed = sum(json.loads(line)["type"] == "stats" for line in stdout.splitlines())
-    assert in_log >= 6 and 1 <= printed <= in_log // 2 + 1, (printed, in_log)
+    assert in_log >= 4 and 1 <= printed <= in_log // 2 + 1, (printed, in_log)
 
     # every record of the run conforms to docs/events.md
     schema = events_schema()
@@ -396,7 +396,7 @@ def test_watchdog_stops_when_the_inference_thread_hangs(detector):
     sock = _listen("\0" + name)
     notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "300000"})
     assert notifier.address == "\0" + name and notifier.watchdog_s == 0.3
-    hang, frames = threading.Event(), [0]
+    hang, frames, hung_at = threading.Event(), [0], []
 
     class Hanging:
         class_names = detector.class_names
@@ -404,6 +404,7 @@ def test_watchdog_stops_when_the_inference_thread_hangs(detector):
         def detect(self, frame):
             frames[0] += 1
             if frames[0] > 15:
+                hung_at.append(time.monotonic())
                 hang.wait(30)
             return detector.detect(frame)
 
@@ -413,7 +414,11 @@ def test_watchdog_stops_when_the_inference_thread_hangs(detector):
     try:
         pipe.start()
         notifier.ready()
-        _drain(sock, time.monotonic() + 4.0, msgs)
+        deadline = time.monotonic() + 30
+        while not hung_at:
+            assert time.monotonic() < deadline, "the detector never reached frame 16"
+            _drain(sock, time.monotonic() + 0.2, msgs)
+        _drain(sock, hung_at[0] + 2.5, msgs)  # 2.5 s of a hung inference thread
     finally:
         hang.set()
         pipe.request_stop()
@@ -422,12 +427,12 @@ def test_watchdog_stops_when_the_inference_thread_hangs(detector):
         sock.close()
     pings = [t for t, m in msgs if m == "WATCHDOG=1"]
     status = [t for t, m in msgs if m.startswith("STATUS=")]
-    assert len(pings) >= 3
-    # the hang began after frame 15 (about 1.5 s at 10 fps): no ping for the rest, while
-    # the reporter went on sending STATUS
-    last = pings[-1]
-    assert msgs[-1][0] - last > 1.5, (last, msgs[-1][0])
-    assert sum(1 for t in status if t > last + 0.5) >= 3
+    hung = hung_at[0]
+    assert len([t for t in pings if t < hung]) >= 3  # fed while frames flowed
+    # hung: no ping in the 2.5 s after (the period is 0.3 s), while the reporter went on
+    # sending STATUS -- systemd would have restarted the service
+    assert not [t for t in pings if t > hung + 0.1], (hung, pings)
+    assert sum(1 for t in status if t > hung + 0.5) >= 3
 
 
 def test_notify_address_and_watchdog_pid():
