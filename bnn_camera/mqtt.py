@@ -382,7 +382,7 @@ class MqttSink(Sink):
             uid = "%s_%s" % (self.node_id, object_id)
             out.append(("%s/%s/%s/%s/config" % (self.discovery_prefix, component,
                                                 self.node_id, object_id),
-                        dict(config, unique_id=uid, object_id=uid, **common)))
+                        dict(config, unique_id=uid, **common)))
 
         for label in self.class_names:
             s = slug(label)

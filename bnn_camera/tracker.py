@@ -91,6 +91,7 @@ class Tracker:
         self.iou, self.min_frames, self.timeout = float(iou), int(min_frames), float(timeout)
         self.clock = clock  # wall time of the events (epoch s)
         self.tracks = []    # live ones, tentative and confirmed
+        self.last_frame_t = None  # monotonic time of the last update()
 
     def _label(self, c):
         c = int(c)
@@ -103,6 +104,7 @@ class Tracker:
     def update(self, result, t):
         """One frame's detections (a detect.Detections, already filtered) at monotonic time
         t; returns the events [("new" | "end", track)] in that order."""
+        self.last_frame_t = t
         boxes = np.asarray(result.boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(result.scores, np.float64).reshape(-1)
         labels = [self._label(c) for c in np.asarray(result.classes).reshape(-1)]
@@ -147,8 +149,11 @@ class Tracker:
         return events
 
     def expire(self, t):
-        """Ends the confirmed tracks unseen for timeout s at monotonic time t (no frame came:
-        a lost source) and forgets tentative ones; returns [("end", track)]."""
+        """When no frame has come for timeout s (a lost source; the next frame's update()
+        ends tracks otherwise): ends the confirmed tracks unseen for timeout s at monotonic
+        time t and forgets tentative ones; returns [("end", track)]."""
+        if self.last_frame_t is not None and t - self.last_frame_t < self.timeout:
+            return []
         events, keep = [], []
         for tr in self.tracks:
             if t - tr.last_t < self.timeout:
