@@ -44,8 +44,7 @@ class App:
     """``python -m bnn_camera`` in a child process; stdout (JSON lines) and stderr are read by
     threads, so the test can wait for records without the pipes filling up."""
 
-    def __init__(self, args, fsize_limit=None):
-        preexec = None
+    def __init__(self, args, fsize_limit=None, preexec=None):
         if fsize_limit is not None:
             def preexec():
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
