@@ -140,6 +140,9 @@ def prometheus_text(stats, last):
     m(_metric_lines("bnn_source_up", "1 while the source delivers frames.", "gauge",
                     1 if stats.source_state == "running" else 0,
                     {"state": stats.source_state}))
+    if last.get("source_kind") is not None:
+        m(_metric_lines("bnn_source_info", "The live source (always 1): its kind and path.",
+                        "gauge", 1, {"kind": last["source_kind"], "path": last.get("source")}))
     return "\n".join(out) + "\n"
 
 

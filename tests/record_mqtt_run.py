@@ -79,6 +79,8 @@ def record_run(model, tmp, timeout=90.0):
             continue
         messages.append({"t": t, "topic": topic, "retained": retained,
                          "payload": _decode(text)})
+    if stats and str(stats[0].get("source", "")).startswith(ROOT):
+        stats[0]["source"] = os.path.relpath(stats[0]["source"], ROOT)
     shown = [a if not a.startswith(str(tmp)) else "<tmp>/" + os.path.basename(a) for a in argv]
     shown[0:3] = ["python", "-m", "bnn_camera"]
     shown[shown.index("--model") + 1] = os.path.relpath(model, ROOT) if model.startswith(ROOT) \

@@ -155,3 +155,28 @@ def test_mask_removes_the_window_false_positive_on_the_clip(tmp_path):
     assert sum(map(window, plain)) > 150
     assert sum(map(window, masked)) == 0 and len(masked) == len(plain) - sum(map(window, plain))
     assert sum(map(window, strict)) < 10
+
+
+def test_source_kind_and_path_in_stats_summary_and_metrics():
+    """The live source is named in every stats record (so /stats), the summary and the
+    bnn_source_info metric: a demo clip can never pass for a camera unnoticed."""
+    from bnn_camera.http_server import prometheus_text
+    from bnn_camera.pipeline import Pipeline
+    from bnn_camera.sources import MemorySource
+
+    class Nothing:
+        class_names = ["person"]
+
+        def detect(self, frame):
+            return dets()
+
+    recs = []
+    src = MemorySource([FRAME] * 5, name="cam-test")
+    pipe = Pipeline(Nothing(), src, max_frames=5, report_interval=0.05, emit=recs.append)
+    summary = pipe.run()
+    stats = [r for r in recs if r["type"] == "stats"]
+    assert stats and all(r["source"] == "cam-test" and r["source_kind"] == "memory"
+                         for r in stats)
+    assert summary["source"] == "cam-test" and summary["source_kind"] == "memory"
+    text = prometheus_text(pipe.stats, stats[-1])
+    assert 'bnn_source_info{kind="memory",path="cam-test"} 1' in text.splitlines()
