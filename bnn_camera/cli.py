@@ -173,6 +173,7 @@ def _mqtt_zone_options(ap):
     g.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), default=0,
                    help="QoS of every message (default 0)")
     g.add_argument("--mqtt-discovery-prefix", metavar="PREFIX", default="homeassistant",
+                   type=_topic_prefix,
                    help="Home Assistant discovery prefix; '' turns discovery off "
                    "(default homeassistant)")
     g.add_argument("--mqtt-update-interval", metavar="S", type=_float_in(0.0, 86400.0),
@@ -205,6 +206,13 @@ def _mqtt_zone_options(ap):
                    "dropped (a window, a poster); repeatable")
     g.add_argument("--min-conf", metavar="CLASS=S", action="append", default=[],
                    type=_min_conf, help="the score CLASS needs (others: --conf); repeatable")
+
+
+def _topic_prefix(text):
+    if any(c in text for c in "+#\0") or text.startswith("/") or text.endswith("/"):
+        raise argparse.ArgumentTypeError("%r: a topic prefix without wildcards (+ #) or a "
+                                         "leading / trailing /" % text)
+    return text
 
 
 def _polygon(text):
@@ -340,7 +348,7 @@ def build_sinks(args, detector, state, stage):
                                  args.snapshot_keep)
         closers.append(snapshots.close)
     if args.mqtt:
-        mqtt = _open_mqtt(args, detector, state)
+        mqtt = _open_mqtt(args, detector)
         closers.insert(0, mqtt.close)
         stage("connecting to the MQTT broker")
         if not mqtt.wait_connected(3.0):  # it goes on connecting in the background
@@ -352,7 +360,7 @@ def build_sinks(args, detector, state, stage):
     return [s for s in (snapshots, events, mqtt, hub) if s is not None]
 
 
-def _open_mqtt(args, detector, state):
+def _open_mqtt(args, detector):
     """The MqttSink of the --mqtt options, with its event tracker."""
     from firmware_py import __version__
     from .mqtt import MqttSink, parse_mqtt, read_credentials
