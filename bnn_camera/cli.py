@@ -353,7 +353,8 @@ def build_sinks(args, detector, state, stage):
         stage("connecting to the MQTT broker")
         if not mqtt.wait_connected(3.0):  # it goes on connecting in the background
             _err("mqtt: %s:%d %s; retrying in the background" % (
-                mqtt.host, mqtt.port, mqtt.last_error or "not reachable yet"))
+                mqtt.host, mqtt.port, mqtt.last_error or mqtt.diagnose()
+                or "not connected yet"))
     if args.http:
         from .sinks import FrameHub
         hub = FrameHub()

@@ -209,6 +209,7 @@ class MqttSink(Sink):
         if username:
             self.client.username_pw_set(username, password)
         self.tls = bool(tls or ca_file or cert_file)
+        self._tls_files = (ca_file, cert_file, key_file, bool(tls_insecure))
         if self.tls:
             import ssl
             try:
@@ -486,6 +487,30 @@ class MqttSink(Sink):
 
     def wait_connected(self, timeout):
         return self.connected.wait(timeout)
+
+    def diagnose(self, timeout=3.0):
+        """Why no connection was made, as far as a TCP connect and (with TLS) a handshake
+        tell -- paho's network thread retries without saying why.  None when both work
+        (then the broker's answer is in last_error)."""
+        import ssl
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout)
+        except OSError as e:
+            return "cannot connect: %s" % (e.strerror or e)
+        try:
+            if self.tls:
+                ca, cert, key, insecure = self._tls_files
+                ctx = ssl.create_default_context(cafile=ca or None)
+                if cert:
+                    ctx.load_cert_chain(cert, key or None)
+                ctx.check_hostname = not insecure
+                try:
+                    ctx.wrap_socket(sock, server_hostname=self.host).close()
+                except (ssl.SSLError, OSError) as e:
+                    return "TLS handshake failed: %s" % e
+        finally:
+            sock.close()
+        return None
 
     def close(self):
         """"offline" (retained: a clean stop sends no last will), then DISCONNECT after the

@@ -32,14 +32,15 @@ def make_certs(d):
     def ssl(*args):
         subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
 
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bnn test CA",
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ssl("req", "-x509", *ec, "-days", "2", "-subj", "/CN=bnn test CA",
         "-keyout", p["ca_key"], "-out", p["ca"])
     ext = os.path.join(d, "san.ext")
     with open(ext, "w") as f:
         f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for who, cn in (("server", "localhost"), ("client", "bnn-camera")):
         csr = os.path.join(d, who + ".csr")
-        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + cn,
+        ssl("req", *ec, "-subj", "/CN=" + cn,
             "-keyout", p[who + "_key"], "-out", csr)
         ssl("x509", "-req", "-in", csr, "-CA", p["ca"], "-CAkey", p["ca_key"],
             "-CAcreateserial", "-days", "2", "-out", p[who + "_cert"],
@@ -348,3 +349,26 @@ def test_sink_reconnects_when_broker_comes_up(tmp_path):
     finally:
         sink.close()
         b.stop()
+
+
+def test_tls_that_does_not_verify_says_why(tmp_path, model):
+    """The broker's certificate signed by a CA the app does not trust: no connection, and
+    the start-up line says why (the TLS handshake), not "not reachable"."""
+    certs = make_certs(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    other_ca = make_certs(other)["ca"]
+    b = Broker(tmp_path, certs=certs).start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "bnn_camera", "--model", model,
+                            "--source", SAMPLE, "--max-frames", "1", "--threads", "1", "--no-power",
+                            "--mqtt", "127.0.0.1:%d/t" % b.port, "--mqtt-ca", other_ca,
+                            "--mqtt-cert", certs["client_cert"], "--mqtt-key",
+                            certs["client_key"]],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        b.stop()
+    assert r.returncode == 0, r.stderr
+    assert "TLS handshake failed" in r.stderr and "certificate verify failed" in r.stderr, \
+        r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["mqtt_published"] == 0
