@@ -197,7 +197,8 @@ class MqttSink(Sink):
         self._refused_logged = None
         self._frame_size = None
         self._last_update = {}    # track id -> monotonic time of its last message
-        self._state = {}          # label -> (count, present) as last published
+        self._state = {}          # label -> count as last published
+        self._track_lock = threading.Lock()
         if log is None:
             from .sinks import stderr_log as log
         self._log = log
@@ -299,8 +300,9 @@ class MqttSink(Sink):
         if self.discovery_prefix:
             for topic, config in self.discovery_configs():
                 self._publish(topic, config, retain=True)
-        self._state = {}
-        self._publish_state(force=True)
+        with self._track_lock:
+            counts = self._counts()
+        self._publish_state(counts, force=True)
 
     def _on_disconnect(self, client, userdata, *args):
         was = self.connected.is_set()
@@ -413,53 +415,68 @@ class MqttSink(Sink):
         return out
 
     # ---- state and events ---------------------------------------------------------------
-    def _publish_state(self, force=False):
-        """TOPIC/<label>/state and /count of every class, retained, when they changed."""
-        for label in self.class_names or sorted({t.label for t in self.tracker.tracks}
-                                                 if self.tracker else ()):
-            n = len(self.tracker.active(label)) if self.tracker is not None else 0
-            now = (n, n > 0)
-            if not force and self._state.get(label) == now:
-                continue
-            s = slug(label)
-            ok = self._publish("%s/%s/count" % (self.topic, s), str(n), retain=True)
-            ok = self._publish("%s/%s/state" % (self.topic, s), "ON" if n else "OFF",
-                               retain=True) and ok
-            if ok:
-                self._state[label] = now
+    # The tracker is driven from three threads (inference: on_frame; reporter: on_stats's
+    # expiry; shutdown: finish) and read from paho's (_announce): every use holds
+    # self._track_lock, and nothing is published while holding it.
 
-    def _events(self, events):
-        for kind, track in events:
+    def _counts(self):
+        """{label: objects present} of every class (under self._track_lock)."""
+        labels = self.class_names or sorted({t.label for t in self.tracker.tracks}
+                                            if self.tracker is not None else ())
+        return {label: len(self.tracker.active(label)) if self.tracker is not None else 0
+                for label in labels}
+
+    def _publish_state(self, counts, force=False):
+        """TOPIC/<label>/count and /state, retained, of the classes whose count changed."""
+        for label, n in counts.items():
+            with self._track_lock:
+                if not force and self._state.get(label) == n:
+                    continue
+                self._state[label] = n
+            s = slug(label)
+            self._publish("%s/%s/count" % (self.topic, s), str(n), retain=True)
+            self._publish("%s/%s/state" % (self.topic, s), "ON" if n else "OFF", retain=True)
+
+    def _send_events(self, events, updates=(), counts=None):
+        """Publishes [(kind, event dict)] (new / end: always; update: through the rate
+        limit), then the state when an object came or went."""
+        for kind, ev in list(events) + [("update", ev) for ev in updates]:
+            if kind == "update" and not self._bucket.take():
+                self.rate_limited += 1
+                continue
             self.events[kind] += 1
-            self._publish(self.topic + "/events", track.as_event(kind, self._frame_size))
+            self._publish(self.topic + "/events", ev)
+        if events and counts is not None:
+            self._publish_state(counts)
+
+    def _track(self, events, t=None):
+        """Under self._track_lock: the event dicts of the tracker's events, the updates
+        that are due at monotonic time t, and the counts."""
+        out = []
+        for kind, track in events:
+            out.append((kind, track.as_event(kind, self._frame_size)))
             if kind == "end":
                 self._last_update.pop(track.id, None)
             else:
-                self._last_update[track.id] = time.monotonic()
-        if events:
-            self._publish_state()
-
-    def _updates(self, t):
-        if self.update_interval <= 0:
-            return
-        for track in self.tracker.active():
-            last = self._last_update.get(track.id)
-            if last is None or t - last < self.update_interval or track.last_t <= last:
-                continue
-            self._last_update[track.id] = t
-            if not self._bucket.take():
-                self.rate_limited += 1
-                continue
-            self.events["update"] += 1
-            self._publish(self.topic + "/events", track.as_event("update", self._frame_size))
+                self._last_update[track.id] = t if t is not None else time.monotonic()
+        updates = []
+        if t is not None and self.update_interval > 0:
+            for track in self.tracker.active():
+                last = self._last_update.get(track.id)
+                if last is None or t - last < self.update_interval or track.last_t <= last:
+                    continue
+                self._last_update[track.id] = t
+                updates.append(track.as_event("update", self._frame_size))
+        return out, updates, (self._counts() if out else None)
 
     def on_frame(self, seq, frame, result):
         if self.tracker is None:
             return
-        self._frame_size = (frame.shape[1], frame.shape[0])
         t = time.monotonic()
-        self._events(self.tracker.update(result, t))
-        self._updates(t)
+        with self._track_lock:
+            self._frame_size = (frame.shape[1], frame.shape[0])
+            batch = self._track(self.tracker.update(result, t), t)
+        self._send_events(*batch)
 
     def on_detections(self, seq, frame, result, record):
         if not self.detections:
@@ -471,12 +488,16 @@ class MqttSink(Sink):
 
     def on_stats(self, rec):
         if self.tracker is not None and rec.get("type") == "stats":
-            self._events(self.tracker.expire(time.monotonic()))  # no frames: a lost source
+            with self._track_lock:  # no frames for a while: a lost source
+                batch = self._track(self.tracker.expire(time.monotonic()))
+            self._send_events(*batch)
         self._publish(self.topic + "/stats", rec)
 
     def finish(self):
         if self.tracker is not None:
-            self._events(self.tracker.finish())
+            with self._track_lock:
+                batch = self._track(self.tracker.finish())
+            self._send_events(*batch)
         with self._lock:
             return {"mqtt_offered": self.offered, "mqtt_published": self.published,
                     "mqtt_sent": self.sent, "mqtt_queued": self._queued,

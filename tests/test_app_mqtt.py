@@ -372,3 +372,35 @@ def test_tls_that_does_not_verify_says_why(tmp_path, model):
     assert "TLS handshake failed" in r.stderr and "certificate verify failed" in r.stderr, \
         r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["mqtt_published"] == 0
+
+
+def test_rate_limit_and_retained_state(broker):
+    """--mqtt-max-rate bounds the per-frame detections (the rest counted); the per-class
+    state is published retained only when it changes."""
+    import numpy as np
+    from bnn_camera.mqtt import MqttSink
+    from bnn_camera.tracker import Tracker
+    from firmware_py.detect import Detections
+    sink = MqttSink("127.0.0.1", broker.port, "r", class_names=["person"], max_rate=2.0,
+                    detections=True, tracker=Tracker(["person"], min_frames=1),
+                    discovery_prefix="")
+    sub = Subscriber(broker.port, "r/#")
+    try:
+        assert sink.wait_connected(10)
+        for i in range(50):
+            sink.on_detections(i, None, None, {"type": "detections", "frame": i})
+        one = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32),
+                         np.array([0]), ["person"])
+        frame = np.zeros((20, 20, 3), np.uint8)
+        for i in range(10):
+            sink.on_frame(i, frame, one)
+        assert sub.wait_for(lambda ms: ("r/person/state", "ON") in ms, 5)
+        time.sleep(0.3)
+    finally:
+        sub.close()
+        sink.close()
+    dets = [m for t, m in sub.msgs if t == "r/detections"]
+    assert 1 <= len(dets) <= 3 and sink.rate_limited >= 47
+    assert [m for t, m in sub.msgs if t == "r/person/state"] == ["OFF", "ON"]
+    assert [m["type"] for t, m in sub.msgs if t == "r/events"] == ["new"]
+    assert not any(t.startswith("homeassistant/") for t, _ in sub.msgs)  # discovery off
