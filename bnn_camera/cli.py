@@ -304,7 +304,7 @@ def _startup_stopped(args, fmt, state, got):
     extra = {"stopped_by": signal.Signals(got[0]).name,
              "stopped_during": "start-up (%s)" % state["stage"]}
     if state["source"] is not None:
-        extra["source"] = state["source"]
+        extra["source"], extra["source_kind"] = state["source"]
     summary = state["stats"].summary(None, None, None, extra)
     summary["source_state"] = "not started"
     events = state["events"]
@@ -443,7 +443,7 @@ def _run(args, fmt, state, got):
     except (SourceError, ValueError) as e:
         _err(str(e))
         return 1
-    state["source"] = source.name
+    state["source"] = (source.name, source.kind)
     for n in notes:
         _err("source: %s" % n)
 

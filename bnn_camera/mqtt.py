@@ -504,7 +504,7 @@ class MqttSink(Sink):
                     "mqtt_lost": self.lost, "mqtt_dropped": self.dropped,
                     "mqtt_queue_full": self.queue_full, "mqtt_reconnects": self.reconnects,
                     "mqtt_rate_limited": self.rate_limited,
-                    "mqtt_events": dict(self.events)}
+                    **{"mqtt_events_" + k: n for k, n in self.events.items()}}
 
     def wait_connected(self, timeout):
         return self.connected.wait(timeout)

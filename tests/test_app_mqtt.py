@@ -324,6 +324,10 @@ def test_app_publishes_detections_to_real_broker(broker, model):
         for o in m["detections"]:
             assert set(o) == {"class", "class_id", "score", "box"} and len(o["box"]) == 4
     assert n_pub <= summ["detections_total"]
+    assert summ["source_kind"] == "file" and summ["source"] == SAMPLE
+    assert all(isinstance(summ["mqtt_events_" + k], int) for k in ("new", "update", "end"))
+    assert summ["mqtt_events_new"] >= summ["mqtt_events_end"]  # ended at the stop: equal
+    assert summ["mqtt_events_new"] == summ["mqtt_events_end"]
 
 
 def test_sink_reconnects_when_broker_comes_up(tmp_path):

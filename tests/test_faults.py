@@ -428,6 +428,7 @@ def test_sigterm_while_waiting_for_the_mqtt_broker(model, tmp_path):
         app.kill()
     summ, recs = _assert_clean_sigterm_exit(app, rc, dt, out)
     assert summ["stopped_during"] == "start-up (connecting to the MQTT broker)"
+    assert summ["source"] == SAMPLE and summ["source_kind"] == "file"
     assert dt < 5 and summ["frames_total"] == 0 and recs == [summ]  # not the 3 s wait + run
     print("\nstopped during %s, exit 0 in %.2f s" % (summ["stopped_during"], dt))
 
