@@ -199,6 +199,7 @@ class MqttSink(Sink):
         self._last_update = {}    # track id -> monotonic time of its last message
         self._state = {}          # label -> count as last published
         self._track_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         if log is None:
             from .sinks import stderr_log as log
         self._log = log
@@ -300,9 +301,7 @@ class MqttSink(Sink):
         if self.discovery_prefix:
             for topic, config in self.discovery_configs():
                 self._publish(topic, config, retain=True)
-        with self._track_lock:
-            counts = self._counts()
-        self._publish_state(counts, force=True)
+        self._publish_state(force=True)
 
     def _on_disconnect(self, client, userdata, *args):
         was = self.connected.is_set()
@@ -417,7 +416,8 @@ class MqttSink(Sink):
     # ---- state and events ---------------------------------------------------------------
     # The tracker is driven from three threads (inference: on_frame; reporter: on_stats's
     # expiry; shutdown: finish) and read from paho's (_announce): every use holds
-    # self._track_lock, and nothing is published while holding it.
+    # self._track_lock, and nothing is published while holding it.  Publishing the state
+    # holds self._state_lock (see _publish_state).
 
     def _counts(self):
         """{label: objects present} of every class (under self._track_lock)."""
@@ -426,18 +426,24 @@ class MqttSink(Sink):
         return {label: len(self.tracker.active(label)) if self.tracker is not None else 0
                 for label in labels}
 
-    def _publish_state(self, counts, force=False):
-        """TOPIC/<label>/count and /state, retained, of the classes whose count changed."""
-        for label, n in counts.items():
+    def _publish_state(self, force=False):
+        """TOPIC/<label>/count and /state, retained, of the classes whose count changed
+        (force: all).  Counted and published under self._state_lock, so that the state the
+        broker keeps last is the newest: a reconnection's announcement (paho's thread)
+        cannot overtake an object's arrival (the inference thread) with an older count."""
+        with self._state_lock:
             with self._track_lock:
+                counts = self._counts()
+            for label, n in counts.items():
                 if not force and self._state.get(label) == n:
                     continue
                 self._state[label] = n
-            s = slug(label)
-            self._publish("%s/%s/count" % (self.topic, s), str(n), retain=True)
-            self._publish("%s/%s/state" % (self.topic, s), "ON" if n else "OFF", retain=True)
+                s = slug(label)
+                self._publish("%s/%s/count" % (self.topic, s), str(n), retain=True)
+                self._publish("%s/%s/state" % (self.topic, s), "ON" if n else "OFF",
+                              retain=True)
 
-    def _send_events(self, events, updates=(), counts=None):
+    def _send_events(self, events, updates=()):
         """Publishes [(kind, event dict)] (new / end: always; update: through the rate
         limit), then the state when an object came or went."""
         for kind, ev in list(events) + [("update", ev) for ev in updates]:
@@ -446,12 +452,12 @@ class MqttSink(Sink):
                 continue
             self.events[kind] += 1
             self._publish(self.topic + "/events", ev)
-        if events and counts is not None:
-            self._publish_state(counts)
+        if events:
+            self._publish_state()
 
     def _track(self, events, t=None):
-        """Under self._track_lock: the event dicts of the tracker's events, the updates
-        that are due at monotonic time t, and the counts."""
+        """Under self._track_lock: the event dicts of the tracker's events and the updates
+        that are due at monotonic time t."""
         out = []
         for kind, track in events:
             out.append((kind, track.as_event(kind, self._frame_size)))
@@ -467,7 +473,7 @@ class MqttSink(Sink):
                     continue
                 self._last_update[track.id] = t
                 updates.append(track.as_event("update", self._frame_size))
-        return out, updates, (self._counts() if out else None)
+        return out, updates
 
     def on_frame(self, seq, frame, result):
         if self.tracker is None:

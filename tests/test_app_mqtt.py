@@ -391,6 +391,7 @@ def test_rate_limit_and_retained_state(broker):
     sub = Subscriber(broker.port, "r/#")
     try:
         assert sink.wait_connected(10)
+        assert sub.wait_for(lambda ms: ("r/person/state", "OFF") in ms, 5)  # announced
         for i in range(50):
             sink.on_detections(i, None, None, {"type": "detections", "frame": i})
         one = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32),
@@ -405,6 +406,42 @@ def test_rate_limit_and_retained_state(broker):
         sink.close()
     dets = [m for t, m in sub.msgs if t == "r/detections"]
     assert 1 <= len(dets) <= 3 and sink.rate_limited >= 47
-    assert [m for t, m in sub.msgs if t == "r/person/state"] == ["OFF", "ON"]
+    assert [m for t, m in sub.msgs if t == "r/person/state"] == ["OFF", "ON"], sub.msgs
     assert [m["type"] for t, m in sub.msgs if t == "r/events"] == ["new"]
     assert not any(t.startswith("homeassistant/") for t, _ in sub.msgs)  # discovery off
+
+
+def test_an_announcement_never_leaves_an_older_state_behind(broker):
+    """A (re)connection announces the state from paho's thread while the inference thread
+    reports an arrival: the retained state must be the newest.  The announcement is made
+    slow (0.5 s between counting 0 and publishing it) so that the arrival lands inside."""
+    import numpy as np
+    from bnn_camera.mqtt import MqttSink
+    from bnn_camera.tracker import Tracker
+    from firmware_py.detect import Detections
+
+    class SlowAnnouncement(MqttSink):
+        def _publish(self, topic, payload, retain=False):
+            if topic.endswith("/count") and payload == "0" and \
+                    threading.current_thread() is not threading.main_thread():
+                time.sleep(0.5)
+            return super()._publish(topic, payload, retain)
+
+    one = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32),
+                     np.array([0]), ["person"])
+    sink = SlowAnnouncement("127.0.0.1", broker.port, "race", class_names=["person"],
+                            tracker=Tracker(["person"], min_frames=1), discovery_prefix="")
+    try:
+        assert sink.wait_connected(10)
+        time.sleep(0.2)  # the announcement is inside its slow publish now
+        sink.on_frame(1, np.zeros((20, 20, 3), np.uint8), one)
+        time.sleep(1.0)
+    finally:
+        sink.client.disconnect()  # no finish(): the person is still there
+        sink.client.loop_stop()
+    late = Subscriber(broker.port, "race/person/#")
+    try:
+        assert late.wait_for(lambda ms: len(ms) >= 2, 5)
+    finally:
+        late.close()
+    assert dict(late.msgs) == {"race/person/state": "ON", "race/person/count": 1}
