@@ -8,8 +8,8 @@ broker publishes the app's last will (availability ``offline``).
 
 writes every message the subscriber got (stats records: their count and the first one),
 in order, with the seconds since the subscriber started, and then the retained
-messages a subscriber that connects after the kill gets (``retained_later``).  tests/test_app_mqtt.py runs the
-same function and checks it."""
+messages a subscriber that connects after the kill gets (``retained_later``).
+tests/test_app_mqtt.py runs the same function and checks it."""
 
 import json
 import os
