@@ -168,6 +168,9 @@ def prometheus_text(stats, last):
             for st in SOURCE_STATES]
     m(_metric_lines("bnn_build_info", "The app's version and platform (always 1).", "gauge", 1,
                     build_info()))
+    if last.get("source_kind") is not None:
+        m(_metric_lines("bnn_source_info", "The live source (always 1): its kind and path.",
+                        "gauge", 1, {"kind": last["source_kind"], "path": last.get("source")}))
     return "\n".join(out) + "\n"
 
 

@@ -27,6 +27,8 @@ Every report is a dict (one JSON line); its fields:
     rss_mb               resident memory of this process
     source_state         "starting" | "running" | "reconnecting" | "ended" | "failed"
     reconnects           times the source was reopened after a loss
+    source, source_kind  the live source: its path / device / URL, and picamera2 | v4l2 |
+                         stream | file | dir | memory (added by the pipeline)
 """
 
 import bisect

@@ -749,7 +749,7 @@ def test_mqtt_broker_that_stops_reading_is_bounded_and_counted(model):
     broker = hostile.StalledBroker()
     app = App(["--model", model, "--source", SAMPLE, "--loop", "--threads", "1",
                "--conf", "0.01", "--mqtt", "127.0.0.1:%d/cam" % broker.port,
-               "--interval", "0.2"])
+               "--mqtt-detections", "--mqtt-max-rate", "1000", "--interval", "0.2"])
     try:
         app.wait_for(lambda a: a.stats() and a.stats()[-1]["mqtt"].get("queue_full", 0) > 50,
                      what="messages dropped (counted) while the broker does not read",
@@ -778,7 +778,8 @@ def test_mqtt_queue_and_keepalive_flags(model):
     broker = hostile.StalledBroker()
     app = App(["--model", model, "--source", SAMPLE, "--loop", "--threads", "1",
                "--conf", "0.01", "--mqtt", "127.0.0.1:%d/cam" % broker.port, "--mqtt-queue",
-               "20", "--mqtt-keepalive", "5", "--interval", "0.2"])
+               "20", "--mqtt-keepalive", "5", "--interval", "0.2", "--mqtt-detections",
+               "--mqtt-max-rate", "1000"])
     try:
         app.wait_for(lambda a: a.stats() and a.stats()[-1]["mqtt"]["queue_full"] > 50,
                      what="the queue to fill up", timeout=30)
