@@ -146,34 +146,51 @@ typedef struct {
     FC_DEF_TILES(name, ISA, NBMAX)
 
 /* FC_DEF_DW: a depthwise kernel (fc_dw_tile) of up to P pixels over an ISA's operations
- * and FC_<ISA>_LOADN(p, n) / FC_<ISA>_STOREN(y, v, n) (the first n < LANES floats; the
- * others loaded as 0): for each LANES channels, P accumulators, one weight vector per tap. */
+ * and FC_<ISA>_LOAD_T(p, n) / FC_<ISA>_STORE1(y, v) (a whole vector; n unused),
+ * FC_<ISA>_LOADN_T(p, n) / FC_<ISA>_STOREN(y, v, n) (the first n < LANES floats; the
+ * others loaded as 0): each LANES channels in turn, the last ones partial; one pixel
+ * (np 1, the borders) with one accumulator. */
 #define FC_DEF_DW(name, ATTR, ISA, P)                                                          \
+    FC_DEF_DW_STEP(name##_step, ATTR, ISA, P, FC_##ISA##_LOAD_T, FC_##ISA##_STORE1(yp, acc[p])) \
+    FC_DEF_DW_STEP(name##_tail, ATTR, ISA, P, FC_##ISA##_LOADN_T, FC_##ISA##_STOREN(yp, acc[p], n)) \
+    FC_DEF_DW_STEP(name##_step1, ATTR, ISA, 1, FC_##ISA##_LOAD_T, FC_##ISA##_STORE1(yp, acc[p])) \
+    FC_DEF_DW_STEP(name##_tail1, ATTR, ISA, 1, FC_##ISA##_LOADN_T, FC_##ISA##_STOREN(yp, acc[p], n)) \
     ATTR static void name(const fc_dw_tile *t, int np) {                                       \
-        for (int c = 0; c < t->nc; c += FC_##ISA##_LANES) {                                    \
-            const int n = t->nc - c;                                                           \
-            FC_##ISA##_VEC acc[P];                                                             \
-            size_t xo[P];                                                                      \
-            BNN_UNROLLED(p, P) {                                                               \
-                acc[p] = FC_##ISA##_LOAD(t->bias + c);                                         \
-                xo[p] = (size_t)(p < np ? p : np - 1) * t->xstep + (size_t)c;                  \
+        int c = 0;                                                                             \
+        if (np == 1) { /* the border pixels: one accumulator, not P copies */                 \
+            for (; c + FC_##ISA##_LANES <= t->nc; c += FC_##ISA##_LANES) name##_step1(t, 1, c, FC_##ISA##_LANES); \
+            if (c < t->nc) name##_tail1(t, 1, c, t->nc - c);                                   \
+            return;                                                                            \
+        }                                                                                      \
+        for (; c + FC_##ISA##_LANES <= t->nc; c += FC_##ISA##_LANES) name##_step(t, np, c, FC_##ISA##_LANES); \
+        if (c < t->nc) name##_tail(t, np, c, t->nc - c);                                       \
+    }
+
+/* One vector of channels from c (n of them: LOAD is the full or the partial load) for np
+ * pixels: P accumulators, the weight vector of each tap loaded once. */
+#define FC_DEF_DW_STEP(name, ATTR, ISA, P, LOAD, STORE)                                        \
+    ATTR BNN_INLINE void name(const fc_dw_tile *t, int np, int c, int n) {                     \
+        (void)n;                                                                               \
+        FC_##ISA##_VEC acc[P];                                                                 \
+        const float *xp[P];                                                                    \
+        BNN_UNROLLED(p, P) {                                                                   \
+            acc[p] = FC_##ISA##_LOAD(t->bias + c);                                             \
+            xp[p] = t->xs + (size_t)(p < np ? p : np - 1) * t->xstep + (size_t)c;              \
+        }                                                                                      \
+        const float *wp = t->ws + c;                                                           \
+        for (int ky = 0; ky < t->nky; ky++) {                                                  \
+            for (int kx = 0; kx < t->nkx; kx++) {                                              \
+                FC_##ISA##_VEC wv = FC_##ISA##_LOAD(wp + (size_t)kx * t->wcol);                \
+                const size_t o = (size_t)kx * t->xcol;                                         \
+                BNN_UNROLLED(p, P) acc[p] = FC_##ISA##_FMADD(LOAD(xp[p] + o, n), wv, acc[p]);  \
             }                                                                                  \
-            for (int ky = 0; ky < t->nky; ky++)                                                \
-                for (int kx = 0; kx < t->nkx; kx++) {                                          \
-                    const float *xr = t->xs + (size_t)ky * t->xrow + (size_t)kx * t->xcol;     \
-                    FC_##ISA##_VEC wv = FC_##ISA##_LOAD(t->ws + (size_t)ky * t->wrow + (size_t)kx * t->wcol + c); \
-                    if (n >= FC_##ISA##_LANES) {                                               \
-                        BNN_UNROLLED(p, P) acc[p] = FC_##ISA##_FMADD(FC_##ISA##_LOAD(xr + xo[p]), wv, acc[p]); \
-                    } else {                                                                   \
-                        BNN_UNROLLED(p, P) acc[p] = FC_##ISA##_FMADD(FC_##ISA##_LOADN(xr + xo[p], n), wv, acc[p]); \
-                    }                                                                          \
-                }                                                                              \
-            BNN_UNROLLED(p, P) {                                                               \
-                if (p >= np) break;                                                            \
-                float *yp = t->ys + (size_t)p * t->ystep + c;                                  \
-                if (n >= FC_##ISA##_LANES) FC_##ISA##_STORE1(yp, acc[p]);                      \
-                else FC_##ISA##_STOREN(yp, acc[p], n);                                         \
-            }                                                                                  \
+            wp += t->wrow;                                                                     \
+            BNN_UNROLLED(p, P) xp[p] += t->xrow;                                               \
+        }                                                                                      \
+        BNN_UNROLLED(p, P) {                                                                   \
+            if (p >= np) break;                                                                \
+            float *yp = t->ys + (size_t)p * t->ystep + c;                                      \
+            STORE;                                                                             \
         }                                                                                      \
     }
 

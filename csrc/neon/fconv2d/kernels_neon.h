@@ -66,7 +66,8 @@ BNN_INLINE void fc_neon_storen(float *y, float32x4_t v, int n) {
     for (int i = 0; i < n; i++) y[i] = tmp[i];
 }
 #define FC_NEON_STORE1 vst1q_f32
-#define FC_NEON_LOADN fc_neon_loadn
+#define FC_NEON_LOAD_T(p, n) vld1q_f32(p)
+#define FC_NEON_LOADN_T fc_neon_loadn
 #define FC_NEON_STOREN fc_neon_storen
 FC_DEF_DW(fconv2d_dw_neon, , NEON, FC_NEON_DW_P)
 

@@ -40,7 +40,8 @@ FC_AVX512_INLINE void fc512_store(float *y, __m512 v, int nc) {
 FC_DEF_ISA_TILES(fconv2d_avx512_tile, AVX512, FC_X86_P, FC_X86_GB)
 
 #define FC_AVX512_STORE1 _mm512_storeu_ps
-#define FC_AVX512_LOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p))
+#define FC_AVX512_LOADN_T(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p))
+#define FC_AVX512_LOAD_T(p, n) _mm512_loadu_ps(p)
 #define FC_AVX512_STOREN(y, v, n) _mm512_mask_storeu_ps((y), (__mmask16)((1u << (n)) - 1u), (v))
 FC_DEF_DW(fconv2d_dw_avx512, __attribute__((target("avx512f,avx2,fma"))), AVX512, FC_DW_P)
 
@@ -74,7 +75,8 @@ FC_AVX2_INLINE __m256i fc256_mask(int n) { /* the first n lanes */
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 #define FC_AVX2_STORE1 _mm256_storeu_ps
-#define FC_AVX2_LOADN(p, n) _mm256_maskload_ps((p), fc256_mask(n))
+#define FC_AVX2_LOAD_T(p, n) _mm256_loadu_ps(p)
+#define FC_AVX2_LOADN_T(p, n) _mm256_maskload_ps((p), fc256_mask(n))
 #define FC_AVX2_STOREN(y, v, n) _mm256_maskstore_ps((y), fc256_mask(n), (v))
 FC_DEF_DW(fconv2d_dw_avx2, FC_AVX2_TARGET, AVX2, FC_DW_P)
 FC_DEF_RUN_KERNEL(fconv2d_avx2_run, FC_AVX2_TARGET, fconv2d_avx2_tiles, FC_X86_P)
