@@ -10,6 +10,9 @@ qemu-user with ../shared/tools/arm-icount (exact and repeatable, unlike qemu's w
 ``instructions_per_binary_mac`` per row.  ``--qemu-cpu cortex-a53`` emulates that core
 (its MIDR), so the library runs its in-order bconv2d kernel.
 
+``grouped``: grouped and depthwise float convolutions (QuickNet's stem and blur pools)
+against onnxruntime's Conv with ``group``, 1 thread, alternating rounds, medians.
+
 ``inorder``: the aarch64 binary convolution's inner loop (one trip: one word of 4 pixels x
 16 channels = 2,048 binary MACs), for the default kernel (bnn_tile_neon_4, compiled as
 ./build.sh does) and the in-order one (bnn_tile_neon_a53_4, chosen on Cortex-A53/A55/A35),
@@ -51,13 +54,14 @@ def _median_ms(fn, reps: int) -> float:
     return float(np.median(times))
 
 
-def _ort_conv(cin: int, cout: int, k: int, h: int, w: int, threads: int, weight: np.ndarray):
+def _ort_conv(cin: int, cout: int, k: int, h: int, w: int, threads: int, weight: np.ndarray, stride=1, group=1):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     pad = k // 2
-    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[pad] * 4)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2,
+                            group=group)
     graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, h, w])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(weight, "w")])
@@ -98,6 +102,49 @@ def bench_conv_host(channels, kernels, size, threads_list, reps):
                     "gops_binary": round(2 * macs / ms_bin / 1e6, 1), "gops_onnxruntime": round(2 * macs / ms_ort / 1e6, 1),
                 })
         ctx.close()
+    return rows
+
+
+GROUPED_CASES = [  # (name, channels in, out, kernel, stride, groups, size)
+    ("depthwise 3x3 s2 (blur pool)", 64, 64, 3, 2, 64, 112),
+    ("depthwise 3x3 s1", 256, 256, 3, 1, 256, 28),
+    ("group 8 3x3 s1", 64, 64, 3, 1, 8, 56),
+]
+
+
+def bench_grouped(reps, rounds=30):
+    """grouped / depthwise float convolutions: ours vs onnxruntime's Conv(group=), 1 thread,
+    alternating rounds of ``reps`` calls, medians; the outputs are compared first"""
+    from . import ops
+
+    rng = np.random.default_rng(0)
+    ctx = ops.Context(num_threads=1)
+    rows = []
+    for name, c, o, k, s, g, h in GROUPED_CASES:
+        wt = rng.standard_normal((o, c // g, k, k)).astype(np.float32)
+        x = rng.standard_normal((1, c, h, h)).astype(np.float32)
+        xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        layer = ops.FConv2d(wt, (1, h, h, c), stride=s, padding=(k // 2,) * 4, groups=g)
+        y = np.empty(layer.out_shape, np.float32)
+        sess = _ort_conv(c, o, k, h, h, 1, wt, stride=s, group=g)
+        ref = sess.run(None, {"x": x})[0].transpose(0, 2, 3, 1)
+        if not np.allclose(layer.run(xn, ctx=ctx, out=y), ref, rtol=1e-4, atol=1e-4):
+            raise RuntimeError(f"{name}: ours differs from onnxruntime")
+        ours, theirs = [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                layer.run(xn, ctx=ctx, out=y)
+            ours.append((time.perf_counter() - t0) / reps)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                sess.run(None, {"x": x})
+            theirs.append((time.perf_counter() - t0) / reps)
+        rows.append({"case": name, "cin": c, "cout": o, "k": k, "stride": s, "groups": g, "h": h, "w": h,
+                     "threads": 1, "path": ctx.path, "ms": round(float(np.median(ours)) * 1e3, 4),
+                     "ms_onnxruntime": round(float(np.median(theirs)) * 1e3, 4),
+                     "speedup": round(float(np.median(np.array(theirs) / np.array(ours))), 2)})
+    ctx.close()
     return rows
 
 
@@ -235,7 +282,7 @@ def _print_table(rows, keys):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m firmware_py.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["conv", "inorder"])
+    ap.add_argument("what", choices=["conv", "grouped", "inorder"])
     ap.add_argument("--channels", default="64,128,256,512")
     ap.add_argument("--kernels", default="1,3")
     ap.add_argument("--size", type=int, default=28)
@@ -247,6 +294,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.what == "inorder":
         print(json.dumps(bench_inorder(), indent=1))
+        return
+    if a.what == "grouped":
+        rows = bench_grouped(max(1, a.reps // 2))
+        if a.json:
+            for r in rows:
+                print(json.dumps(r))
+        else:
+            _print_table(rows, ["case", "cin", "cout", "h", "path", "ms", "ms_onnxruntime", "speedup"])
         return
     channels = [int(v) for v in a.channels.split(",")]
     kernels = [int(v) for v in a.kernels.split(",")]
