@@ -182,7 +182,10 @@ def load_checkpoint(path, complete=True):
 def load_init(model, state):
     """the weights of a trained network into `model`; the options the source lacks (RSign
     shifts, RPReLU) keep their initial values"""
-    res = model.load_state_dict(state, strict=False)
+    try:
+        res = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a size mismatch
+        raise RuntimeError("cannot initialise from a network of another shape: %s" % str(e).splitlines()[1:2]) from None
     new = (".shift", ".gamma", ".zeta", ".prelu.weight")
     bad = [k for k in res.missing_keys if not k.endswith(new)] + list(res.unexpected_keys)
     if bad:
