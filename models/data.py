@@ -105,6 +105,15 @@ def load(name: str):
     raise ValueError("unknown dataset %r (one of %s)" % (name, ", ".join(DATASETS)))
 
 
+def subset(x, y, n, seed=0):
+    """n samples drawn at random (seeded; the files are sorted by class, so the first n
+    would be one class), in their original order; all of them when n is None"""
+    if n is None or n >= len(x):
+        return x, y
+    idx = np.sort(np.random.default_rng([seed, 4099]).permutation(len(x))[:n])
+    return x[idx], y[idx]
+
+
 # per-dataset normalisation, applied inside the network (the graph takes [0, 1] pixels)
 STATS = {
     "fashion-mnist": ([0.2860], [0.3530]),

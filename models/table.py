@@ -140,8 +140,8 @@ def parser():
     ap.add_argument("--device", default="auto", help="training device: auto (CUDA when available), cpu, cuda")
     ap.add_argument("--ckpt-dir", default=None, help="checkpoints (default models/.ckpt/<dataset>/<recipe>)")
     ap.add_argument("--out", default=None, help="models and tables (default models/zoo/<dataset>)")
-    ap.add_argument("--limit", type=int, default=None, help="train on the first N images (smoke runs)")
-    ap.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images")
+    ap.add_argument("--limit", type=int, default=None, help="train on N random images (smoke runs)")
+    ap.add_argument("--test-limit", type=int, default=None, help="evaluate on N random test images")
     ap.add_argument("--time-limit", type=float, default=0, help="minutes of training in this run, then stop "
                                                                   "after an epoch (the same command resumes)")
     ap.add_argument("--train-only", action="store_true", help="train what is missing, then stop")
@@ -173,7 +173,7 @@ def main(argv=None):
     epochs = a.epochs or EPOCHS[a.dataset]
     variants = a.variants.split(",")
     _, _, x_te, y_te = data.load(a.dataset)
-    x_te, y_te = x_te[:a.test_limit], y_te[:a.test_limit]
+    x_te, y_te = data.subset(x_te, y_te, a.test_limit)
     if a.latency_only:
         print("\n".join(remeasure_latency(a, epochs, x_te)))
         return 0

@@ -247,8 +247,7 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     if augment is not None:
         s["augment"] = bool(augment)
     x_tr, y_tr, _, _ = data.load(dataset)
-    if limit:
-        x_tr, y_tr = x_tr[:limit], y_tr[:limit]
+    x_tr, y_tr = data.subset(x_tr, y_tr, limit)
     ncfg = net_config(dataset, variant, s)
     raw = build_net(ncfg).to(dev, memory_format=torch.channels_last)
     steps_per_epoch = len(x_tr) // s["batch"]
@@ -390,8 +389,8 @@ def parser():
                     help="random shifts/flips (default: the recipe's)")
     ap.add_argument("--teacher", default=None, help="distil from this checkpoint (.npz of models.train)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    ap.add_argument("--limit", type=int, default=None, help="train on the first N images (smoke runs)")
-    ap.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images")
+    ap.add_argument("--limit", type=int, default=None, help="train on N random images (smoke runs)")
+    ap.add_argument("--test-limit", type=int, default=None, help="evaluate on N random test images")
     ap.add_argument("--time-limit", type=float, default=0, help="minutes; then stop after the epoch (resumable)")
     ap.add_argument("--ckpt-dir", default=None, help="default models/.ckpt/<dataset>/<recipe>")
     ap.add_argument("--out", default=None, help="export folder (default models/zoo/<dataset>)")
@@ -412,8 +411,9 @@ def main(argv=None):
                             teacher_path=a.teacher, time_limit=a.time_limit)
     if distributed.rank() == 0:
         _, _, x_te, y_te = data.load(a.dataset)
-        n = a.test_limit or len(x_te)
-        acc = evaluate_torch(model, x_te[:n], y_te[:n])
+        x_te, y_te = data.subset(x_te, y_te, a.test_limit)
+        n = len(x_te)
+        acc = evaluate_torch(model, x_te, y_te)
         print(json.dumps({"dataset": a.dataset, "variant": a.variant, "recipe": a.recipe, "done": done,
                           "test_images": n, "acc_pytorch": round(acc, 2), "world_size": distributed.world_size(),
                           "seconds": round(time.time() - t0, 1)}), flush=True)
