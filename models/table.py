@@ -145,6 +145,7 @@ def parser():
     ap.add_argument("--time-limit", type=float, default=0, help="minutes of training in this run, then stop "
                                                                   "after an epoch (the same command resumes)")
     ap.add_argument("--train-only", action="store_true", help="train what is missing, then stop")
+    ap.add_argument("--eval-only", action="store_true", help="train nothing: evaluate the finished checkpoints")
     ap.add_argument("--latency-only", action="store_true", help="only time the shipped .bnn files again")
     return ap
 
@@ -177,7 +178,7 @@ def main(argv=None):
     if a.latency_only:
         print("\n".join(remeasure_latency(a, epochs, x_te)))
         return 0
-    if not train_all(a, epochs, variants):
+    if not a.eval_only and not train_all(a, epochs, variants):
         print("stopped at the time limit: run the same command again to resume")
         return 3
     if a.train_only:
