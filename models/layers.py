@@ -130,8 +130,7 @@ class BinaryLinear(nn.Linear):
         if mode not in ("bwn", "xnor"):
             raise ValueError("mode must be 'bwn' or 'xnor', got %r" % (mode,))
         self.mode = mode
-
-    binary_weights = True
+        self.binary_weights = True  # False: step 1 of the two-step schedule
 
     def forward(self, x):
         alpha = self.weight.abs().mean(dim=1, keepdim=True)
