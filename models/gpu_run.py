@@ -156,30 +156,29 @@ def main(argv=None):
         rc = finish(tmp / "ckpt", 2, s, out=tmp / "zoo", test_limit=200)
         print("smoke run in %s: %s" % (tmp, sorted(p.name for p in (tmp / "zoo").iterdir())))
         return rc
-    ckpt = Path(a.ckpt_dir or a.out or PACK / "ckpt") if a.what == "finish" else Path(a.out or PACK / "ckpt")
-    if a.what == "train":
-        resume = PACK / "ckpt"
-        if a.out and resume.is_dir() and not any(Path(a.out).glob("*.npz")):  # checkpoints of an earlier call
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            for f in resume.glob("*.npz"):
-                shutil.copyfile(f, Path(a.out) / f.name)
-        done, _ = train_all(ckpt, a.minutes, a.epochs, settings)
-        if not done:
-            print("stopped at the time limit: the same call with these checkpoints in %s resumes" % resume)
-            return 3
-        if not runtime_available():
-            print("trained; the runtime is not available here: python -m models.gpu_run finish --ckpt-dir DIR")
-            return 0
-        # the exported models and tables as one file (the device tool returns at most 8)
-        import tarfile
-        import tempfile
-        zoo = Path(tempfile.mkdtemp()) / "cifar10"
-        rc = finish(ckpt, a.epochs, settings, out=zoo)
-        with tarfile.open(ckpt / "cifar10-zoo.tar", "w") as tf:
-            tf.add(zoo, arcname="cifar10")
-        return rc
-    return finish(ckpt, a.epochs, settings, out=None if a.out is None else a.out)
-
+    if a.what == "finish":
+        return finish(Path(a.ckpt_dir or PACK / "ckpt"), a.epochs, settings, out=a.out)
+    ckpt = Path(a.out or PACK / "ckpt")
+    resume = PACK / "ckpt"
+    if ckpt != resume and resume.is_dir() and not any(ckpt.glob("*.npz")):  # checkpoints of an earlier call
+        ckpt.mkdir(parents=True, exist_ok=True)
+        for f in resume.glob("*.npz"):
+            shutil.copyfile(f, ckpt / f.name)
+    done, _ = train_all(ckpt, a.minutes, a.epochs, settings)
+    if not done:
+        print("stopped at the time limit: the same call with these checkpoints in %s resumes" % resume)
+        return 3
+    if not runtime_available():
+        print("trained; the runtime is not available here: python -m models.gpu_run finish --ckpt-dir DIR")
+        return 0
+    # the exported models and tables as one file (the device tool returns at most 8)
+    import tarfile
+    import tempfile
+    zoo = Path(tempfile.mkdtemp()) / "cifar10"
+    rc = finish(ckpt, a.epochs, settings, out=zoo)
+    with tarfile.open(ckpt / "cifar10-zoo.tar", "w") as tf:
+        tf.add(zoo, arcname="cifar10")
+    return rc
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,13 @@ SMALL = ["--limit", "1024", "--test-limit", "1000", "--threads", "1", "--set", "
          "--set", "batch=32", "--no-export"]
 
 
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()  # train(threads=1) sets torch's threads for the process
+    yield
+    torch.set_num_threads(n)
+
+
 def _mnist():
     try:
         data.load("mnist")
