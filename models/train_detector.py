@@ -22,6 +22,10 @@ Several processes: ``torchrun --nproc_per_node N -m models.train_detector ...`` 
 on CPU, nccl on GPU; models/distributed.py): --batch is the global batch, each process
 takes its share of it; rank 0 alone checkpoints, logs, validates and exports.
 
+--two-step trains the first half of the epochs with real-valued weights behind the binary
+activations, the second with binary weights (Real-to-Binary); binary latent weights never
+get weight decay (make_optimizer).
+
 --init-from fp starts the binary model from the trained fp twin's checkpoint (EMA
 weights); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
 the twin's probabilities, box MSE weighted by its objectness) and attention-transfer
@@ -48,6 +52,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from . import detector as D
+from .layers import set_binary_weights
 from .yolo_data import YoloDataset, sample_rng, to_tensor_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +193,8 @@ def train(a, quiet=False):
     config = {"model": mcfg, "epochs": a.epochs, "seed": a.seed, "batch": batch, "lr": a.lr, "wd": a.wd,
               "data": str(a.data), "limit": a.limit, "init_from": a.init_from, "distill": a.distill,
               "mosaic": a.mosaic, "ema": not a.no_ema}
+    if a.two_step:
+        config["two_step"] = True
     distributed.share(batch)  # a multiple of the number of processes
     model = D.build_detector(mcfg).to(device)
     opt = make_optimizer(model, a.variant, a.lr, a.wd)
@@ -243,6 +250,10 @@ def train(a, quiet=False):
         bar = tqdm(total=steps_per_epoch - b0, desc="%s epoch %d/%d" % (name, epoch + 1, a.epochs), disable=quiet,
                    mininterval=1.0, leave=False)
         parts_sum, nb = torch.zeros(3), 0
+        # the two-step schedule: real weights behind binary activations for the first half
+        binary_weights = not a.two_step or 2 * epoch >= a.epochs
+        for m in (model, ema.ema if ema else model):
+            set_binary_weights(m, binary_weights)
         for imgs, targets in _loader(train_ds, a.seed, epoch, batch, b0, a.workers, steps_per_epoch):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, a.lr)
@@ -298,6 +309,7 @@ def train(a, quiet=False):
         distributed.barrier()
         last.update(rec)
     final = (ema.ema if ema else model).eval()
+    set_binary_weights(final, True)
     summary = dict(last, step=step, total=total, done=step >= total, stopped=stop_reason, checkpoint=str(path))
     return final, summary
 
@@ -350,6 +362,8 @@ def parser():
     ap.add_argument("--name", default=None, help="checkpoint name (default: the variant)")
     ap.add_argument("--ckpt-dir", default=None)
     ap.add_argument("--no-ema", action="store_true")
+    ap.add_argument("--two-step", action="store_true", help="binary variant: real-valued weights for the first half "
+                                                             "of the epochs, then binary (Real-to-Binary's schedule)")
     ap.add_argument("--export-dir", default=None, help="default models/zoo/person")
     ap.add_argument("--no-export", action="store_true")
     return ap
