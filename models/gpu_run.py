@@ -1,11 +1,13 @@
 """CIFAR-10 with the modern recipe on one GPU, prepared so that a session with a GPU
-machine runs it in one call (the device tool sends the working tree plus at most 64 MiB
-of carried paths; nothing can be downloaded there):
+machine runs it in one call.  The device tool sends the checkout (tracked and untracked,
+not ignored files) plus the carried paths, 64 MiB in all, and nothing can be downloaded
+there; the tracked tree is ~55 MiB today (the person detector's ONNX files are 30), so the
+data gets what is left:
 
-    # here (CPU): the data, 20 MB (the JPEG tarball as ../shared/data has it: 50000 + 10000
-    # images; decoding the JPEGs again costs seconds), and the runtime library
-    python -m models.gpu_run pack                      # -> .gpu/ (listed in .git/info/exclude)
-    ./build.sh host                                    # firmware_py/_lib/x86_64/libbnn.so
+    # here (CPU): the data and the runtime library
+    python -m models.gpu_run pack          # -> .gpu/cifar10-pack.npz (ignored by git), sized
+                                           #    to what the tree leaves of 64 MiB (--mib)
+    ./build.sh host                        # firmware_py/_lib/x86_64/libbnn.so (114 KB)
 
     # there: run(command="PYTHONUNBUFFERED=1 python3 -m models.gpu_run train --out $OUT
     #             --minutes 8", carry=[".gpu", "firmware_py/_lib"], timeout_s=600)
@@ -15,60 +17,74 @@ of carried paths; nothing can be downloaded there):
     # runtime works there too (cffi carried as wheels), it also writes $OUT/cifar10-zoo.tar:
     # the exported models and table.md/json (the tool returns at most 8 files).
 
-    # here (or there, when cffi travels as wheels: see /work/.library/device/README.md):
-    python -m models.gpu_run finish --ckpt-dir DIR     # export, convert, runtime accuracy,
-                                                       # models/zoo/cifar10/table.md/json
+    # here: export, convert, PyTorch and runtime accuracy on the full test set
+    python -m models.gpu_run finish --ckpt-dir DIR    # -> models/zoo/cifar10/table.md/json
 
-    python -m models.gpu_run smoke                     # the whole thing on the CPU, a few batches
+    python -m models.gpu_run smoke         # every stage on the CPU, a few batches
 
-`train` writes train.json beside the checkpoints (per variant: epochs, seconds, seconds
-per epoch, PyTorch test accuracy); `finish` is `python -m models.table --recipe modern`
-on the finished checkpoints (table.md/json: PyTorch and the runtime on the full test set).
-Epochs and width (EPOCHS, WIDTH) are an estimate for an H200 (not yet measured there): a
-session with the GPU should read the seconds per epoch in train.json and adjust.
+The pack (models/data.pack_cifar) keeps the source JPEGs bit for bit (their shared header
+once, then each image's entropy-coded bytes, ~300 B): with 7 MiB that is 22540 of the
+50000 training images (a seeded, class-balanced draw) and 1000 test images.  Fewer
+training images cost accuracy: train.json and table.json say how many were used.
+`train` writes train.json beside the checkpoints (per variant: epochs, seconds, accuracy
+on the pack's test images).  Epochs and width (EPOCHS, WIDTH) are an estimate for an H200
+(not measured there yet): a session with the GPU should read the seconds in train.json
+and adjust.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK = ROOT / ".gpu"
-TARBALL = "cifar10-jpg.tar.gz"
+PACK_FILE = "cifar10-pack.npz"
+LIMIT = 64 * 2 ** 20  # what the device tool sends in one call
 ORDER = ("fp", "bwn", "xnor", "xnor_k")  # fp first: the others start from it and distil it
 EPOCHS = 40
 WIDTH = "64,128,128,256,256"
 SETTINGS = ["width=%s" % WIDTH, "batch=256"]
 
 
-def pack(out=PACK):
-    """copies the CIFAR-10 tarball into `out` and keeps `out` out of git"""
+def tree_bytes() -> int:
+    """bytes of the files the device tool sends besides the carried paths: tracked and
+    untracked, not ignored"""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    return sum((ROOT / n).stat().st_size for n in names if n and (ROOT / n).is_file() and not (ROOT / n).is_symlink())
+
+
+def pack(out=PACK, mib=None):
+    """writes out/cifar10-pack.npz, as large as the tree leaves room for (or `mib`)"""
     from . import data
 
-    src = data.SHARED / TARBALL
-    if not src.exists():
-        raise SystemExit("%s not found (set BNN_SHARED_DATA)" % src)
+    lib = sum(f.stat().st_size for f in (ROOT / "firmware_py" / "_lib").rglob("*") if f.is_file())
+    room = LIMIT - tree_bytes() - lib - 2 ** 20  # 1 MiB to spare
+    budget = int(mib * 2 ** 20) if mib else room
+    if budget > room:
+        print("warning: %.1f MiB is more than the tree leaves (%.1f MiB)" % (budget / 2 ** 20, room / 2 ** 20))
+    if budget < 2 ** 20:
+        raise SystemExit("the tree leaves %.1f MiB of %d for the data" % (room / 2 ** 20, LIMIT >> 20))
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, out / TARBALL)
-    exclude = ROOT / ".git" / "info" / "exclude"
-    if exclude.parent.is_dir():  # a worktree's .git is a file: it has no info/exclude of its own
-        lines = exclude.read_text().splitlines() if exclude.exists() else []
-        if "/.gpu/" not in lines:
-            exclude.write_text("\n".join(lines + ["/.gpu/"]) + "\n")
-    mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2 ** 20
-    print("packed %s: %.1f MiB (carry at most 64 MiB)" % (out, mb))
+    r = data.pack_cifar(out / PACK_FILE, budget)
+    print("packed %s: %d training and %d test images, %.2f MiB (room: %.2f MiB)"
+          % (out / PACK_FILE, r["train_images"], r["test_images"], r["bytes"] / 2 ** 20, room / 2 ** 20))
+    return r
 
 
 def _use_pack(pack_dir):
-    """train on the packed tarball when there is one (else ../shared/data as usual)"""
+    """train on the pack (models.data.CIFAR_PACK)"""
     from . import data
 
-    if (Path(pack_dir) / TARBALL).exists():
-        data.SHARED = Path(pack_dir)
+    f = Path(pack_dir) / PACK_FILE
+    if not f.exists():
+        raise SystemExit("%s not found: run python -m models.gpu_run pack (here) and carry %s" % (f, pack_dir))
+    data.CIFAR_PACK = str(f)
 
 
 def runtime_available() -> bool:
@@ -93,7 +109,7 @@ def train_all(out, minutes, epochs, settings, device="auto", limit=None, test_li
         torch.backends.cudnn.allow_tf32 = True
     t0 = time.time()
     rows = []
-    _, _, x_te, y_te = data.load("cifar10")
+    x_tr, _, x_te, y_te = data.load("cifar10")
     x_te, y_te = data.subset(x_te, y_te, test_limit)
     for v in ORDER:
         left = minutes - (time.time() - t0) / 60 if minutes else 0
@@ -111,7 +127,9 @@ def train_all(out, minutes, epochs, settings, device="auto", limit=None, test_li
         (Path(out) / "train.json").write_text(json.dumps({"device": str(next(model.parameters()).device),
                                                           "gpu": torch.cuda.get_device_name(0)
                                                           if torch.cuda.is_available() else None,
-                                                          "settings": settings, "rows": rows}, indent=1) + "\n")
+                                                          "settings": settings, "train_images": len(x_tr)
+                                                          if limit is None else min(limit, len(x_tr)),
+                                                          "test_images": len(x_te), "rows": rows}, indent=1) + "\n")
         if not done:
             return False, rows
     return True, rows
@@ -138,6 +156,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="train: checkpoints and train.json (default .gpu/ckpt); "
                                                 "finish: models and tables (default models/zoo/cifar10)")
     ap.add_argument("--ckpt-dir", default=None, help="finish: the checkpoints of train (default .gpu/ckpt)")
+    ap.add_argument("--mib", type=float, default=None, help="pack: its size (default: what the tree leaves)")
     ap.add_argument("--minutes", type=float, default=8.0, help="train: stop (resumably) after this many minutes")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -145,19 +164,23 @@ def main(argv=None):
     a = ap.parse_args(argv)
     settings = SETTINGS + a.set
     if a.what == "pack":
-        return pack(Path(a.pack_dir))
-    _use_pack(a.pack_dir)
-    if a.what == "smoke":  # every stage on the CPU: 2 epochs of 512 images, narrow, 200 test images
+        pack(Path(a.pack_dir), a.mib)
+        return 0
+    if a.what == "finish":  # the full test set, from ../shared/data
+        return finish(Path(a.ckpt_dir or PACK / "ckpt"), a.epochs, settings, out=a.out)
+    if a.what == "smoke":  # every stage on the CPU: a 1 MiB pack, 2 epochs of 512 images, narrow
         import tempfile
+        from . import data
         tmp = Path(tempfile.mkdtemp(prefix="gpu_run_smoke_"))
+        pack(tmp, 1.0)
+        _use_pack(tmp)
         s = ["width=8,16,16,32,32", "batch=64"] + a.set
-        done, _ = train_all(tmp / "ckpt", 0, 2, s, device="cpu", limit=512, test_limit=200, threads=2)
-        assert done
+        done, _ = train_all(tmp / "ckpt", 0, 2, s, device="cpu", limit=512, threads=2)
+        data.CIFAR_PACK = None
         rc = finish(tmp / "ckpt", 2, s, out=tmp / "zoo", test_limit=200)
         print("smoke run in %s: %s" % (tmp, sorted(p.name for p in (tmp / "zoo").iterdir())))
-        return rc
-    if a.what == "finish":
-        return finish(Path(a.ckpt_dir or PACK / "ckpt"), a.epochs, settings, out=a.out)
+        return rc if done else 1
+    _use_pack(a.pack_dir)
     ckpt = Path(a.out or PACK / "ckpt")
     resume = PACK / "ckpt"
     if ckpt != resume and resume.is_dir() and not any(ckpt.glob("*.npz")):  # checkpoints of an earlier call
@@ -171,7 +194,8 @@ def main(argv=None):
     if not runtime_available():
         print("trained; the runtime is not available here: python -m models.gpu_run finish --ckpt-dir DIR")
         return 0
-    # the exported models and tables as one file (the device tool returns at most 8)
+    # the exported models and tables (the pack's test images) as one file: the tool
+    # returns at most 8
     import tarfile
     import tempfile
     zoo = Path(tempfile.mkdtemp()) / "cifar10"
@@ -179,6 +203,7 @@ def main(argv=None):
     with tarfile.open(ckpt / "cifar10-zoo.tar", "w") as tf:
         tf.add(zoo, arcname="cifar10")
     return rc
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import data
+from . import checkpoint, data
 from .nets import TRAINED, VARIANTS
-from .train import BASE, RECIPES, ZOO, evaluate_torch, export, load_trained, parse_sets, recipe, train
+from .train import BASE, RECIPES, ZOO, ckpt_path, evaluate_torch, export, load_trained, parse_sets, recipe, train
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
 EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 5}
@@ -94,6 +94,12 @@ def describe(recipes) -> str:
     return "; ".join(parts)
 
 
+def _train_images(rows) -> str:
+    """the training set size when a row says (older tables do not)"""
+    n = sorted({r["train_images"] for r in rows if r.get("train_images")})
+    return " Trained on %s training images." % " / ".join(map(str, n)) if n else ""
+
+
 def write_tables(a, epochs, x_te, rows):
     out = _out(a)
     # keep the rows of variants not evaluated in this run (same epochs and seed)
@@ -116,7 +122,7 @@ def write_tables(a, epochs, x_te, rows):
     lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
              "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
              "%s). Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
-             "table (%s)." % (cmd, epochs, a.seed, describe(recipes), platform.machine()), "",
+             "table (%s).%s" % (cmd, epochs, a.seed, describe(recipes), platform.machine(), _train_images(rows)), "",
              "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -186,13 +192,14 @@ def main(argv=None):
     rows = []
     for v in variants:
         model = load_trained(a.dataset, v, epochs, a.recipe, a.ckpt_dir)
+        ck = checkpoint.load(ckpt_path(a.dataset, "fp" if v == "naive" else v, a.recipe, a.ckpt_dir))
         acc_torch = evaluate_torch(model, x_te, y_te)
         onnx_path = export(model, a.dataset, v, out_dir=_out(a))
         bnn_path = onnx_path.with_suffix(".bnn")
         acc_rt, ms = evaluate_runtime(bnn_path, x_te, y_te)
         rows.append({"variant": v, "acc_pytorch": round(acc_torch, 2), "acc_runtime": round(acc_rt, 2),
                      "onnx_bytes": onnx_path.stat().st_size, "bnn_bytes": bnn_path.stat().st_size,
-                     "latency_ms_1thread": round(ms, 3)})
+                     "latency_ms_1thread": round(ms, 3), "train_images": ck["config"].get("train_images")})
         print(json.dumps(rows[-1]), flush=True)
         lines = write_tables(a, epochs, x_te, list(rows))
     print("\n".join(lines))

@@ -253,7 +253,8 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     steps_per_epoch = len(x_tr) // s["batch"]
     if steps_per_epoch < 1:
         raise ValueError("%d training images make no batch of %d" % (len(x_tr), s["batch"]))
-    config = {"epochs": epochs, "seed": seed, "net": ncfg, "recipe": recipe_name, "settings": s, "limit": limit}
+    config = {"epochs": epochs, "seed": seed, "net": ncfg, "recipe": recipe_name, "settings": s, "limit": limit,
+              "train_images": len(x_tr)}
     path = ckpt_path(dataset, variant, recipe_name, ckpt_dir)
     if s["init"]:
         src, src_ck = load_checkpoint(path.with_name("%s.npz" % s["init"]))
