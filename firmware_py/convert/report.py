@@ -46,8 +46,11 @@ def report_text(result) -> str:
     src = result.source_bytes
     lines.append("model file %s bytes; source ONNX %s bytes%s" % (
         f"{result.file_bytes:,}", f"{src:,}", " (%.1fx smaller)" % (src / result.file_bytes) if src else ""))
+    for node, why in result.float_reasons.items():
+        lines.append("float although its weights are binary: %s: %s" % (node, why))
     for note in result.notes:
-        lines.append("note: " + note)
+        if not any(note.startswith(n + ": binary weights") for n in result.float_reasons):
+            lines.append("note: " + note)
     if result.check:
         lines.append("check: " + result.check["summary"])
     return "\n".join(lines)
