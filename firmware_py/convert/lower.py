@@ -612,6 +612,13 @@ class Lowering:
             return "a graph input" if x.value in dict(self.g.inputs) else "a float tensor"
         return "the float output of %s node %r" % (prod.op, prod.name)
 
+    def op_Neg(self, node):
+        x = self.rep(node.inputs[0], node)
+        if x.kind == "bits":
+            return Rep("bits", x.value, x.shape, tuple(-float(v) for v in x.levels))
+        c = x.shape[1]
+        return self._affine(node, x, -np.ones(c, np.float32), np.zeros(c, np.float32))
+
     def _unary(self, node, op, attrs=None, params=None):
         x = self.as_float(self.rep(node.inputs[0], node), node)
         out = self.new_float(node.outputs[0], x.shape)
