@@ -109,7 +109,7 @@ def check_sign_of_zero(ir: IR, sign_bits):
     for node in list(ir.nodes):
         sign = sign_bits.get(node["outputs"][0]) if node["op"] == "bitpack" else None
         prod = ir.producer(node["inputs"][0]) if sign is not None else None
-        while prod is not None and prod["op"] == "maxpool2d":  # a max of those values
+        while prod is not None and prod["op"] in ("maxpool2d", "flatten", "resize_nearest"):  # those values
             prod = ir.producer(prod["inputs"][0])
         if prod is None or prod["op"] not in ("bconv2d", "bdense") or len(prod["inputs"]) != 1 \
                 or prod["attrs"].get("output", "float") != "float":
