@@ -350,8 +350,9 @@ class Lowering:
             return None
         x = self.as_float(r, node)
         if bits == 1 and signed:
-            if np.any(zeropt != 0):
-                raise ConvertError.at(node, "a 1-bit Quant with a zero point is not supported")
+            if np.any(zeropt != 0) or np.any(scale <= 0):
+                raise ConvertError.at(node, "a 1-bit Quant with a zero point or a scale <= 0 is not supported",
+                                      "BipolarQuant with a positive scale")
             return self.op_BipolarQuant(node)
         s = per_channel(scale, x.shape, node, "scale")
         z = per_channel(zeropt, x.shape, node, "zero point")
