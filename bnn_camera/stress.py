@@ -310,7 +310,8 @@ def _app_args(model, clip, port_mqtt, out, threads, http_timeout):
     # connections and 16 viewers): every connection must be accepted, none refused
     args = ["--model", model, "--source", clip, "--loop", "--http", "127.0.0.1:0",
             "--http-max-connections", "100", "--mjpeg-max-clients", "24",
-            "--mqtt", "127.0.0.1:%d/stress" % port_mqtt, "--out", out, "--no-power",
+            "--mqtt", "127.0.0.1:%d/stress" % port_mqtt, "--mqtt-detections",
+            "--mqtt-max-rate", "1000", "--out", out, "--no-power",
             "--interval", "1"]
     if threads:
         args += ["--threads", str(threads)]
