@@ -78,8 +78,9 @@ def main(argv=None):
             print(res.report())
         else:
             print("wrote %s (%d bytes)" % (res.path, res.file_bytes))
-            for note in res.notes:
-                print("note: " + note)
+            from .convert.report import float_reason_lines
+            for line in float_reason_lines(res) + ["note: " + n for n in res.notes]:
+                print(line)
             if res.check:
                 print("check: " + res.check["summary"])
         return 0

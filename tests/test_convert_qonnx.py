@@ -63,7 +63,8 @@ def test_brevitas_bnn_pynq(tmp_path, name, exporter):
         m = fp.load(dst, num_threads=1)
         got = np.concatenate([m.run(x[i:i + 1].numpy()) for i in range(len(x))])
         err = float(np.abs(got - ref).max())
-        assert err <= 1e-3 * float(np.abs(ref).max()), "%s: max |diff| %.3g, max|ref| %.3g" % (src, err, np.abs(ref).max())
+        assert err <= 1e-3 * float(np.abs(ref).max()), "%s: max |diff| %.3g, max|ref| %.3g" % (
+            src, err, np.abs(ref).max())
         assert (got.argmax(1) == ref.argmax(1)).all()
         ops = [n["op"] for n in res.graph["nodes"]]
         dense = ops.count("bdense")

@@ -9,7 +9,6 @@ a wrong conversion fails layer by layer and leaves the destination as it was.
 """
 import os
 
-import numpy as np
 import pytest
 
 import torch

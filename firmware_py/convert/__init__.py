@@ -140,9 +140,8 @@ def build(src, input_shapes=None) -> Built:
     }
     # the inputs are values too
     graph["values"] = [ir.values[n] for n, _ in g.inputs] + graph["values"]
-    notes = low.notes + ["%s: binary weights, run as a float layer: %s" % kv for kv in low.float_reasons.items()]
     anchors = {v: a for v, a in low.anchors.items() if v in ir.values and v not in input_names}
-    return Built(graph, ir.tensors, notes, g.source_bytes, anchors, dict(low.float_reasons))
+    return Built(graph, ir.tensors, low.notes, g.source_bytes, anchors, dict(low.float_reasons))
 
 
 def _memory_check(memory_limit):

@@ -50,10 +50,6 @@ def _close(g, r, rtol, atol):
     return int((err > atol * scale + rtol * np.abs(r)).sum()), float(err.max() / scale) if err.size else 0.0
 
 
-def _nchw(a, shape):
-    return a.transpose(0, 3, 1, 2) if len(shape) == 4 else a
-
-
 def _layers(graph, anchors):
     """[(end value, [nodes], [input values])]: every anchored value a node writes, with the
     nodes from the anchored values before it"""

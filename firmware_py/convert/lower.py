@@ -360,7 +360,8 @@ class Lowering:
         least = np.minimum((lo - z) * s, (hi - z) * s)
         out = self.new_float(node.outputs[0], x.shape)
         self.ir.add("quant", node.name, [x.value], [out.value], {"min": lo, "max": hi, "rounding": mode},
-                    {"scale": self.ir.tensor(node.name + ".scale", s), "zero_point": self.ir.tensor(node.name + ".zero_point", z)})
+                    {"scale": self.ir.tensor(node.name + ".scale", s),
+                     "zero_point": self.ir.tensor(node.name + ".zero_point", z)})
         out.zero, out.why = ("nonneg" if np.all(least >= 0) else "signed"), "Quant node %r" % node.name
         return out
 
@@ -631,7 +632,7 @@ class Lowering:
         if x.kind == "bits":
             return Rep("bits", x.value, x.shape, tuple(float(max(v, 0.0)) for v in x.levels))
         out = self._unary(node, "relu")
-        out.zero, out.why, out.src = "nonneg", "Relu node %r" % node.name, self.as_float(self.rep(node.inputs[0], node), node)
+        out.zero, out.why, out.src = "nonneg", "Relu node %r" % node.name, self.as_float(x, node)
         return out
 
     def op_Sigmoid(self, node):

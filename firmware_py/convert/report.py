@@ -30,6 +30,10 @@ def layer_rows(graph, tensors):
     return rows
 
 
+def float_reason_lines(result):
+    return ["float although its weights are binary: %s: %s" % kv for kv in result.float_reasons.items()]
+
+
 def report_text(result) -> str:
     rows = layer_rows(result.graph, result.tensors)
     head = ["layer", "op", "kind", "input", "output", "params", "bytes", "MACs"]
@@ -46,11 +50,9 @@ def report_text(result) -> str:
     src = result.source_bytes
     lines.append("model file %s bytes; source ONNX %s bytes%s" % (
         f"{result.file_bytes:,}", f"{src:,}", " (%.1fx smaller)" % (src / result.file_bytes) if src else ""))
-    for node, why in result.float_reasons.items():
-        lines.append("float although its weights are binary: %s: %s" % (node, why))
+    lines += float_reason_lines(result)
     for note in result.notes:
-        if not any(note.startswith(n + ": binary weights") for n in result.float_reasons):
-            lines.append("note: " + note)
+        lines.append("note: " + note)
     if result.check:
         lines.append("check: " + result.check["summary"])
     return "\n".join(lines)
