@@ -147,3 +147,22 @@ def test_bipolar_quant_per_channel_weight_scale(tmp_path):
     onnx.save(model, src)
     res = convert(src, str(tmp_path / "pc.bnn"))
     assert res.check["ok"] and [n["op"] for n in res.graph["nodes"]] == ["bitpack", "bconv2d"], res.report()
+
+
+@pytest.mark.parametrize("attrs,scale,error", [({"min": 5, "max": -5}, 1.0, "attrs.min 5 is above attrs.max -5"),
+                                               ({"min": -8, "max": 7}, 0.0, "scale must be finite and non-zero"),
+                                               ({"min": -8, "max": 7, "rounding": "NEAREST"}, 1.0, "attrs.rounding")])
+def test_quant_op_refuses_bad_parameters(tmp_path, attrs, scale, error):
+    """the model file's quant node: checked by the loader (a hand-written file, not the converter)"""
+    from firmware_py.model_format import ModelFormatError, write_model
+
+    g = {"format": "bnn-graph", "producer": "test", "metadata": {},
+         "inputs": [{"name": "x", "shape": [1, 4], "layout": "NC"}],
+         "outputs": [{"name": "y", "shape": [1, 4], "layout": "NC"}],
+         "values": [{"name": "x", "kind": "float", "shape": [1, 4]}, {"name": "y", "kind": "float", "shape": [1, 4]}],
+         "nodes": [{"op": "quant", "name": "q", "inputs": ["x"], "outputs": ["y"], "attrs": attrs,
+                    "params": {"scale": "s", "zero_point": "z"}}]}
+    t = {"s": np.full(4, scale, np.float32), "z": np.zeros(4, np.float32)}
+    with pytest.raises((ModelFormatError, ValueError), match=error):
+        write_model(str(tmp_path / "q.bnn"), g, t)
+        fp.load(str(tmp_path / "q.bnn"))
