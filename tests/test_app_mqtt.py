@@ -1,8 +1,6 @@
 """--mqtt against a REAL mosquitto broker started here on 127.0.0.1 (a free port)."""
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -15,11 +13,9 @@ import paho.mqtt.client as mqtt
 
 from bnn_camera import ROOT  # noqa: E402
 
+from bnn_camera.stress import Broker  # noqa: E402  (one mosquitto harness)
+
 SAMPLE = os.path.join(ROOT, "bnn_camera", "samples", "people-384x216.mp4")
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
-    None)
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 def make_certs(d):
@@ -46,69 +42,6 @@ def make_certs(d):
             "-CAcreateserial", "-days", "2", "-out", p[who + "_cert"],
             *(["-extfile", ext] if who == "server" else []))
     return p
-
-pytestmark = pytest.mark.skipif(MOSQUITTO is None,
-                                reason="mosquitto binary not installed (apt install mosquitto)")
-
-
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Broker:
-    """mosquitto on 127.0.0.1.  users {name: password}: allow_anonymous false and a
-    password file (mosquitto_passwd); certs (make_certs): a TLS listener that also
-    requires a client certificate signed by the test CA."""
-
-    def __init__(self, tmp_path, port=None, users=None, certs=None):
-        self.port = port or _free_port()
-        self.conf = tmp_path / ("mosquitto-%d.conf" % self.port)
-        lines = ["listener %d 127.0.0.1" % self.port, "persistence false", "log_dest stderr"]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:  # not the "mosquitto" user: it
-            import pwd                                    # could not read our 0600 files
-            lines.append("user %s" % pwd.getpwuid(0).pw_name)
-        if users:
-            pw = tmp_path / ("passwd-%d" % self.port)
-            pw.write_text("")
-            for user, password in users.items():
-                subprocess.run([MOSQUITTO_PASSWD, "-b", str(pw), user, password], check=True,
-                               capture_output=True)
-            os.chmod(pw, 0o600)
-            lines += ["allow_anonymous false", "password_file %s" % pw]
-        else:
-            lines.append("allow_anonymous true")
-        if certs:
-            lines += ["cafile %s" % certs["ca"], "certfile %s" % certs["server_cert"],
-                      "keyfile %s" % certs["server_key"], "require_certificate true"]
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("mosquitto exited: %s" % self.proc.stdout.read())
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not listen on %d" % self.port)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

@@ -298,9 +298,7 @@ def test_snapshots_on_a_full_tmpfs_then_space_freed(model, tmp_path):
 # ---- (b) the MQTT broker killed mid-run ---------------------------------------------------
 def test_mqtt_broker_killed_and_restarted(model, tmp_path):
     import paho.mqtt.client  # noqa: F401
-    from tests.test_app_mqtt import MOSQUITTO, Broker, Subscriber
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto binary not installed (apt install mosquitto)")
+    from tests.test_app_mqtt import Broker, Subscriber
     broker = Broker(tmp_path).start()
     port = broker.port
     out = tmp_path / "e.jsonl"
