@@ -499,7 +499,8 @@ def test_qonnx_bipolar_quant(tmp_path):
     src = str(tmp_path / "qonnx.onnx")
     onnx.save(model, src)
     dst = str(tmp_path / "qonnx.bnn")
-    res = convert(src, dst)  # onnxruntime cannot run the qonnx domain: no check
+    res = convert(src, dst)  # checked against onnxruntime on the oracle (QONNX ops lowered to standard ones)
+    assert res.check["ok"], res.check
     o = ops(res)
     assert o.count("bconv2d") == 2 and bconv_outputs(res) == ["bits", "float"], o
     m = fp.load(dst, num_threads=1)
@@ -558,6 +559,8 @@ class GroupedNet(nn.Module):
             self.blur.weight.copy_((k[:, None] * k[None, :] / 16).expand(64, 1, 3, 3))
         self.act = BinaryActivation()
         self.dwb = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+        with torch.no_grad():  # binary weights (+-alpha per filter): still a float conv, with its reason
+            self.dwb.weight.copy_(torch.where(self.dwb.weight >= 0, 0.25, -0.25))
 
     def forward(self, x):
         x = self.dw(F.relu(self.bn0(self.stem(x))))
@@ -570,7 +573,8 @@ def test_grouped_and_depthwise_convs(tmp_path, exporter):
     res = roundtrip(randomize_bn(GroupedNet(), seed=5), (1, 3, 30, 34), tmp_path, exporter)
     groups = [n["attrs"].get("groups", 1) for n in nodes_of(res, "fconv2d")]
     assert groups == [1, 16, 8, 64, 64], groups
-    assert any("group=64 (binary convolutions have groups 1)" in note for note in res.notes), res.notes
+    assert any("group=64 (binary convolutions have groups 1)" in r for r in res.float_reasons.values()), \
+        res.float_reasons
 
 
 # ---- errors -----------------------------------------------------------------------------------------
