@@ -87,11 +87,13 @@ def _rename(ir, old, new):
     ir.rename_value(old, new)
 
 
-def build(src, input_shapes=None):
+def build(src, input_shapes=None, input_layout="auto"):
     """ONNX -> (graph dict, tensors, notes, source size); nothing is written."""
+    from .layout import eliminate_transposes
     from .onnx_graph import import_graph
 
     g = import_graph(src, input_shapes)
+    nhwc_inputs = eliminate_transposes(g, input_layout)
     low = Lowering(g)
     outputs = low.lower()
     ir = low.ir
@@ -117,7 +119,8 @@ def build(src, input_shapes=None):
         "format": "bnn-graph",
         "producer": "firmware_py %s" % __version__,
         "metadata": _metadata(g.metadata, src),
-        "inputs": [{"name": n, "shape": list(s), "layout": "NCHW" if len(s) == 4 else "NC"} for n, s in g.inputs],
+        "inputs": [{"name": n, "shape": list(s), "layout": "NCHW" if len(s) == 4 else "NC"} if n not in nhwc_inputs
+                   else {"name": n, "shape": [s[0], s[2], s[3], s[1]], "layout": "NHWC"} for n, s in g.inputs],
         "outputs": [{"name": n, "shape": list(r.shape), "layout": "NCHW" if len(r.shape) == 4 else "NC"}
                     for n, (_, r) in zip(out_values, outputs)],
         "values": [ir.values[v] for v in ir.values if v not in input_names],
@@ -147,7 +150,7 @@ def _memory_check(memory_limit):
 
 
 def convert(src, dst=None, input_shapes=None, check=False, check_inputs=None, check_samples=4, seed=0,
-            rtol=1e-3, atol=1e-4, memory_limit=None) -> ConvertResult:
+            rtol=1e-3, atol=1e-4, memory_limit=None, input_layout="auto") -> ConvertResult:
     """Converts an ONNX model (path or ModelProto) to the model file `dst` (default: src with
     the extension .bnn).  Raises ConvertError naming the node for anything unsupported;
     nothing is written then.  check=True compares firmware_py against onnxruntime on
@@ -155,10 +158,12 @@ def convert(src, dst=None, input_shapes=None, check=False, check_inputs=None, ch
     ConvertError when they disagree.  memory_limit: what the converted model may need at
     run time (bytes or "512M"; 0 / "none": no limit; None: $BNN_MEMORY_LIMIT, else the
     memory available here -- firmware_py/memory.py): a ConvertError before anything is
-    written when it needs more."""
+    written when it needs more.  input_layout: "auto" takes a 4-D input that the graph
+    reads only through Transpose(0, 3, 1, 2) as NHWC (TensorFlow exports without
+    inputs_as_nchw), "NHWC" insists on that, "NCHW" never (convert/layout.py)."""
     from ..model_format import write_model
 
-    graph, tensors, notes, source_bytes = build(src, input_shapes)
+    graph, tensors, notes, source_bytes = build(src, input_shapes, input_layout)
     if dst is None:
         if not isinstance(src, (str, os.PathLike)):
             raise ConvertError("dst is required when src is a ModelProto")

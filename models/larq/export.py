@@ -138,8 +138,9 @@ def main():
     ap.add_argument("--fixture", action="store_true", help="also write NAME.fixture.npz (tests/larq)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    for i, name in enumerate(a.models.split(",")):
-        export(name, a.out, a.size or MODELS[name][2], a.classes, a.seed + i, a.samples, a.fixture)
+    for name in a.models.split(","):
+        seed = a.seed + list(MODELS).index(name)  # a model's weights do not depend on the others
+        export(name, a.out, a.size or MODELS[name][2], a.classes, seed, a.samples, a.fixture)
 
 
 if __name__ == "__main__":
