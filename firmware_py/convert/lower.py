@@ -23,7 +23,9 @@ class Rep:
     shape: tuple = ()    # ONNX (NCHW / NC) shape
     scale: float = 1.0   # bits: the tensor is scale * (+-1)
     const: np.ndarray = None
-    src: "Rep" = None    # abs / absmean: the float tensor they come from
+    src: "Rep" = None    # abs / absmean: the float tensor they come from; padded: the bits
+    pads: tuple = None   # padded: bits src padded spatially [t, l, b, r] with pad_value * src.scale
+    pad_value: float = 0.0
 
 
 def nhwc(shape):
@@ -183,6 +185,8 @@ class Lowering:
                     out = scaled
                 self._float_of_bits[key] = out
             return self._float_of_bits[key]
+        if r.kind == "padded":  # not read by a binary convolution: pad the unpacked floats
+            return self._float_pad(r.value, self.as_float(r.src, node), r.pads, r.pad_value * r.src.scale)
         if r.kind == "const":
             raise ConvertError.at(node, "a constant where a computed tensor is expected",
                                   "the graph computes on constants only; fold it before export")
@@ -311,6 +315,10 @@ class Lowering:
         k = (w.shape[2], w.shape[3])
         in_hw = x.shape[2:]
         s, pads = window_attrs(node, in_hw, k, "conv")
+        pad_mode = "zero"
+        if x.kind == "padded":  # Pad(+-1 or 0) of bits: the binary convolution's own padding
+            x, pads, pad_mode = self._padded_conv_input(node, x, w, k, pads)
+            in_hw = x.shape[2:]
         oh, ow = out_hw(in_hw, k, s, pads)
         out_shape = (x.shape[0], w.shape[0], oh, ow)
         attrs = {"kernel": list(k), "stride": s, "pads": pads}
@@ -333,7 +341,7 @@ class Lowering:
         if alpha is not None:
             wt = pack_bits(w.transpose(0, 2, 3, 1))
             self.ir.add("bconv2d", node.name, [x.value], [out.value],
-                        dict(attrs, pad_mode="zero", output="float"),
+                        dict(attrs, pad_mode=pad_mode, output="float"),
                         {"weights": self.ir.tensor(node.name + ".weights", wt),
                          "mul": self.ir.tensor(node.name + ".mul", (alpha * np.float32(x.scale)).astype(np.float32)),
                          "add": self.ir.tensor(node.name + ".add", bias)})
@@ -676,7 +684,7 @@ class Lowering:
         mode = node.attrs.get("mode", "constant")
         if mode != "constant":
             raise ConvertError.at(node, "mode %r" % mode, "only constant padding")
-        x = self.as_float(self.rep(node.inputs[0], node), node)
+        x = self.rep(node.inputs[0], node)
         if "pads" in node.attrs:
             p = [int(v) for v in node.attrs["pads"]]
             value = float(node.attrs.get("value", 0.0))
@@ -691,9 +699,30 @@ class Lowering:
             raise ConvertError.at(node, "pads %s: only non-negative spatial padding of NCHW tensors" % p)
         pads = [p[2], p[3], p[6], p[7]]
         shape = (x.shape[0], x.shape[1], x.shape[2] + p[2] + p[6], x.shape[3] + p[3] + p[7])
-        out = self.new_float(node.outputs[0], shape)
-        self.ir.add("pad", node.name, [x.value], [out.value], {"pads": pads, "value": value})
+        if x.kind == "bits" and x.scale and value / x.scale in (0.0, 1.0):
+            # +-s padded with +s (or 0): a binary convolution reading it pads by itself
+            return Rep("padded", node.outputs[0], shape, src=x, pads=tuple(pads), pad_value=value / x.scale)
+        return self._float_pad(node.outputs[0], self.as_float(x, node), pads, value)
+
+    def _float_pad(self, name, x, pads, value):
+        shape = (x.shape[0], x.shape[1], x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3])
+        out = self.new_float(name, shape)
+        self.ir.add("pad", name, [x.value], [out.value], {"pads": list(pads), "value": float(value)})
         return out
+
+    def _padded_conv_input(self, node, x, w, k, conv_pads):
+        """a binary convolution of Pad(bits): (bits, pads, pad_mode) when the runtime's
+        padding is the same (pad value +1 and no padding of the Conv's own; or zeros), else
+        (the padded floats, the Conv's pads, "zero")"""
+        mode = "one" if x.pad_value == 1.0 else "zero"
+        total = [a + b for a, b in zip(x.pads, conv_pads)]
+        if binary_alpha(w) is not None and (mode == "zero" or not any(conv_pads)) \
+                and all(t < kk for t, kk in zip(total, (k[0], k[1], k[0], k[1]))):
+            return x.src, total, mode
+        self.notes.append("%s: the Pad before it (value %g) is not the binary convolution's padding "
+                          "(weights not +-alpha, or padding as large as the kernel); it runs on floats"
+                          % (node.name, x.pad_value))
+        return self.as_float(x, node), conv_pads, "zero"
 
 
 # the ONNX ops with a lowering rule (an op_<OnnxOp> method of Lowering)
