@@ -8,11 +8,12 @@ Runs in the TensorFlow venv (models/larq/tf_venv.sh), never in the project's .ve
 
 Writes per model, into DIR: NAME.onnx (as tf2onnx wrote it), NAME.tflite (LCE), NAME.npz
 (x: the NCHW inputs, keras: Keras' outputs, lce: LCE's outputs (default kernels), logits:
-Keras' pre-softmax logits).  ``--fixture`` also writes NAME.fixture.npz: the ONNX file with
-every +-alpha initializer stored as sign bits (models/larq/fixture.py, lossless: the test
-rebuilds the exact bytes' tensors), which is what tests/larq/ commits.
+Keras' pre-softmax logits).  ``--fixture`` also writes NAME.fixture.npz: those arrays and
+the ONNX file with every +-alpha initializer stored as the seed of its signs and its
+scales (models/larq/fixture.py, lossless: the test rebuilds the exact tensors), which is what tests/larq/ commits.
 
-Weights: binary (quantised) kernels are +-alpha per output channel (alpha in [0.5, 1]), so
+Weights: binary (quantised) kernels are +-alpha per output channel (alpha in [0.5, 1], the
+signs from a seed per layer: fixture.sign_bits), so
 every larq quantiser (ste_sign, magnitude_aware_sign, XNOR-Net's weight scale) sees exactly
 what it would binarise; float kernels He-normal; BatchNorm gamma in +-[0.5, 1.5] (one in
 ten negative), beta N(0, 0.3), and moving mean/variance set to the batch statistics of a
@@ -27,6 +28,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fixture import pack_onnx, sign_bits  # noqa: E402
 
 MODELS = {  # name -> (module path, function, input size for the fixtures)
     "QuickNetSmall": ("larq_zoo.sota", "QuickNetSmall", 64),
@@ -45,9 +49,11 @@ def build(name, size, classes):
 
 
 def randomise(model, rng, calib):
-    import larq as lq
+    """random weights (see the module doc); returns [(seed, shape)] of the binary kernels'
+    signs (fixture.sign_bits)"""
     import tensorflow as tf
 
+    sign_seeds = []
     for layer in model.layers:
         quantizer = getattr(layer, "kernel_quantizer", None) or getattr(layer, "depthwise_quantizer", None)
         kernel = getattr(layer, "kernel", None)
@@ -55,9 +61,11 @@ def randomise(model, rng, calib):
         if kernel is None or not layer.trainable:
             pass  # e.g. QuickNet's fixed blur-pool filter
         elif quantizer is not None:
-            k = kernel.numpy()
-            alpha = rng.uniform(0.5, 1.0, k.shape[-1]).astype(np.float32)
-            kernel.assign(np.where(rng.random(k.shape) < 0.5, -1.0, 1.0).astype(np.float32) * alpha)
+            shape = tuple(kernel.shape.as_list())
+            sign_seed = int(rng.integers(1 << 62))  # the signs come from a seed: the fixture keeps only it
+            sign_seeds.append((sign_seed, shape))
+            alpha = rng.uniform(0.5, 1.0, shape[-1]).astype(np.float32)
+            kernel.assign(np.where(sign_bits(sign_seed, shape), -1.0, 1.0).astype(np.float32) * alpha)
         else:
             shape = kernel.shape.as_list()
             fan_in = int(np.prod(shape[:2] if "depthwise" in kernel.name else shape[:-1]))
@@ -78,6 +86,7 @@ def randomise(model, rng, calib):
             var = layer.moving_variance.numpy()
             if not np.all(np.isfinite(var)) or not np.all(np.isfinite(layer.moving_mean.numpy())):
                 sys.exit("%s: calibration gave non-finite statistics" % layer.name)
+    return sign_seeds
 
 
 def logits_model(model):
@@ -99,7 +108,7 @@ def export(name, out, size, classes, seed, samples, fixture):
     tf.keras.utils.set_random_seed(seed)
     model = build(name, size, classes)
     calib = rng.normal(0, 1, (16, size, size, 3)).astype(np.float32)
-    randomise(model, rng, calib)
+    sign_seeds = randomise(model, rng, calib)
     x = rng.normal(0, 1, (samples, size, size, 3)).astype(np.float32)
     keras = np.stack([model(x[i:i + 1], training=False).numpy()[0] for i in range(samples)])
     logits = np.stack([logits_model(model)(x[i:i + 1], training=False).numpy()[0] for i in range(samples)])
@@ -115,12 +124,11 @@ def export(name, out, size, classes, seed, samples, fixture):
     for kernel, kw in (("default", {}), ("indirect_bgemm", {"use_indirect_bgemm": True})):
         it = Interpreter(flat, num_threads=1, **kw)
         lce_out[kernel] = np.stack([np.asarray(it.predict(x[i:i + 1]))[0] for i in range(samples)])
-    np.savez(os.path.join(out, name + ".npz"), x=np.ascontiguousarray(x.transpose(0, 3, 1, 2)), keras=keras,
-             logits=logits, lce=lce_out["default"], lce_indirect=lce_out["indirect_bgemm"])
+    outputs = dict(x=np.ascontiguousarray(x.transpose(0, 3, 1, 2)), keras=keras, logits=logits,
+                   lce=lce_out["default"], lce_indirect=lce_out["indirect_bgemm"])
+    np.savez(os.path.join(out, name + ".npz"), **outputs)
     if fixture:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from fixture import pack_onnx
-        pack_onnx(onnx_path, os.path.join(out, name + ".fixture.npz"))
+        pack_onnx(onnx_path, os.path.join(out, name + ".fixture.npz"), sign_seeds, **outputs)
     d = np.abs(lce_out["default"] - keras)
     print("%s: %s params, onnx %d bytes, tflite %d bytes; LCE vs Keras max |diff| %.3g, top-1 agree %d/%d"
           % (name, f"{model.count_params():,}", os.path.getsize(onnx_path), len(flat), d.max(),
