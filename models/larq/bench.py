@@ -13,6 +13,12 @@ process of the TensorFlow venv (models/larq/lce_worker.py; firmware_py never imp
 TensorFlow) and times its own ``predict`` calls.  Rounds are interleaved (each round times
 one inference of every engine, in a rotating order) and the table shows medians; the JSON
 holds every median and the ratios.
+
+``--icount aarch64`` adds our guest instructions per inference (1 thread) under qemu-user
+with ../shared/tools/arm-icount, in the Debian arm64 userland (models/bench_detector.py's
+set-up: ./build.sh aarch64, ../shared/tools/arm-rootfs): the difference of a run of 2
+inferences and a run of 1.  LCE publishes no aarch64 wheel on PyPI and the userland has no
+onnxruntime, so theirs are not counted.
 """
 from __future__ import annotations
 
@@ -112,6 +118,37 @@ def bench_model(name, d, threads, rounds, lce, out_dir):
     return out
 
 
+_GUEST = r"""
+import sys
+root, model, n = sys.argv[1:]
+sys.path[:0] = [root]
+sys.path.append(sys.prefix + "/lib/python3/dist-packages")
+import numpy as np
+import firmware_py
+m = firmware_py.load(model, num_threads=1)
+x = np.random.default_rng(0).standard_normal(m.inputs[0].shape).astype(np.float32)
+for _ in range(int(n)):
+    m.run(x)
+print("path", m._ctx.path, file=sys.stderr)
+"""
+
+
+def icount(arch, bnn):
+    """our guest instructions per inference of ``bnn`` on ``arch`` (1 thread)"""
+    from firmware_py.bench import CROSS, guest_instructions, icount_plugin
+    from models.bench_detector import ROOT, _icount_rootfs
+
+    rootfs, plugin = _icount_rootfs(arch), icount_plugin()
+    blas = rootfs / "usr" / "lib" / Path(CROSS[arch][3]).name / "openblas-pthread"
+
+    def total(n):
+        return guest_instructions(arch, rootfs / "usr" / "bin" / "python3", plugin,
+                                  ["-S", "-B", "-c", _GUEST, ROOT, os.path.abspath(bnn), n],
+                                  qemu_args=["-L", rootfs, "-E", f"LD_LIBRARY_PATH={blas}", "-E", "PYTHONHASHSEED=0",
+                                             "-E", "OPENBLAS_NUM_THREADS=1"])
+    return total(2) - total(1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=str(HERE.parent / ".cache" / "larq"), help="export.py's output")
@@ -120,6 +157,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--tf-python", default="/work/venvs/tf/bin/python", help="the TensorFlow venv's python")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--icount", choices=["aarch64"], help="also count our guest instructions per inference")
     a = ap.parse_args(argv)
     d = Path(a.dir)
     threads = [int(t) for t in a.threads.split(",")]
@@ -136,12 +174,22 @@ def main(argv=None):
                 print("%s: %s" % (name, e), flush=True)
     finally:
         lce.close()
+    icounts = {}
+    for name in (a.models.split(",") if a.icount else []):
+        if name not in errors:
+            icounts[name] = icount(a.icount, out_dir / (name + ".bnn"))
+            print("%-18s %s: %s guest instructions per inference (ours, 1 thread)"
+                  % (name, a.icount, f"{icounts[name]:,}"), flush=True)
     doc = {"what": "larq-zoo models (random weights, calibrated BatchNorm): this runtime vs Larq Compute Engine "
                    "(default and indirect BGEMM kernels) vs onnxruntime fp32; medians of interleaved rounds, ms "
                    "per inference (one image)",
            "command": "python -m models.larq.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
            "results": results, "not_converted": errors}
+    if icounts:
+        doc["icount"] = {"arch": a.icount, "threads": 1, "ours_instructions_per_inference": icounts,
+                         "lce": "not counted: no aarch64 wheel of larq-compute-engine on PyPI",
+                         "onnxruntime": "not counted: the arm64 userland has no onnxruntime"}
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
