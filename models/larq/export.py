@@ -7,8 +7,9 @@ Runs in the TensorFlow venv (models/larq/tf_venv.sh), never in the project's .ve
     TF_USE_LEGACY_KERAS=1 /work/venvs/tf/bin/python models/larq/export.py --out DIR [--size 224]
 
 Writes per model, into DIR: NAME.onnx (as tf2onnx wrote it), NAME.tflite (LCE), NAME.npz
-(x: the NCHW inputs, keras: Keras' outputs, lce: LCE's outputs (default kernels), logits:
-Keras' pre-softmax logits).  ``--fixture`` also writes NAME.fixture.npz: those arrays and
+(x: the NCHW inputs, keras: Keras' outputs, lce / lce_indirect: LCE's outputs (default / indirect
+BGEMM kernels), logits: Keras' pre-softmax logits, sign.LAYER: the signs of the input of each
+layer's input quantiser, for tracing differences layer by layer).  ``--fixture`` also writes NAME.fixture.npz: those arrays and
 the ONNX file with every +-alpha initializer stored as the seed of its signs and its
 scales (models/larq/fixture.py, lossless: the test rebuilds the exact tensors), which is what tests/larq/ commits.
 
@@ -98,6 +99,18 @@ def logits_model(model):
     return model
 
 
+def quantiser_signs(model, x):
+    """{"sign.LAYER": bits}: where Keras' input of each layer's input quantiser is < 0 (the
+    -1s of larq's binarisation), every sample, NCHW order, np.packbits"""
+    import tensorflow as tf
+    layers = [layer for layer in model.layers if getattr(layer, "input_quantizer", None) is not None]
+    probe = tf.keras.Model(model.input, [layer.input for layer in layers])
+    vals = [probe(x[i:i + 1], training=False) for i in range(len(x))]
+    vals = [v if isinstance(v, (list, tuple)) else [v] for v in vals]
+    return {"sign." + layer.name: np.packbits(np.concatenate(
+        [np.asarray(v[k]).transpose(0, 3, 1, 2).reshape(-1) < 0 for v in vals])) for k, layer in enumerate(layers)}
+
+
 def export(name, out, size, classes, seed, samples, fixture):
     import larq_compute_engine as lce
     import tensorflow as tf
@@ -125,7 +138,7 @@ def export(name, out, size, classes, seed, samples, fixture):
         it = Interpreter(flat, num_threads=1, **kw)
         lce_out[kernel] = np.stack([np.asarray(it.predict(x[i:i + 1]))[0] for i in range(samples)])
     outputs = dict(x=np.ascontiguousarray(x.transpose(0, 3, 1, 2)), keras=keras, logits=logits,
-                   lce=lce_out["default"], lce_indirect=lce_out["indirect_bgemm"])
+                   lce=lce_out["default"], lce_indirect=lce_out["indirect_bgemm"], **quantiser_signs(model, x))
     np.savez(os.path.join(out, name + ".npz"), **outputs)
     if fixture:
         pack_onnx(onnx_path, os.path.join(out, name + ".fixture.npz"), sign_seeds, **outputs)
