@@ -134,9 +134,8 @@ def _nhwc_inputs(g, input_layout):
         is_nhwc = len(shape) == 4 and rs and name not in g.outputs and all(
             r.op == "Transpose" and _perm(r, 4) == NHWC_TO_NCHW and r.inputs[0] == name for r in rs)
         if input_layout == "NHWC" and len(shape) == 4 and not is_nhwc:
-            # the graph reads it as it is: take NCHW and transpose to what the graph expects
             raise ConvertError("input %r: --input-layout NHWC, but the graph does not read it through "
-                               "Transpose(perm=[0, 3, 1, 2]) only" % name,)
+                               "Transpose(perm=[0, 3, 1, 2]) only" % name)
         if input_layout == "NCHW" or not is_nhwc:
             continue
         n_, h, w, c = shape
