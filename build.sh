@@ -63,7 +63,11 @@ is_present() {
     libc6-dev-armhf-cross) [[ -e /usr/arm-linux-gnueabihf/include/stdio.h ]] ;;
     qemu-user) have qemu-aarch64 && have qemu-arm ;;
     file) have file ;;
-    mosquitto) have mosquitto || [[ -x /usr/sbin/mosquitto ]] ;;
+    mosquitto) (have mosquitto || [[ -x /usr/sbin/mosquitto ]]) && have mosquitto_passwd ;;
+    openssl) have openssl ;;  # the MQTT TLS tests make their certificates with it
+    prometheus) have promtool ;;
+    chromium) have chromium ;;
+    systemd) have systemd-analyze ;;
     libcap-dev) [[ -e /usr/include/sys/capability.h ]] ;;  # picamera2's python-prctl compiles against it
     python3-venv) py_has ensurepip && py_has venv ;;
     python3-dev) python3 -c 'import os, sys, sysconfig
@@ -101,7 +105,8 @@ APT_BUILD=(gcc libc6-dev)
 APT_DEVICE_PY=(python3-venv python3-numpy python3-cffi python3-opencv)
 APT_CROSS=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf binutils-aarch64-linux-gnu libc6-dev-arm64-cross
            libc6-dev-armhf-cross qemu-user file)
-APT_TEST=("${APT_BUILD[@]}" "${APT_CROSS[@]}" python3-venv python3-dev mosquitto libcap-dev dataset-fashion-mnist)
+APT_TEST=("${APT_BUILD[@]}" "${APT_CROSS[@]}" python3-venv python3-dev mosquitto openssl libcap-dev dataset-fashion-mnist)
+APT_TEST+=(prometheus chromium systemd)  # promtool, headless Chromium, systemd-analyze: tests/test_app_service.py
 # stamp <device|dev>: a digest of what .venv must hold for that kind (requirement files, lock,
 # Python, host)
 stamp() {

@@ -5,6 +5,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 from . import DEFAULT_MODEL, output, shown_path
 from .report import dumps, format_line, format_summary
@@ -12,8 +13,9 @@ from .sources import DEFAULT_MAX_PIXELS
 
 EPILOG = """\
 sources (--source):
-  auto            the Pi camera when picamera2 sees one, else /dev/video0, else the
-                  bundled sample clip (looped, paced at its frame rate)
+  auto            the Pi camera when picamera2 sees one, else /dev/video0, else an
+                  error (never the sample clip)
+  demo            the bundled sample clip (looped, paced at its frame rate)
   picamera2[:N]   a libcamera camera through picamera2 (camera N, default 0)
   /dev/videoN, N  a V4L2 camera through OpenCV
   rtsp://... http://...  a network stream (reconnects with backoff)
@@ -22,8 +24,9 @@ sources (--source):
 
 reports: a JSON line per second on stdout (a human-readable line on a terminal; see
 --format), and a summary at exit.  Power is measured (Pi 5 PMIC, INA2xx hwmon, x86 RAPL)
-or reported as null with the reason.  Exit status: 0 done / stopped by a signal, 1 the
-source or the detector failed, 2 bad arguments or no model.
+or reported as null with the reason (then --power-model may estimate it, reported
+apart).  Exit status: 0 done / stopped by a signal, 1 the source or the detector
+failed, 2 bad arguments or no model.
 """
 
 
@@ -89,7 +92,7 @@ def build_parser():
     ap.add_argument("--model", help="detector model, .bnn or .onnx (default: %s)"
                     % shown_path(DEFAULT_MODEL))
     ap.add_argument("--source", default="auto", help="auto | picamera2 | /dev/videoN | FILE | "
-                    "rtsp://... | DIR (default: auto)")
+                    "rtsp://... | DIR | demo (default: auto)")
     ap.add_argument("--max-frames", type=_int_in(0), default=0,
                     help="stop after N inferred frames (0: no limit)")
     ap.add_argument("--threads", type=_int_in(1, 256), default=None, help="inference threads "
@@ -116,14 +119,6 @@ def build_parser():
                     help="open HTTP connections at most; more get 503 (default 64)")
     ap.add_argument("--mjpeg-max-clients", metavar="N", type=_int_in(0, 1024), default=16,
                     help="MJPEG viewers at most; more get 503 (default 16)")
-    ap.add_argument("--mqtt", metavar="HOST:PORT/TOPIC", type=_mqtt_url,
-                    help="publish detections (JSON) to TOPIC and stats to TOPIC/stats")
-    ap.add_argument("--mqtt-queue", metavar="N", type=_int_in(1, 100000), default=100,
-                    help="MQTT messages waiting for the socket at most; more are dropped "
-                    "and counted (default 100)")
-    ap.add_argument("--mqtt-keepalive", metavar="S", type=_int_in(5, 3600), default=15,
-                    help="MQTT keepalive: a broker silent for about S s is dropped and "
-                    "reconnected (default 15)")
     ap.add_argument("--loop", action="store_true", help="restart a file / directory at its end")
     ap.add_argument("--realtime", action="store_true", help="pace a file at its frame rate and "
                     "drop frames like a camera")
@@ -144,7 +139,119 @@ def build_parser():
     ap.add_argument("--quiet", action="store_true", help="no per-second lines on stdout "
                     "(the summary is still printed)")
     ap.add_argument("--no-power", action="store_true", help="do not read power sensors")
+    # -- running as a service: event-log rotation, the journal, power estimate (issue 19) --
+    from firmware_py.power import BOARD_MODELS
+    svc = ap.add_argument_group(
+        "service", "rotation of the --out event log, stdout (the journal) and power "
+        "estimates; under systemd (Type=notify) READY / WATCHDOG / STATUS are sent "
+        "to $NOTIFY_SOCKET by themselves")
+    svc.add_argument("--out-max-size", metavar="SIZE", type=_size, default=0,
+                     help="rotate --out before it grows past SIZE (bytes, 50M, 1G; 0: never)")
+    svc.add_argument("--out-max-age", metavar="S", type=_float_in(0.0, 1e9), default=0.0,
+                     help="rotate --out after S seconds of writing (86400: daily; 0: never)")
+    svc.add_argument("--out-keep", metavar="N", type=_int_in(1, 1000), default=5,
+                     help="rotated files kept: PATH.1 .. PATH.N (default 5)")
+    svc.add_argument("--stdout-interval", metavar="S", type=_float_in(0.0, 86400.0),
+                     default=0.0, help="print a stats line at most every S seconds (the "
+                     "journal under systemd; --out, MQTT and HTTP still get every report; "
+                     "default 0: every report)")
+    svc.add_argument("--power-model", choices=("auto", "none") + tuple(BOARD_MODELS),
+                     default="auto", help="where no sensor measures power: ESTIMATE it from "
+                     "CPU time with this board's published figures (auto: the board in "
+                     "/proc/device-tree/model; none: never); reported apart, as "
+                     "power_estimated (docs/power-estimate.md)")
+    _mqtt_zone_options(ap)
     return ap
+
+
+def _regular_file(text):
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError("%s is not a regular file" % text)
+    return text
+
+
+def _mqtt_zone_options(ap):
+    """MQTT / Home Assistant, the event tracker, zones and masks (bnn_camera/mqtt.py,
+    tracker.py, zones.py)."""
+    g = ap.add_argument_group("MQTT, Home Assistant, events, zones (see bnn_camera/README.md)")
+    g.add_argument("--mqtt", metavar="HOST:PORT/TOPIC", type=_mqtt_url,
+                   help="publish availability, events (new/update/end), per-class state, "
+                   "stats and Home Assistant discovery under TOPIC (default bnn/<client id>);"
+                   " port default 1883, 8883 with TLS")
+    g.add_argument("--mqtt-credentials", metavar="FILE", type=_regular_file,
+                   help="the broker login: one line USERNAME:PASSWORD (default: $%s / $%s;"
+                   " never on the command line)" % ("BNN_MQTT_USERNAME", "BNN_MQTT_PASSWORD"))
+    g.add_argument("--mqtt-tls", action="store_true", help="TLS, verified against the "
+                   "system's CA certificates (implied by --mqtt-ca / --mqtt-cert)")
+    g.add_argument("--mqtt-ca", metavar="FILE", type=_regular_file,
+                   help="TLS: the CA certificate(s) that signed the broker's certificate")
+    g.add_argument("--mqtt-cert", metavar="FILE", type=_regular_file,
+                   help="TLS: a client certificate (PEM)")
+    g.add_argument("--mqtt-key", metavar="FILE", type=_regular_file,
+                   help="TLS: the client certificate's private key (PEM)")
+    g.add_argument("--mqtt-tls-insecure", action="store_true", help="TLS: do not check "
+                   "the broker certificate's host name (the chain is still verified)")
+    g.add_argument("--mqtt-client-id", metavar="ID", help="MQTT client id, also the Home "
+                   "Assistant node id (default bnn-camera-<hostname>)")
+    g.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), default=0,
+                   help="QoS of every message (default 0)")
+    g.add_argument("--mqtt-discovery-prefix", metavar="PREFIX", default="homeassistant",
+                   type=_topic_prefix,
+                   help="Home Assistant discovery prefix; '' turns discovery off "
+                   "(default homeassistant)")
+    g.add_argument("--mqtt-update-interval", metavar="S", type=_float_in(0.0, 86400.0),
+                   default=5.0, help="an 'update' event per object at most every S s "
+                   "(0: none; default 5)")
+    g.add_argument("--mqtt-max-rate", metavar="N", type=_float_in(0.0, 1000.0, lo_open=True),
+                   default=2.0, help="'update' events and --mqtt-detections messages per "
+                   "second at most; the rest are counted as rate_limited (default 2)")
+    g.add_argument("--mqtt-detections", action="store_true", help="also publish every "
+                   "frame's detections to TOPIC/detections (rate limited)")
+    g.add_argument("--mqtt-queue", metavar="N", type=_int_in(1, 100000), default=100,
+                   help="MQTT messages waiting for the socket at most; more are dropped "
+                   "and counted (default 100)")
+    g.add_argument("--mqtt-keepalive", metavar="S", type=_int_in(5, 3600), default=15,
+                   help="MQTT keepalive: a broker silent for about S s is dropped and "
+                   "reconnected (default 15)")
+    g.add_argument("--track-iou", metavar="X", type=_float_in(0.0, 1.0, lo_open=True),
+                   default=0.3, help="events: a detection continues an object when their "
+                   "boxes overlap by IoU >= X (default 0.3)")
+    g.add_argument("--track-min-frames", metavar="N", type=_int_in(1, 1000), default=3,
+                   help="events: an object is 'new' after N frames in a row (default 3)")
+    g.add_argument("--track-timeout", metavar="S", type=_float_in(0.0, 3600.0, lo_open=True),
+                   default=2.0, help="events: an object unseen for S s has 'end'ed "
+                   "(default 2)")
+    g.add_argument("--zone", metavar="X1,Y1,X2,Y2,X3,Y3...", action="append", default=[],
+                   type=_polygon, help="only detections standing (box bottom centre) inside "
+                   "this polygon count; coordinates 0..1 of the frame; repeatable (any zone)")
+    g.add_argument("--mask", metavar="X1,Y1,X2,Y2,X3,Y3...", action="append", default=[],
+                   type=_polygon, help="detections standing inside this polygon are "
+                   "dropped (a window, a poster); repeatable")
+    g.add_argument("--min-conf", metavar="CLASS=S", action="append", default=[],
+                   type=_min_conf, help="the score CLASS needs (others: --conf); repeatable")
+
+
+def _topic_prefix(text):
+    if any(c in text for c in "+#\0") or text.startswith("/") or text.endswith("/"):
+        raise argparse.ArgumentTypeError("%r: a topic prefix without wildcards (+ #) or a "
+                                         "leading / trailing /" % text)
+    return text
+
+
+def _polygon(text):
+    from .zones import parse_polygon
+    try:
+        return parse_polygon(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _min_conf(text):
+    from .zones import parse_min_conf
+    try:
+        return parse_min_conf(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _err(msg):
@@ -220,7 +327,7 @@ def _startup_stopped(args, fmt, state, got):
     extra = {"stopped_by": signal.Signals(got[0]).name,
              "stopped_during": "start-up (%s)" % state["stage"]}
     if state["source"] is not None:
-        extra["source"] = state["source"]
+        extra["source"], extra["source_kind"] = state["source"]
     summary = state["stats"].summary(None, None, None, extra)
     summary["source_state"] = "not started"
     events = state["events"]
@@ -256,7 +363,8 @@ def build_sinks(args, detector, state, stage):
     events = snapshots = mqtt = hub = None
     if args.out:
         from .sinks import EventLog
-        events = state["events"] = EventLog(args.out)
+        events = state["events"] = EventLog(args.out, max_bytes=args.out_max_size,
+                                            max_age_s=args.out_max_age, keep=args.out_keep)
         closers.append(events.close)
     if args.snapshots:
         from .sinks import SnapshotSink
@@ -264,18 +372,49 @@ def build_sinks(args, detector, state, stage):
                                  args.snapshot_keep)
         closers.append(snapshots.close)
     if args.mqtt:
-        from .mqtt import MqttSink, parse_mqtt
-        host, port, topic = parse_mqtt(args.mqtt)
-        mqtt = MqttSink(host, port, topic, keepalive=args.mqtt_keepalive,
-                        max_queued=args.mqtt_queue)
+        mqtt = _open_mqtt(args, detector)
         closers.insert(0, mqtt.close)
         stage("connecting to the MQTT broker")
         if not mqtt.wait_connected(3.0):  # it goes on connecting in the background
-            _err("mqtt: %s:%d not reachable yet; retrying in the background" % (host, port))
+            _err("mqtt: %s:%d %s; retrying in the background" % (
+                mqtt.host, mqtt.port, mqtt.last_error or mqtt.diagnose()
+                or "not connected yet"))
     if args.http:
         from .sinks import FrameHub
         hub = FrameHub()
-    return [s for s in (snapshots, events, mqtt, hub) if s is not None]
+    from .systemd import SystemdNotifier
+    notifier = SystemdNotifier.from_env()  # None unless systemd gave a $NOTIFY_SOCKET
+    if notifier is not None:
+        closers.append(notifier.close)
+    return [s for s in (snapshots, events, mqtt, hub, notifier) if s is not None]
+
+
+def _open_mqtt(args, detector):
+    """The MqttSink of the --mqtt options, with its event tracker."""
+    from firmware_py import __version__
+    from .mqtt import MqttSink, parse_mqtt, read_credentials
+    from .tracker import Tracker
+    if args.mqtt_key and not args.mqtt_cert:
+        raise ValueError("--mqtt-key needs --mqtt-cert (the client certificate)")
+    tls = bool(args.mqtt_tls or args.mqtt_ca or args.mqtt_cert)
+    host, port, topic = parse_mqtt(args.mqtt, default_port=8883 if tls else 1883)
+    user, password = read_credentials(args.mqtt_credentials)
+    if args.mqtt_credentials and os.stat(args.mqtt_credentials).st_mode & 0o077:
+        _err("mqtt: %s can be read by other users (chmod 600 it)" % args.mqtt_credentials)
+    names = list(detector.class_names)
+    tracker = Tracker(names, iou=args.track_iou, min_frames=args.track_min_frames,
+                      timeout=args.track_timeout)
+    return MqttSink(host, port, topic, qos=args.mqtt_qos, client_id=args.mqtt_client_id,
+                    keepalive=args.mqtt_keepalive, max_queued=args.mqtt_queue,
+                    username=user, password=password, tls=tls, ca_file=args.mqtt_ca,
+                    cert_file=args.mqtt_cert, key_file=args.mqtt_key,
+                    tls_insecure=args.mqtt_tls_insecure, class_names=names, tracker=tracker,
+                    discovery_prefix=args.mqtt_discovery_prefix,
+                    update_interval=args.mqtt_update_interval, max_rate=args.mqtt_max_rate,
+                    detections=args.mqtt_detections,
+                    device={"model": "bnn-camera (%s)" % os.path.basename(
+                        args.model or DEFAULT_MODEL), "sw_version": __version__,
+                        "name": args.mqtt_client_id or None})
 
 
 def _run(args, fmt, state, got):
@@ -313,6 +452,16 @@ def _run(args, fmt, state, got):
     except Exception as e:
         _err("cannot load the detector %s: %s: %s" % (model, type(e).__name__, e))
         return 2
+    detection_filter = None
+    if args.zone or args.mask or args.min_conf:
+        from .zones import DetectionFilter
+        try:
+            detection_filter = DetectionFilter(detector.class_names, args.conf, args.zone,
+                                               args.mask, args.min_conf)
+        except ValueError as e:
+            _err(str(e))
+            return 2
+        detector.conf = detection_filter.detector_conf  # the lowest any class needs
 
     stage("opening the source")
     try:
@@ -322,15 +471,22 @@ def _run(args, fmt, state, got):
     except (SourceError, ValueError) as e:
         _err(str(e))
         return 1
-    state["source"] = source.name
+    state["source"] = (source.name, source.kind)
     for n in notes:
         _err("source: %s" % n)
+
+    printed = [None]  # when the last stats line was printed (--stdout-interval)
 
     def emit(rec):
         if rec.get("type") == "summary":
             return  # printed by main after shutdown
         if args.quiet:
             return
+        if args.stdout_interval:
+            now = time.monotonic()
+            if printed[0] is not None and now - printed[0] < args.stdout_interval - 1e-3:
+                return
+            printed[0] = now
         line = format_line(rec) if fmt == "text" else dumps(rec)
         output.out(line + "\n")  # never blocks: dropped and counted when stdout is stuck
 
@@ -351,6 +507,12 @@ def _run(args, fmt, state, got):
     meter = None if args.no_power else power.open_power_meter(vcgencmd=vcgencmd)
     if meter is not None and not meter.available:
         _err("power: %s" % meter.reason)
+    estimator = None
+    board = power.board_model() if args.power_model == "auto" else args.power_model
+    if board not in (None, "none") and not args.no_power and not (meter and meter.available):
+        estimator = power.PowerEstimator(board)
+        _err("power: ESTIMATED from CPU time with the %s model (not measured; "
+             "docs/power-estimate.md)" % board)
 
     stage("opening the sinks")
     try:
@@ -364,7 +526,8 @@ def _run(args, fmt, state, got):
     stage("starting the pipeline")
     pipe = Pipeline(detector, source, max_frames=args.max_frames or None,
                     queue_size=args.queue, power_meter=meter, report_interval=args.interval,
-                    emit=emit, vcgencmd=vcgencmd, sinks=sinks)
+                    emit=emit, vcgencmd=vcgencmd, sinks=sinks, power_estimator=estimator,
+                    detection_filter=detection_filter)
     # from here on a signal asks the pipeline to stop (it has not started yet: then it
     # stops at once and writes its summary)
     state["pipe"] = pipe
@@ -393,6 +556,9 @@ def _run(args, fmt, state, got):
         if http is not None:
             http.start()
         pipe.start()
+        for sink in sinks:
+            if sink.name == "systemd":
+                sink.ready()
         pipe.wait()
         summary = pipe.shutdown(extra={"stopped_by": signal.Signals(got[0]).name}
                                 if got else None)

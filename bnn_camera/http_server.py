@@ -1,6 +1,10 @@
 """--http HOST:PORT: stdlib http.server in its own threads.
 
-    /              a small page showing the stream
+    /              the status page: the annotated stream, live charts of /stats, health,
+                   the newest detections (bnn_camera/static/index.html)
+    /detections    the newest frame's detections (JSON)
+    /stats         the latest stats record (JSON)
+    /history       the last 300 stats records (JSON list; the page's charts)
     /stream.mjpg   MJPEG (multipart/x-mixed-replace) of the annotated frames
     /snapshot.jpg  the newest annotated frame
     /metrics       Prometheus text format (the latest stats record + totals)
@@ -18,7 +22,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .sinks import annotate, stderr_log
+from .report import SOURCE_STATES
+from .sinks import annotate, detections_list, stderr_log
 
 __all__ = ["parse_hostport", "HttpServer", "prometheus_text"]
 
@@ -65,10 +70,18 @@ def _num(v):
     return repr(float(v)) if isinstance(v, float) else str(v)
 
 
+def build_info():
+    """The labels of bnn_build_info: the package version, Python, the machine."""
+    import platform
+
+    from firmware_py import __version__
+    return {"version": __version__, "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
 def prometheus_text(stats, last):
     """The exposition text from a report.Stats and the latest stats record (or None)."""
     last = last or {}
-    lat = last.get("latency_ms") or {}
     out = []
     m = out.extend
     m(_metric_lines("bnn_frames_total", "Frames through the detector.", "counter", stats.frames))
@@ -85,18 +98,28 @@ def prometheus_text(stats, last):
                     last.get("capture_fps")))
     m(_metric_lines("bnn_inference_fps", "Inference rate over the last report interval.",
                     "gauge", last.get("inference_fps")))
-    out += ["# HELP bnn_latency_seconds End-to-end latency over the last interval.",
-            "# TYPE bnn_latency_seconds gauge"]
-    for q, key in (("0.5", "p50"), ("0.95", "p95")):
-        v = lat.get(key)
-        out.append('bnn_latency_seconds{quantile="%s"} %s' % (q, _num(None if v is None
-                                                                       else v / 1000.0)))
+    buckets, lat_sum, lat_count = stats.latency_histogram()
+    out += ["# HELP bnn_latency_seconds End-to-end latency: capture to detections out.",
+            "# TYPE bnn_latency_seconds histogram"]
+    out += ['bnn_latency_seconds_bucket{le="%s"} %d'
+            % ("+Inf" if le == float("inf") else repr(le), n) for le, n in buckets]
+    out += ["bnn_latency_seconds_sum %s" % repr(float(lat_sum)),
+            "bnn_latency_seconds_count %d" % lat_count]
     if last.get("power") is not None:
         m(_metric_lines("bnn_power_watts", "Measured power (mean over the last interval).",
                         "gauge", last["power"], {"source": last.get("power_source")}))
     if last.get("energy_mj_per_frame") is not None:
         m(_metric_lines("bnn_energy_joules_per_frame", "Measured energy per frame.", "gauge",
                         last["energy_mj_per_frame"] / 1000.0))
+    est = last.get("power_estimated")
+    if isinstance(est, dict) and est.get("watts") is not None:
+        model = {"model": est.get("model")}
+        m(_metric_lines("bnn_estimated_power_watts", "ESTIMATED board power from CPU time and "
+                        "a per-board model (not measured).", "gauge", est["watts"], model))
+        if est.get("mj_per_frame") is not None:
+            m(_metric_lines("bnn_estimated_energy_joules_per_frame", "ESTIMATED energy per "
+                            "frame (not measured).", "gauge", est["mj_per_frame"] / 1000.0,
+                            model))
     if last.get("cpu_temp_c") is not None:
         m(_metric_lines("bnn_cpu_temperature_celsius", "CPU temperature.", "gauge",
                         last["cpu_temp_c"]))
@@ -138,8 +161,16 @@ def prometheus_text(stats, last):
             m(_metric_lines("bnn_http_%s%s" % (key, "_total" if typ == "counter" else ""),
                             help_, typ, http.get(key, 0)))
     m(_metric_lines("bnn_source_up", "1 while the source delivers frames.", "gauge",
-                    1 if stats.source_state == "running" else 0,
-                    {"state": stats.source_state}))
+                    1 if stats.source_state == "running" else 0))
+    out += ["# HELP bnn_source_state The source's state: 1 for the current one, else 0.",
+            "# TYPE bnn_source_state gauge"]
+    out += ['bnn_source_state{state="%s"} %d' % (st, st == stats.source_state)
+            for st in SOURCE_STATES]
+    m(_metric_lines("bnn_build_info", "The app's version and platform (always 1).", "gauge", 1,
+                    build_info()))
+    if last.get("source_kind") is not None:
+        m(_metric_lines("bnn_source_info", "The live source (always 1): its kind and path.",
+                        "gauge", 1, {"kind": last["source_kind"], "path": last.get("source")}))
     return "\n".join(out) + "\n"
 
 
@@ -287,6 +318,7 @@ class HttpServer:
         self.max_mjpeg = int(max_mjpeg)
         self.mjpeg_sndbuf = mjpeg_sndbuf
         self.encoder = _Encoder(hub, pipeline.class_names, jpeg_quality, max_fps)
+        self.index = _index_html()
         self._lock = threading.Lock()
         self._pending = {}  # socket -> deadline of its request
         self._closing = threading.Event()
@@ -352,8 +384,14 @@ class HttpServer:
                             self._send(503, b"no frame yet\n", "text/plain")
                         else:
                             self._send(200, got[0], "image/jpeg")
+                    elif path == "/history":
+                        self._send(200, json.dumps(list(outer.hub.history)).encode(),
+                                   "application/json")
+                    elif path == "/detections":
+                        self._send(200, json.dumps(outer.latest_detections()).encode(),
+                                   "application/json")
                     elif path in ("/", "/index.html"):
-                        self._send(200, INDEX.encode(), "text/html; charset=utf-8")
+                        self._send(200, outer.index, "text/html; charset=utf-8")
                     else:
                         self._send(404, b"not found\n", "text/plain")
                 except socket.timeout:  # the client did not read within the timeout
@@ -485,6 +523,16 @@ class HttpServer:
         d["jpeg_encoded"] = self.encoder.encoded
         return d
 
+    def latest_detections(self):
+        """/detections: the newest frame's detections (JSON-able)."""
+        item = self.hub.wait_next(-1, 0.0)
+        out = {"source": self.pipeline.source.name, "frame": None, "detections": []}
+        if item is not None:
+            seq, _, result = item
+            out["frame"] = seq
+            out["detections"] = detections_list(result, self.pipeline.class_names)
+        return out
+
     def start(self):
         self.encoder.start()
         self._t.start()
@@ -555,10 +603,10 @@ class HttpServer:
         self.httpd.server_close()
 
 
-INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>bnn camera</title>
-<style>body{font-family:sans-serif;background:#111;color:#ddd;margin:1em}
-img{max-width:100%;border:1px solid #444}</style></head><body>
-<h1>bnn camera</h1><img src="/stream.mjpg" alt="stream">
-<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot;
-<a href="/stats">/stats</a></p></body></html>
-"""
+def _index_html():
+    """The status page (bnn_camera/static/index.html: HTML + JS that polls /stats,
+    /healthz and /detections; no build step, nothing from another host)."""
+    import os
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "static",
+                           "index.html"), "rb") as f:
+        return f.read()

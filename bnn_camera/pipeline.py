@@ -112,15 +112,17 @@ class Pipeline:
 
     def __init__(self, detector, source, max_frames=None, queue_size=2, power_meter=None,
                  report_interval=1.0, emit=None, sinks=(), backoff=(0.5, 10.0), vcgencmd="",
-                 sys_root="/", log=None):
+                 sys_root="/", log=None, power_estimator=None, detection_filter=None):
         self.detector = detector
         self.class_names = list(getattr(detector, "class_names", []) or [])
         self.source = source
         self.max_frames = max_frames
         self.queue = FrameQueue(queue_size)
         self.power_meter = power_meter
+        self.power_estimator = power_estimator  # firmware_py.power.PowerEstimator or None
         self.report_interval = report_interval
         self.emit = emit
+        self.detection_filter = detection_filter  # (result, frame) -> result: bnn_camera.zones
         for sink in sinks:
             missing = [a for a in SINK_ATTRS if not hasattr(sink, a)]
             if missing:
@@ -294,6 +296,8 @@ class Pipeline:
                 seq, t_cap, frame = item
                 try:
                     res = det.detect(frame)
+                    if self.detection_filter is not None:
+                        res = self.detection_filter(res, frame)
                 except Exception as e:
                     st.on_bad("detector: %s: %s" % (type(e).__name__, e))
                     errors_in_row += 1
@@ -330,11 +334,18 @@ class Pipeline:
 
     def _stats_record(self):
         sample = self.power_meter.sample() if self.power_meter is not None else None
+        est = self.power_estimator.sample() if self.power_estimator is not None else None
         temp, thr = self._sensors()
-        rec = self.stats.interval(sample, self.power_meter, temp, thr)
+        rec = self.stats.interval(sample, self.power_meter, temp, thr, est)
+        rec.update(self.source_info())
         self._sink_status(rec)
         self.last_stats = rec
         return rec
+
+    def source_info(self):
+        """The live source in every stats record and the summary: ``source`` (its path,
+        device or URL) and ``source_kind`` (picamera2, v4l2, stream, file, dir, memory)."""
+        return {"source": self.source.name, "source_kind": self.source.kind}
 
     def _each(self, errors, method, *args):
         """Calls ``sink.method(*args)`` on every sink, in order: one failing sink never
@@ -370,6 +381,8 @@ class Pipeline:
         try:
             if self.power_meter is not None:
                 self.power_meter.sample()  # the start of the first interval
+            if self.power_estimator is not None:
+                self.power_estimator.sample()
         except Exception as e:  # noqa: BLE001
             self._report_errors.failed("power meter: %s: %s" % (type(e).__name__, e))
         while not self.done.wait(self.report_interval):
@@ -414,7 +427,7 @@ class Pipeline:
         rec = self._stats_record()
         self._publish(rec)
         temp, thr = self._sensors()
-        extra = dict(extra or {}, source=self.source.name)
+        extra = dict(extra or {}, **self.source_info())
         if self.fatal:
             extra["error"] = self.fatal
         alive = [t.name for t in self._threads if t.is_alive()]

@@ -19,19 +19,27 @@ Every report is a dict (one JSON line); its fields:
     power_source         "pmic" | "hwmon" | "rapl" | null
     power_reason         why power is null (null otherwise)
     energy_mj_per_frame  power x interval / frames of the interval (null without power)
+    power_estimated      null, or where nothing measures and --power-model names a board:
+                         an ESTIMATE from CPU time {"model", "watts", "app_watts",
+                         "mj_per_frame", "cpu_util", "app_cpu_util"} (never in "power")
     cpu_temp_c           /sys/class/thermal/thermal_zone0 (null if absent)
     throttled            vcgencmd get_throttled parsed (null off a Pi)
     rss_mb               resident memory of this process
     source_state         "starting" | "running" | "reconnecting" | "ended" | "failed"
     reconnects           times the source was reopened after a loss
+    source, source_kind  the live source: its path / device / URL, and picamera2 | v4l2 |
+                         stream | file | dir | memory (added by the pipeline)
 """
 
+import bisect
 import json
 import random
 import threading
 import time
 
-__all__ = ["Stats", "rss_mb", "percentile", "format_line", "format_summary"]
+SOURCE_STATES = ("starting", "running", "reconnecting", "ended", "failed")
+
+__all__ = ["Stats", "SOURCE_STATES", "rss_mb", "percentile", "format_line", "format_summary"]
 
 
 def rss_mb():
@@ -64,6 +72,8 @@ class Stats:
     Memory is bounded: whole-run latencies are a fixed-size reservoir sample."""
 
     RESERVOIR = 8192
+    # upper bounds (s) of the whole-run latency histogram (Prometheus bnn_latency_seconds)
+    LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -78,6 +88,10 @@ class Stats:
         self.joules = 0.0
         self.power_frames = 0
         self.power_seconds = 0.0
+        self.est_joules = 0.0   # estimated (PowerEstimator), kept apart from the measured
+        self.est_frames = 0
+        self.est_seconds = 0.0
+        self.est_model = None
         self.source_state = "starting"
         self.last_error = None
         self.last_frame_t = None
@@ -85,6 +99,8 @@ class Stats:
         self._i_lat = []
         self._all_lat = []
         self._n_lat = 0
+        self.latency_counts = [0] * (len(self.LATENCY_BUCKETS) + 1)  # per bucket, +Inf last
+        self.latency_sum = 0.0
         self._i_t = self.t0
         self._rng = random.Random(0)
 
@@ -121,12 +137,25 @@ class Stats:
             if len(self._i_lat) < 100000:
                 self._i_lat.append(ms)
             self._n_lat += 1
+            self.latency_sum += latency_s
+            self.latency_counts[bisect.bisect_left(self.LATENCY_BUCKETS, latency_s)] += 1
             if len(self._all_lat) < self.RESERVOIR:
                 self._all_lat.append(ms)
             else:
                 j = self._rng.randrange(self._n_lat)
                 if j < self.RESERVOIR:
                     self._all_lat[j] = ms
+
+    def latency_histogram(self):
+        """The whole run's latencies: ([(upper bound s, cumulative count)], sum s, count);
+        the last bound is inf."""
+        with self._lock:
+            counts, total = list(self.latency_counts), self.latency_sum
+        cum, out = 0, []
+        for le, n in zip(self.LATENCY_BUCKETS + (float("inf"),), counts):
+            cum += n
+            out.append((le, cum))
+        return out, total, cum
 
     def set_state(self, state, error=None):
         with self._lock:
@@ -137,8 +166,10 @@ class Stats:
                 self.last_error = str(error)
 
     # ---- the reporter ----
-    def interval(self, power_sample=None, power_meter=None, temp_c=None, throttled=None):
-        """The stats record of the interval since the previous call (and resets it)."""
+    def interval(self, power_sample=None, power_meter=None, temp_c=None, throttled=None,
+                 estimate=None):
+        """The stats record of the interval since the previous call (and resets it).
+        estimate: a PowerEstimator.sample() (or None)."""
         now = time.monotonic()
         with self._lock:
             dt = max(now - self._i_t, 1e-9)
@@ -167,8 +198,19 @@ class Stats:
                 self.joules += power_sample.joules
                 self.power_seconds += power_sample.seconds
                 self.power_frames += frames
+            if estimate is not None:
+                self.est_joules += estimate["joules"]
+                self.est_seconds += estimate["seconds"]
+                self.est_frames += frames
+                self.est_model = estimate["model"]
             state, reconnects, err = self.source_state, self.reconnects, self.last_error
         _power_fields(rec, power_sample, power_meter, frames)
+        rec["power_estimated"] = None if estimate is None else {
+            "model": estimate["model"], "watts": _r(estimate["watts"], 3),
+            "app_watts": _r(estimate["app_watts"], 3),
+            "mj_per_frame": _r(1000.0 * estimate["joules"] / frames) if frames else None,
+            "cpu_util": _r(estimate["cpu_util"], 3),
+            "app_cpu_util": _r(estimate["app_cpu_util"], 3)}
         rec["cpu_temp_c"] = temp_c
         rec["throttled"] = throttled
         rec["rss_mb"] = _r(rss_mb())
@@ -207,6 +249,11 @@ class Stats:
             else:
                 rec["power"] = None
                 rec["energy_mj_per_frame"] = None
+            rec["power_estimated"] = None if not self.est_seconds else {
+                "model": self.est_model, "watts": _r(self.est_joules / self.est_seconds, 3),
+                "energy_j": _r(self.est_joules, 3),
+                "mj_per_frame": (_r(1000.0 * self.est_joules / self.est_frames)
+                                 if self.est_frames else None)}
             if self.last_error:
                 rec["last_error"] = self.last_error
         desc = power_meter.describe() if power_meter is not None else {"source": None,
@@ -264,6 +311,10 @@ def format_line(rec):
     if rec.get("power") is not None:
         parts.append("%.2f W (%s) %s mJ/frame" % (rec["power"], rec.get("power_source"),
                                                   _f(rec.get("energy_mj_per_frame"), "%.0f")))
+    elif rec.get("power_estimated"):
+        e = rec["power_estimated"]
+        parts.append("~%.2f W ESTIMATED (%s) %s mJ/frame" % (
+            e["watts"], e["model"], _f(e.get("mj_per_frame"), "%.0f")))
     else:
         parts.append("power n/a")
     if rec.get("cpu_temp_c") is not None:
@@ -294,6 +345,11 @@ def format_summary(rec):
         lines.append("energy            %s mJ/frame" % _f(rec.get("energy_mj_per_frame"), "%.1f"))
     else:
         lines.append("power             not measured: %s" % rec.get("power_reason"))
+    e = rec.get("power_estimated")
+    if e:
+        lines.append("estimated power   ~%.3f W mean, %s mJ/frame: an ESTIMATE from CPU time "
+                     "(model %s), not a measurement" % (e["watts"], _f(e.get("mj_per_frame"),
+                                                                       "%.1f"), e["model"]))
     if rec.get("cpu_temp_c") is not None:
         lines.append("cpu temperature   %.1f C" % rec["cpu_temp_c"])
     th = rec.get("throttled")

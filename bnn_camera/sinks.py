@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-__all__ = ["Sink", "detections_list", "annotate", "EventLog", "SnapshotSink", "FrameHub",
-           "stderr_log", "write_atomic", "create_exclusive"]
+__all__ = ["Sink", "detections_list", "place_labels", "label_layout", "annotate", "EventLog",
+           "SnapshotSink", "FrameHub", "stderr_log", "write_atomic", "create_exclusive"]
 
 
 def stderr_log(msg):
@@ -167,23 +167,77 @@ def detections_list(result, class_names):
     return out
 
 
-def annotate(frame, result, class_names):
-    """A copy of the frame with the boxes and labels drawn (OpenCV)."""
+def place_labels(boxes, sizes, width, height):
+    """Where each box's label goes: a list of (x, y) top-left corners, one per box, in
+    the order given (draw the most important box first).  Each label is tried above its
+    box, inside its top edge, below it and inside its bottom edge, then at any height
+    next to the box; the first place that overlaps no label placed before wins (labels
+    never cover each other while the image has room for them), clamped into the image.
+    Cost: O(labels^2 x height / label height) -- annotate labels at most MAX_LABELS."""
+    placed, out = [], []
+
+    def free(r):
+        return all(r[2] <= q[0] or q[2] <= r[0] or r[3] <= q[1] or q[3] <= r[1]
+                   for q in placed)
+
+    for (x1, y1, x2, y2), (tw, th) in zip(boxes, sizes):
+        x = max(0, min(int(x1), width - tw))
+        cands = [y1 - th, y1, y2, y2 - th]
+        cands += sorted(range(0, max(1, height - th + 1), max(1, th // 2)),
+                        key=lambda y: abs(y - y1))
+        best = None
+        for y in cands:
+            y = max(0, min(int(y), height - th))
+            if best is None:
+                best = (x, y)
+            if free((x, y, x + tw, y + th)):
+                best = (x, y)
+                break
+        placed.append((best[0], best[1], best[0] + tw, best[1] + th))
+        out.append(best)
+    return out
+
+
+LABEL_FONT_SCALE = 0.45
+MAX_LABELS = 32  # boxes drawn per frame, the highest scores (place_labels' cost)
+
+
+def label_layout(shape, result, class_names):
+    """The boxes and their labels as annotate draws them, highest score first (at most
+    MAX_LABELS):
+    [(box (x1, y1, x2, y2), label rect (x, y, x2, y2), text, colour, text height)],
+    clipped to the frame; the label rects never overlap (place_labels)."""
     import cv2
-    img = frame.copy()
-    h, w = img.shape[:2]
-    for d in detections_list(result, class_names):
+    h, w = shape[:2]
+    dets = sorted(detections_list(result, class_names), key=lambda d: -d["score"])
+    dets = dets[:MAX_LABELS]
+    boxes, sizes, rest = [], [], []
+    for d in dets:
         x1, y1, x2, y2 = [int(round(v)) for v in d["box"]]
         x1, x2 = max(0, min(w - 1, x1)), max(0, min(w - 1, x2))
         y1, y2 = max(0, min(h - 1, y1)), max(0, min(h - 1, y2))
-        col = COLOURS[d["class_id"] % len(COLOURS)]
-        cv2.rectangle(img, (x1, y1), (x2, y2), col, 2)
         label = "%s %.2f" % (d["class"], d["score"])
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
-        ty = max(th + 2, y1)
-        cv2.rectangle(img, (x1, ty - th - 3), (x1 + tw + 2, ty), col, -1)
-        cv2.putText(img, label, (x1 + 1, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, LABEL_FONT_SCALE, 1)
+        boxes.append((x1, y1, x2, y2))
+        sizes.append((tw + 2, th + base + 2))
+        rest.append((label, COLOURS[d["class_id"] % len(COLOURS)], th))
+    return [(box, (x, y, x + tw, y + th), label, col, text_h)
+            for box, (x, y), (tw, th), (label, col, text_h)
+            in zip(boxes, place_labels(boxes, sizes, w, h), sizes, rest)]
+
+
+def annotate(frame, result, class_names):
+    """A copy of the frame with the boxes and labels drawn (OpenCV); the labels never
+    cover each other (label_layout; the highest score gets the best place)."""
+    import cv2
+    img = frame.copy()
+    layout = label_layout(img.shape, result, class_names)
+    for (x1, y1, x2, y2), _, _, col, _ in layout:
+        cv2.rectangle(img, (x1, y1), (x2, y2), col, 2)
+    for _, (x, y, x2, y2), label, col, text_h in layout:
+        cv2.rectangle(img, (x, y), (x2 - 1, y2 - 1), col, -1)
+        cv2.putText(img, label, (x + 1, y + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX,
+                    LABEL_FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 
@@ -196,24 +250,58 @@ class EventLog(Sink):
     error) the file is cut after the last whole line that got out (ftruncate).  A failed
     batch never stops the app: it is counted (``errors``, ``lost`` records,
     ``last_error``; in the stats records and the summary), logged on stderr, and later
-    batches are tried again."""
+    batches are tried again.
+
+    Rotation (--out-max-size, --out-max-age): before a batch that would take the file
+    past ``max_bytes``, or once the file has been written for ``max_age_s`` seconds
+    (counted from when this app opened it), it becomes ``PATH.1`` (``PATH.1`` becomes
+    ``PATH.2`` ..., the oldest beyond ``keep`` is deleted) and a new ``PATH`` is started;
+    a record is never split between two files.  0: no limit."""
 
     FLUSH_BYTES = 1 << 16
     name = "events"
     label = "--out"
     wants_record = True
 
-    def __init__(self, path, log=None):
+    def __init__(self, path, log=None, max_bytes=0, max_age_s=0.0, keep=5, clock=time.time):
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                           | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self.max_bytes, self.max_age_s, self.keep = int(max_bytes), float(max_age_s), int(keep)
+        self._clock = clock
+        self.rotations = 0
         self._lock = threading.Lock()
         self._buf = []
         self._nbuf = 0
         self.lost = 0
         self._err = _ErrorLog("--out %s" % path, log)
+        self._fd = None
+        self._closed = False
+        self._open()
+
+    def _open(self):
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                           | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._size = os.fstat(self._fd).st_size
+        self._born = self._clock()
+
+    def _rotate_locked(self, incoming):
+        """Rotates before writing ``incoming`` bytes when a limit says so."""
+        if not self._size or not (
+                (self.max_bytes and self._size + incoming > self.max_bytes)
+                or (self.max_age_s and self._clock() - self._born >= self.max_age_s)):
+            return
+        os.close(self._fd)
+        self._fd = None
+        try:
+            for i in range(self.keep - 1, 0, -1):
+                old = "%s.%d" % (self.path, i)
+                if os.path.lexists(old):
+                    os.replace(old, "%s.%d" % (self.path, i + 1))
+            os.replace(self.path, self.path + ".1")
+            self.rotations += 1
+        finally:
+            self._open()
 
     @property
     def errors(self):
@@ -221,7 +309,7 @@ class EventLog(Sink):
 
     def status(self):
         return {"write_errors": self._err.errors, "records_lost": self.lost,
-                "last_error": self._err.last_error}
+                "last_error": self._err.last_error, "rotations": self.rotations}
 
     def on_detections(self, seq, frame, result, record):
         self.write(record)
@@ -235,7 +323,7 @@ class EventLog(Sink):
     def write(self, rec, flush=False):
         line = (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self._lock:
-            if self._fd is None:
+            if self._closed:
                 return
             self._buf.append(line)
             self._nbuf += len(line)
@@ -244,7 +332,7 @@ class EventLog(Sink):
 
     def flush(self):
         with self._lock:
-            if self._fd is not None:
+            if not self._closed:
                 self._flush_locked()
 
     def _flush_locked(self):
@@ -254,6 +342,9 @@ class EventLog(Sink):
         self._buf, self._nbuf = [], 0
         start, written = None, 0
         try:
+            if self._fd is None:  # a rotation could not reopen the file: try again
+                self._open()
+            self._rotate_locked(len(data))
             start = os.lseek(self._fd, 0, os.SEEK_END)
             view = memoryview(data)
             while written < len(data):
@@ -265,16 +356,22 @@ class EventLog(Sink):
                     os.ftruncate(self._fd, start + keep)
                 except OSError:
                     pass
+            if start is not None:
+                self._size = start + keep
             lost = n - data.count(b"\n", 0, keep)
             self.lost += lost
             self._err.failed("cannot write (%d record(s) lost): %s" % (lost, e.strerror or e))
         else:
+            self._size = start + written
             self._err.ok()
 
     def close(self):
         with self._lock:
+            if self._closed:
+                return
+            self._flush_locked()
+            self._closed = True
             if self._fd is not None:
-                self._flush_locked()
                 try:
                     os.close(self._fd)
                 except OSError as e:
@@ -396,12 +493,14 @@ class SnapshotSink(Sink):
 
 
 class FrameHub(Sink):
-    """The newest (frame, result) for the MJPEG stream; readers wait on a condition.  Its
+    """The newest (frame, result) for the MJPEG stream; readers wait on a condition; and
+    the last ``history`` stats records (the status page's charts, /history).  Its
     status() / finish() are the HTTP server's counters (``http``, set by HttpServer)."""
 
     name = "http"
 
-    def __init__(self):
+    def __init__(self, history=300):
+        self.history = collections.deque(maxlen=history)
         self._cond = threading.Condition()
         self._item = None
         self._seq = 0
@@ -416,6 +515,10 @@ class FrameHub(Sink):
 
     def on_frame(self, seq, frame, result):
         self.publish(frame, result)
+
+    def on_stats(self, rec):
+        if rec.get("type") == "stats":
+            self.history.append(rec)
 
     def status(self):
         return self.http.status() if self.http is not None else None

@@ -528,7 +528,8 @@ class Picamera2Source(Source):
 def open_source(spec, loop=False, realtime=False, width=640, height=480, fps=None,
                 max_pixels=DEFAULT_MAX_PIXELS):
     """A Source for a --source value (see the CLI help); auto picks picamera2, then
-    /dev/video0, then the bundled sample clip (looped, paced like a camera).
+    /dev/video0, and raises SourceError when there is neither -- it never falls back to
+    the bundled sample clip: ``demo`` names that clip (looped, paced like a camera).
     max_pixels: the largest image / video frame (width x height) read."""
     notes = []
     if spec in (None, "", "auto"):
@@ -539,10 +540,14 @@ def open_source(spec, loop=False, realtime=False, width=640, height=480, fps=Non
         if os.path.exists("/dev/video0"):
             return CvSource("/dev/video0", "v4l2", width=width, height=height), notes
         notes.append("no /dev/video0")
+        raise SourceError("--source auto: no camera found (%s).  Connect a camera, or name "
+                          "the source (--source picamera2 | /dev/videoN | rtsp://... | FILE | "
+                          "DIR); --source demo watches the bundled sample clip"
+                          % "; ".join(notes))
+    if spec == "demo":
         clip = bundled_sample()
         if clip is None:
-            raise SourceError("auto: no camera (%s) and no bundled sample clip" % "; ".join(notes))
-        notes.append("using the bundled sample clip %s" % clip)
+            raise SourceError("--source demo: no bundled sample clip in %s" % SAMPLES)
         return CvSource(clip, "file", loop=True, realtime=True, max_pixels=max_pixels), notes
     if spec == "picamera2" or spec.startswith("picamera2:"):
         num = int(spec.split(":", 1)[1]) if ":" in spec else 0

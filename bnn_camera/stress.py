@@ -49,6 +49,9 @@ def _mosquitto():
         None)
 
 
+MOSQUITTO = _mosquitto()
+
+
 def _free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -58,19 +61,44 @@ def _free_port():
 
 
 class Broker:
-    def __init__(self, tmp, port):
-        self.exe = _mosquitto()
-        if self.exe is None:
+    """mosquitto on 127.0.0.1 (here, and in tests/test_app_mqtt.py).  users {name: password}:
+    allow_anonymous false and a password file (mosquitto_passwd); certs ({"ca",
+    "server_cert", "server_key"}: paths): a TLS listener that also requires a client
+    certificate signed by that CA.  Its log goes to a file in tmp (a pipe nobody reads
+    would stall a long run)."""
+
+    def __init__(self, tmp, port=None, users=None, certs=None):
+        if MOSQUITTO is None:
             raise RuntimeError("mosquitto is needed (apt install mosquitto)")
-        self.port = port
-        self.conf = os.path.join(tmp, "mosquitto.conf")
+        tmp = str(tmp)
+        self.port = port or _free_port()
+        self.conf = os.path.join(tmp, "mosquitto-%d.conf" % self.port)
+        self.log = os.path.join(tmp, "mosquitto-%d.log" % self.port)
+        lines = ["listener %d 127.0.0.1" % self.port, "persistence false",
+                 "log_dest file %s" % self.log]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:  # not the "mosquitto" user: it
+            import pwd                                    # could not read our 0600 files
+            lines.append("user %s" % pwd.getpwuid(0).pw_name)
+        if users:
+            pw = os.path.join(tmp, "passwd-%d" % self.port)
+            open(pw, "w").close()
+            passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+            for user, password in users.items():
+                subprocess.run([passwd, "-b", pw, user, password], check=True,
+                               capture_output=True)
+            os.chmod(pw, 0o600)
+            lines += ["allow_anonymous false", "password_file %s" % pw]
+        else:
+            lines.append("allow_anonymous true")
+        if certs:
+            lines += ["cafile %s" % certs["ca"], "certfile %s" % certs["server_cert"],
+                      "keyfile %s" % certs["server_key"], "require_certificate true"]
         with open(self.conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "log_dest none\n" % port)
+            f.write("\n".join(lines) + "\n")
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen([self.exe, "-c", self.conf], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         end = time.monotonic() + 10
         while time.monotonic() < end:
@@ -79,11 +107,18 @@ class Broker:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("mosquitto exited (%s)" % self.proc.returncode)
+                    try:
+                        with open(self.log) as f:
+                            why = f.read()[-2000:]
+                    except OSError:
+                        why = ""
+                    raise RuntimeError("mosquitto exited (%s): %s"
+                                       % (self.proc.returncode, why))
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not listen on %d" % self.port)
 
     def kill(self):
+        """SIGKILL: no clean disconnect, no will cancelled."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
@@ -310,7 +345,8 @@ def _app_args(model, clip, port_mqtt, out, threads, http_timeout):
     # connections and 16 viewers): every connection must be accepted, none refused
     args = ["--model", model, "--source", clip, "--loop", "--http", "127.0.0.1:0",
             "--http-max-connections", "100", "--mjpeg-max-clients", "24",
-            "--mqtt", "127.0.0.1:%d/stress" % port_mqtt, "--out", out, "--no-power",
+            "--mqtt", "127.0.0.1:%d/stress" % port_mqtt, "--mqtt-detections",
+            "--mqtt-max-rate", "1000", "--out", out, "--no-power",
             "--interval", "1"]
     if threads:
         args += ["--threads", str(threads)]
@@ -369,7 +405,7 @@ def run_stress(minutes=10.0, model=None, threads=None, baseline_minutes=None,
     tmp = tempfile.mkdtemp(prefix="bnn-stress-")
     clip = os.path.join(tmp, "clip.mp4")
     shutil.copy(sample, clip)
-    broker = Broker(tmp, _free_port()).start()
+    broker = Broker(tmp).start()
     res = {"minutes": minutes, "model": model, "threads": threads,
            "load": {"idle_http_connections": 50, "mjpeg_viewers": 20, "mjpeg_never_reading": 5,
                     "file_replacements": 2, "broker_restarts": 2}}

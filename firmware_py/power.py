@@ -1,8 +1,10 @@
 """Measured power, CPU temperature and throttling on the device (stdlib only).
 
-Power is only ever *measured*; where no sensor can be read, :func:`open_power_meter`
+Power is *measured* here; where no sensor can be read, :func:`open_power_meter`
 returns a meter whose ``available`` is False and whose ``reason`` says why, and every
-reading is ``None`` -- no figure is ever estimated or invented.
+reading is ``None``.  Apart from that, :class:`PowerEstimator` (at the end) *estimates*
+a board's power from CPU time and a published per-board model; its figures are always
+reported separately, labelled as estimated with their model, never as measurements.
 
 Sensors, tried in this order (the first that reads wins):
 
@@ -38,6 +40,7 @@ __all__ = [
     "Sample", "PowerMeter", "PmicMeter", "HwmonMeter", "RaplMeter", "NullMeter",
     "open_power_meter", "parse_pmic_read_adc", "pmic_power_w", "parse_throttled",
     "read_cpu_temp_c", "read_throttled", "vcgencmd_path",
+    "BoardModel", "BOARD_MODELS", "board_model", "read_cpu_jiffies", "PowerEstimator",
 ]
 
 Sample = collections.namedtuple("Sample", "watts joules seconds")
@@ -348,3 +351,111 @@ def read_throttled(vcgencmd=None, runner=None):
         return parse_throttled((runner or _run)([vc, "get_throttled"]))
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
+
+
+# ---- estimated power (boards without a sensor) ---------------------------------------------
+#
+# Where nothing measures, the app can *estimate* the board's power from CPU time and a
+# per-board linear model between two published measurements of the whole board at its
+# 5 V input: idle, and all cores busy.  The estimate is always reported apart from the
+# measured figures ("power_estimated", labelled with its model) and never replaces them.
+# The figures and where each comes from: docs/power-estimate.md.
+
+BoardModel = collections.namedtuple("BoardModel", "key name idle_w load_w source")
+
+BOARD_MODELS = {m.key: m for m in (
+    BoardModel("pi3b", "Raspberry Pi 3 Model B", 1.4, 3.7,
+               "pidramble.com power benchmarks: idle 260 mA (1.4 W), max CPU 730 mA (3.7 W)"),
+    BoardModel("pi3b+", "Raspberry Pi 3 Model B+", 1.9, 5.1,
+               "pidramble.com power benchmarks: idle 350 mA (1.9 W), max CPU 980 mA (5.1 W)"),
+    BoardModel("pi4b", "Raspberry Pi 4 Model B", 2.7, 6.4,
+               "pidramble.com power benchmarks: idle 540 mA (2.7 W), stress --cpu 4 "
+               "1280 mA (6.4 W)"),
+    BoardModel("zero2w", "Raspberry Pi Zero 2 W", 0.6, 3.0,
+               "idle 120 mA (0.6 W): cnx-software 2021-12-09; 4-core load 3.0 W: from "
+               "memory of published reviews, not re-checked"),
+    BoardModel("pi5", "Raspberry Pi 5", 2.7, 7.0,
+               "from memory of published reviews (idle 2.7 W, 4-core load 7.0 W), not "
+               "re-checked; a Pi 5 normally measures through its PMIC instead"),
+)}
+
+# /proc/device-tree/model prefix -> model key (the longer prefix first)
+_DT_MODELS = (("Raspberry Pi 3 Model B Plus", "pi3b+"), ("Raspberry Pi 3 Model B", "pi3b"),
+              ("Raspberry Pi 4 Model B", "pi4b"), ("Raspberry Pi Zero 2", "zero2w"),
+              ("Raspberry Pi 5", "pi5"))
+
+
+def board_model(root="/"):
+    """The BOARD_MODELS key of this board from /proc/device-tree/model, or None."""
+    try:
+        with open(os.path.join(root, "proc/device-tree/model"), "rb") as f:
+            model = f.read().split(b"\0")[0].decode(errors="replace").strip()
+    except OSError:
+        return None
+    for prefix, key in _DT_MODELS:
+        if model.startswith(prefix):
+            return key
+    return None
+
+
+def read_cpu_jiffies(root="/"):
+    """(busy, total, n_cpus) from /proc/stat's "cpu" line: busy excludes idle and
+    iowait; guest time is already inside user."""
+    with open(os.path.join(root, "proc/stat")) as f:
+        lines = f.read().splitlines()
+    vals = [int(v) for v in lines[0].split()[1:]]
+    if not lines[0].startswith("cpu ") or len(vals) < 4:
+        raise ValueError("not /proc/stat: %r" % lines[0][:60])
+    total = sum(vals[:8])  # user nice system idle iowait irq softirq steal
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    n = sum(1 for ln in lines if re.match(r"cpu\d+ ", ln))
+    return total - idle, total, max(1, n)
+
+
+def _process_cpu_s():
+    t = os.times()
+    return t.user + t.system
+
+
+class PowerEstimator:
+    """An ESTIMATE of the board's power from CPU time, for boards without a sensor:
+
+        watts     = idle_w + (load_w - idle_w) * system CPU utilisation
+        app_watts = (load_w - idle_w) * this process's CPU utilisation
+
+    (utilisation: busy CPU time / (interval x CPUs), from /proc/stat and os.times()).
+    ``sample()`` -> a dict over the interval since the previous call (None on the first
+    call or when /proc/stat cannot be read), always with its ``model``."""
+
+    def __init__(self, model, root="/", process_cpu_s=None, clock=time.monotonic):
+        self.model = BOARD_MODELS[model] if isinstance(model, str) else model
+        self.root = root
+        self._proc = process_cpu_s or _process_cpu_s
+        self._clock = clock
+        self._last = None
+        self._lock = threading.Lock()
+
+    def describe(self):
+        m = self.model
+        return {"model": m.key, "board": m.name, "idle_w": m.idle_w, "load_w": m.load_w,
+                "basis": "estimated from CPU time: idle_w + (load_w - idle_w) x CPU "
+                         "utilisation; figures: %s" % m.source}
+
+    def sample(self):
+        with self._lock:
+            try:
+                busy, total, ncpu = read_cpu_jiffies(self.root)
+            except (OSError, ValueError, IndexError):
+                return None
+            now, proc = self._clock(), self._proc()
+            last, self._last = self._last, (now, busy, total, proc)
+            if last is None or total <= last[2] or now <= last[0]:
+                return None
+            dt = now - last[0]
+            util = min(1.0, max(0.0, (busy - last[1]) / float(total - last[2])))
+            app_util = min(1.0, max(0.0, (proc - last[3]) / (dt * ncpu)))
+            m = self.model
+            watts = m.idle_w + (m.load_w - m.idle_w) * util
+            return {"model": m.key, "watts": watts, "joules": watts * dt, "seconds": dt,
+                    "app_watts": (m.load_w - m.idle_w) * app_util,
+                    "cpu_util": util, "app_cpu_util": app_util}

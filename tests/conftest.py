@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-_BINDING_MODULES = {"test_ops.py", "test_app.py", "test_faults.py", "test_bad_input.py",
+_BINDING_MODULES = {"test_ops.py", "test_app.py", "test_app_service.py", "test_faults.py",
+                    "test_bad_input.py",
                     "test_hardening.py"}
 
 # The only reasons a test may skip for (a reason must start with one of these); any other skip

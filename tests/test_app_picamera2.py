@@ -217,14 +217,20 @@ def test_picamera2_failure_reconnects(picam):
     assert "timed out" in s["last_error"]
 
 
-def test_auto_without_picamera2_or_camera_falls_back(monkeypatch):
-    """No camera anywhere: auto uses the bundled clip, paced and looped like a camera."""
+def test_auto_without_a_camera_is_an_error_never_the_sample_clip(monkeypatch):
+    """No camera anywhere: auto refuses (a misconfigured Pi must not watch the bundled clip
+    of people and raise alarms); the message names the reasons and the way to the demo,
+    which ``--source demo`` is: the bundled clip, paced and looped like a camera."""
     from bnn_camera import sources
     monkeypatch.setattr(sources, "picamera2_cameras", lambda: ([], "picamera2 sees no camera"))
     real_exists = os.path.exists
     monkeypatch.setattr(sources.os.path, "exists",
                         lambda p: False if p == "/dev/video0" else real_exists(p))
-    src, notes = sources.open_source("auto")
+    with pytest.raises(sources.SourceError) as e:
+        sources.open_source("auto")
+    msg = str(e.value)
+    assert "no camera found" in msg and "picamera2 sees no camera" in msg
+    assert "no /dev/video0" in msg and "--source demo" in msg
+    src, notes = sources.open_source("demo")
     assert isinstance(src, sources.CvSource) and src.kind == "file"
     assert src.loop and src.live and src.name.endswith("people-384x216.mp4")
-    assert any("bundled sample" in n for n in notes)

@@ -44,8 +44,7 @@ class App:
     """``python -m bnn_camera`` in a child process; stdout (JSON lines) and stderr are read by
     threads, so the test can wait for records without the pipes filling up."""
 
-    def __init__(self, args, fsize_limit=None):
-        preexec = None
+    def __init__(self, args, fsize_limit=None, preexec=None):
         if fsize_limit is not None:
             def preexec():
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
@@ -299,15 +298,14 @@ def test_snapshots_on_a_full_tmpfs_then_space_freed(model, tmp_path):
 # ---- (b) the MQTT broker killed mid-run ---------------------------------------------------
 def test_mqtt_broker_killed_and_restarted(model, tmp_path):
     import paho.mqtt.client  # noqa: F401
-    from tests.test_app_mqtt import MOSQUITTO, Broker, Subscriber
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto binary not installed (apt install mosquitto)")
+    from tests.test_app_mqtt import Broker, Subscriber
     broker = Broker(tmp_path).start()
     port = broker.port
     out = tmp_path / "e.jsonl"
     sub = None
     app = App(["--model", model, "--source", SAMPLE, "--loop", "--realtime", "--threads", "1",
-               "--conf", "0.01", "--mqtt", "127.0.0.1:%d/cam/det" % port, "--out", str(out),
+               "--conf", "0.01", "--mqtt", "127.0.0.1:%d/cam/det" % port, "--mqtt-detections",
+               "--mqtt-max-rate", "1000", "--out", str(out),
                "--interval", "0.2"])
     try:
         sub = Subscriber(port, "cam/#")
@@ -337,12 +335,13 @@ def test_mqtt_broker_killed_and_restarted(model, tmp_path):
         t_reconnect = time.monotonic() - t_up
         end = time.monotonic() + 15
         while not (any(t == "cam/det/stats" for t, _ in sub.msgs)
-                   and any(t == "cam/det" for t, _ in sub.msgs)):
+                   and any(t == "cam/det/detections" for t, _ in sub.msgs)):
             assert time.monotonic() < end, "nothing published after the broker came back"
             time.sleep(0.05)
         rc, _ = app.stop()
         end = time.monotonic() + 5
-        while not any(m.get("type") == "summary" for _, m in sub.msgs) and \
+        while not any(t == "cam/det/stats" and m.get("type") == "summary"
+                      for t, m in sub.msgs) and \
                 time.monotonic() < end:
             time.sleep(0.05)
     finally:
@@ -353,7 +352,8 @@ def test_mqtt_broker_killed_and_restarted(model, tmp_path):
     assert rc == 0, app.stderr()
     summ = app.summary()
     assert summ["mqtt_reconnects"] >= 1 and summ["mqtt_dropped"] > 0
-    assert any(m.get("type") == "summary" for _, m in sub.msgs)  # the summary went out too
+    assert any(t == "cam/det/stats" and m.get("type") == "summary"
+               for t, m in sub.msgs)  # the summary went out too
     err = app.stderr()
     assert "mqtt: lost the connection" in err and "connected to 127.0.0.1:%d again" % port in err
     # the JSON stats never stopped: on stdout and in --out, no gap across the outage
@@ -426,6 +426,7 @@ def test_sigterm_while_waiting_for_the_mqtt_broker(model, tmp_path):
         app.kill()
     summ, recs = _assert_clean_sigterm_exit(app, rc, dt, out)
     assert summ["stopped_during"] == "start-up (connecting to the MQTT broker)"
+    assert summ["source"] == SAMPLE and summ["source_kind"] == "file"
     assert dt < 5 and summ["frames_total"] == 0 and recs == [summ]  # not the 3 s wait + run
     print("\nstopped during %s, exit 0 in %.2f s" % (summ["stopped_during"], dt))
 

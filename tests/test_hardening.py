@@ -26,7 +26,7 @@ import cv2
 
 from bnn_camera import ROOT
 from tests import hostile
-from tests.test_faults import App as _App, _events_file, _http_port
+from tests.test_faults import App, _events_file, _http_port
 
 SAMPLE = os.path.join(ROOT, "bnn_camera", "samples", "people-384x216.mp4")
 
@@ -55,23 +55,6 @@ def _until(pred, timeout, what):
 def detector(model):
     from firmware_py.detect import Detector
     return Detector(model, num_threads=1)
-
-
-class App(_App):
-    """tests.test_faults.App, with a preexec function for the child (resource limits)."""
-
-    def __init__(self, args, preexec=None):
-        self.records, self.err_lines, self.bad_stdout = [], [], []
-        self._cond = threading.Condition()
-        self.p = subprocess.Popen([sys.executable, "-m", "bnn_camera", "--format", "json"] + args,
-                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, preexec_fn=preexec)
-        self._threads = [threading.Thread(target=self._read, args=(self.p.stdout, True),
-                                          daemon=True),
-                         threading.Thread(target=self._read, args=(self.p.stderr, False),
-                                          daemon=True)]
-        for t in self._threads:
-            t.start()
 
 
 class _Logged(list):
@@ -395,29 +378,7 @@ def test_a_png_decompression_bomb_in_a_directory_is_never_decoded(tmp_path):
     ok, f = c.read()
     c.release()
     cv2.imwrite(str(d / "good.jpg"), f)
-    code = r"""
-import json, sys
-sys.path.insert(0, %r)
-from bnn_camera import sources
-from bnn_camera.sources import DirSource, EndOfStream
-BadFrame = getattr(sources, "BadFrame", ())
-src = DirSource(%r)
-src.open()
-out = []
-while True:
-    try:
-        img = src.read()
-        out.append(list(img.shape) if img is not None else None)
-    except BadFrame as e:
-        out.append(str(e))
-    except EndOfStream:
-        break
-# VmHWM: this process's peak RSS (ru_maxrss would include the forked parent's, Linux
-# keeps it across execve)
-hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
-print(json.dumps({"frames": out, "maxrss_mb": hwm / 1024}))
-""" % (ROOT, str(d))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = _child(_READ_DIR % str(d), timeout=120)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["maxrss_mb"] < 400, res  # decoding it takes > 1200 MB
@@ -588,6 +549,28 @@ def test_mjpeg_limits_are_configurable(model):
 
 
 # ---- 7. FIFOs (and devices) are never opened as models or frames ---------------------------
+# A child process that reads a directory source to its end and prints the frames (shape, or
+# the bad frame's message) and its own peak RSS (VmHWM: ru_maxrss would include the forked
+# parent's, which Linux keeps across execve).
+_READ_DIR = r"""
+import json
+from bnn_camera.sources import BadFrame, DirSource, EndOfStream
+src = DirSource(%r)
+src.open()
+out = []
+while True:
+    try:
+        img = src.read()
+        out.append(list(img.shape) if img is not None else None)
+    except BadFrame as e:
+        out.append(str(e))
+    except EndOfStream:
+        break
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"frames": out, "maxrss_mb": hwm / 1024}))
+"""
+
+
 def _child(code, timeout=30):
     """Runs Python code in a child (a blocked open must not hang the test)."""
     try:
@@ -628,27 +611,9 @@ def test_a_fifo_inside_a_directory_source_is_a_bad_frame(tmp_path):
     c.release()
     hostile.make_fifo(str(d / "1.jpg"))
     os.symlink("/dev/zero", str(d / "3.jpg"))
-    code = r"""
-import json
-from bnn_camera import sources
-from bnn_camera.sources import DirSource, EndOfStream
-BadFrame = getattr(sources, "BadFrame", ())
-src = DirSource(%r)
-src.open()
-out = []
-while True:
-    try:
-        img = src.read()
-        out.append(list(img.shape) if img is not None else None)
-    except BadFrame as e:
-        out.append(str(e))
-    except EndOfStream:
-        break
-print(json.dumps(out))
-""" % str(d)
-    r = _child(code)
+    r = _child(_READ_DIR % str(d))
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    res = json.loads(r.stdout)["frames"]
     assert res[0] == res[2] == res[4] == [216, 384, 3]
     assert "is a FIFO (named pipe), not a regular file" in res[1]
     assert "is a character device, not a regular file" in res[3]
@@ -784,7 +749,7 @@ def test_mqtt_broker_that_stops_reading_is_bounded_and_counted(model):
     broker = hostile.StalledBroker()
     app = App(["--model", model, "--source", SAMPLE, "--loop", "--threads", "1",
                "--conf", "0.01", "--mqtt", "127.0.0.1:%d/cam" % broker.port,
-               "--interval", "0.2"])
+               "--mqtt-detections", "--mqtt-max-rate", "1000", "--interval", "0.2"])
     try:
         app.wait_for(lambda a: a.stats() and a.stats()[-1]["mqtt"].get("queue_full", 0) > 50,
                      what="messages dropped (counted) while the broker does not read",
@@ -813,7 +778,8 @@ def test_mqtt_queue_and_keepalive_flags(model):
     broker = hostile.StalledBroker()
     app = App(["--model", model, "--source", SAMPLE, "--loop", "--threads", "1",
                "--conf", "0.01", "--mqtt", "127.0.0.1:%d/cam" % broker.port, "--mqtt-queue",
-               "20", "--mqtt-keepalive", "5", "--interval", "0.2"])
+               "20", "--mqtt-keepalive", "5", "--interval", "0.2", "--mqtt-detections",
+               "--mqtt-max-rate", "1000"])
     try:
         app.wait_for(lambda a: a.stats() and a.stats()[-1]["mqtt"]["queue_full"] > 50,
                      what="the queue to fill up", timeout=30)

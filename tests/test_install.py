@@ -59,7 +59,8 @@ def test_wheel_holds_every_package_library_and_model(dist):
         assert "firmware_py/_lib/%s/libbnn.so" % arch in names
     assert "firmware_py/_lib/bnn.h" in names  # firmware_py.header reads the C contract from it
     for mod in ("firmware_py/__init__.py", "firmware_py/convert/__init__.py", "firmware_py/convert/lower.py",
-                "bnn_camera/__main__.py", "bnn_camera/cli.py", "bnn_camera/samples/people-384x216.mp4"):
+                "bnn_camera/__main__.py", "bnn_camera/cli.py", "bnn_camera/samples/people-384x216.mp4",
+                "bnn_camera/static/index.html"):  # the status page
         assert mod in names
     data = [n for n in names if ".data/data/share/bnn-pi/zoo/" in n]
     assert any(n.endswith("/person/binary.bnn") for n in data), data
