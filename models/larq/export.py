@@ -38,7 +38,7 @@ MODELS = {  # name -> (module path, function, input size for the fixtures)
     "QuickNet": ("larq_zoo.sota", "QuickNet", 64),
     "BinaryDenseNet28": ("larq_zoo.literature", "BinaryDenseNet28", 64),
     "BiRealNet": ("larq_zoo.literature", "BiRealNet", 64),
-    "XNORNet": ("larq_zoo.literature", "XNORNet", 112),  # its 6x6 valid conv needs >= 105
+    "XNORNet": ("larq_zoo.literature", "XNORNet", 224),  # its 6x6 valid conv needs an input >= 217
 }
 
 
