@@ -67,14 +67,15 @@ def test_matches_keras_at_least_as_closely_as_lce(larq):
         ours = np.stack([model.run(a["x"][i:i + 1])[0] for i in range(len(a["x"]))])
     s_ours, s_lce = stats(ours, a["keras"]), stats(a["lce"], a["keras"])
     print("%s: ours %s\n%s: LCE  %s" % (name, s_ours, name, s_lce))
-    assert s_ours["mean"] <= s_lce["mean"] + 1e-6 and s_ours["max"] <= s_lce["max"] + 1e-6, (s_ours, s_lce)
+    assert s_ours["mean"] <= s_lce["mean"] + 1e-7 and s_ours["max"] <= s_lce["max"] + 1e-7, (s_ours, s_lce)
     assert s_ours["corr"] >= s_lce["corr"] - 1e-6, (s_ours, s_lce)
     assert s_ours["top1"] >= s_lce["top1"], (s_ours, s_lce)
 
 
 def quantisers(model):
     """[(Keras layer, value)]: the NCHW value each larq input quantiser binarises (the input
-    of a Sign, back through the layout Transposes tf2onnx put before it), in graph order"""
+    of a Sign, back through the layout Transposes / Reshapes tf2onnx put before it), in
+    graph order"""
     producer = {o: n for n in model.graph.node for o in n.output}
     seen, found = set(), []
     for n in model.graph.node:
@@ -85,7 +86,7 @@ def quantisers(model):
                 and producer[p.input[0]].op_type == "Sign":
             continue  # the outer Sign of larq's Sign(Sign(x) + c)
         v = n.input[0]
-        while v in producer and producer[v].op_type == "Transpose":
+        while v in producer and producer[v].op_type in ("Transpose", "Reshape"):  # layout only
             v = producer[v].input[0]
         seen.add(n.input[0])
         found.append((n.output[0].split("/")[1], v))  # tf2onnx names it model/layer/quantiser/Sign
@@ -103,7 +104,8 @@ def test_differences_are_sign_flips_near_zero(larq, tmp_path):
     probe = onnx.ModelProto()
     probe.CopyFrom(onnx_model)
     layers = quantisers(probe)
-    assert len(layers) >= 8 and all("sign." + k in a for k, _ in layers), (layers, sorted(a))
+    # every Keras quantiser found in the ONNX graph, and nothing else
+    assert sorted("sign." + k for k, _ in layers) == sorted(k for k in a if k.startswith("sign.")), layers
     for _, v in layers:
         probe.graph.output.append(onnx.helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, None))
     res = convert(probe, tmp_path / "probe.bnn")
