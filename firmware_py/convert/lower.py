@@ -186,7 +186,7 @@ class Lowering:
                 self._float_of_bits[key] = out
             return self._float_of_bits[key]
         if r.kind == "padded":  # not read by a binary convolution: pad the unpacked floats
-            return self._float_pad(r.value, self.as_float(r.src, node), r.pads, r.pad_value * r.src.scale)
+            return self._float_pad(r.value, r.value, self.as_float(r.src, node), r.pads, r.pad_value * r.src.scale)
         if r.kind == "const":
             raise ConvertError.at(node, "a constant where a computed tensor is expected",
                                   "the graph computes on constants only; fold it before export")
@@ -702,12 +702,12 @@ class Lowering:
         if x.kind == "bits" and x.scale and value / x.scale in (0.0, 1.0):
             # +-s padded with +s (or 0): a binary convolution reading it pads by itself
             return Rep("padded", node.outputs[0], shape, src=x, pads=tuple(pads), pad_value=value / x.scale)
-        return self._float_pad(node.outputs[0], self.as_float(x, node), pads, value)
+        return self._float_pad(node.name, node.outputs[0], self.as_float(x, node), pads, value)
 
-    def _float_pad(self, name, x, pads, value):
+    def _float_pad(self, node_name, value_name, x, pads, value):
         shape = (x.shape[0], x.shape[1], x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3])
-        out = self.new_float(name, shape)
-        self.ir.add("pad", name, [x.value], [out.value], {"pads": list(pads), "value": float(value)})
+        out = self.new_float(value_name, shape)
+        self.ir.add("pad", node_name, [x.value], [out.value], {"pads": list(pads), "value": float(value)})
         return out
 
     def _padded_conv_input(self, node, x, w, k, conv_pads):
