@@ -1,4 +1,4 @@
-"""python -m firmware_py convert model.onnx [model.bnn] [--check] [--report]
+"""python -m firmware_py convert model.onnx [model.bnn] [--no-check] [--report]
 python -m firmware_py info model.bnn [--profile]"""
 from __future__ import annotations
 
@@ -42,9 +42,14 @@ def main(argv=None):
     c = sub.add_parser("convert", help="convert an ONNX model to the runtime's model file")
     c.add_argument("src", help="model.onnx (external data next to it is read too)")
     c.add_argument("dst", nargs="?", help="output file (default: src with .bnn)")
-    c.add_argument("--check", action="store_true", help="compare against onnxruntime on random inputs")
+    chk = c.add_mutually_exclusive_group()
+    chk.add_argument("--check", action="store_true", default=None,
+                     help="compare against onnxruntime, end to end and layer by layer, before writing (the "
+                          "default when onnxruntime is installed; --check requires it)")
+    chk.add_argument("--no-check", dest="check", action="store_false", help="skip that comparison")
     c.add_argument("--check-data", help=".npy array of real inputs (NCHW float32) for --check")
-    c.add_argument("--report", action="store_true", help="print a per-layer table")
+    c.add_argument("--report", action="store_true",
+                   help="print a per-layer table and why each layer with binary weights stayed float")
     c.add_argument("--input-shape", action="append", type=_shape_arg, default=[],
                    help="NAME=1,3,224,224 for inputs with dynamic dimensions")
     c.add_argument("--memory-limit", type=_size_arg, default=None, help=MEMORY_HELP)
@@ -66,7 +71,8 @@ def main(argv=None):
         if a.check_data:
             check_inputs = np.load(a.check_data, allow_pickle=False)
         try:
-            res = convert(a.src, a.dst, input_shapes=dict(a.input_shape) or None, check=a.check or bool(a.check_data),
+            check = True if a.check_data and a.check is None else a.check
+            res = convert(a.src, a.dst, input_shapes=dict(a.input_shape) or None, check=check,
                           check_inputs=check_inputs, memory_limit=a.memory_limit, input_layout=a.input_layout)
         except ConvertError as e:
             print("error: %s" % e, file=sys.stderr)
@@ -75,8 +81,9 @@ def main(argv=None):
             print(res.report())
         else:
             print("wrote %s (%d bytes)" % (res.path, res.file_bytes))
-            for note in res.notes:
-                print("note: " + note)
+            from .convert.report import float_reason_lines
+            for line in float_reason_lines(res) + ["note: " + n for n in res.notes]:
+                print(line)
             if res.check:
                 print("check: " + res.check["summary"])
         return 0

@@ -57,7 +57,7 @@ class GraphSizeError(ModelFormatError):
 
 MAGIC = b"BNNMODEL"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1: softmax
+VERSION_MINOR = 2  # 1.1: softmax; 1.2: quant
 HEADER_SIZE = 64
 ALIGN = 64
 MAX_GRAPH_SIZE = 16 * 1024 * 1024

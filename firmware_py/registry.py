@@ -496,6 +496,49 @@ class Softmax:
         return run
 
 
+# QONNX Quant's rounding modes (qonnx.custom_op.general.intquant), on float32 arrays
+QUANT_ROUNDING = {
+    "ROUND": np.round, "HALF_EVEN": np.round, "CEIL": np.ceil, "FLOOR": np.floor, "DOWN": np.fix,
+    "UP": lambda x: np.sign(x) * np.ceil(np.abs(x)),
+    "HALF_UP": lambda x: np.sign(x) * np.floor(np.abs(x) + np.float32(0.5)),
+    "HALF_DOWN": lambda x: np.sign(x) * np.ceil(np.abs(x) - np.float32(0.5)),
+}
+
+
+@op("quant", attrs={"min": (Int(-(1 << 24), 1 << 24), True), "max": (Int(-(1 << 24), 1 << 24), True),
+                    "rounding": (Choice(*QUANT_ROUNDING), False)},
+    params={"scale": "float32", "zero_point": "float32"})
+class Quant:
+    """QONNX Quant: (round(clamp(x / scale[c] + zero_point[c], min, max)) - zero_point[c]) * scale[c],
+    each step in float32 (numpy; for inputs and first / last layers)"""
+
+    @staticmethod
+    def check(v):
+        shape = v.need_in(0, ("float",), (2, 4))
+        v.param("scale", (shape[-1],))
+        v.param("zero_point", (shape[-1],))
+        if v.attrs["min"] > v.attrs["max"]:
+            v.fail("%s: attrs.min %d is above attrs.max %d", v.where, v.attrs["min"], v.attrs["max"])
+        return "float", shape
+
+    @staticmethod
+    def build(b):
+        x, y, scale, zp = b.x, b.y, b.param("scale"), b.param("zero_point")
+        lo, hi = np.float32(b.attrs["min"]), np.float32(b.attrs["max"])
+        rnd = QUANT_ROUNDING[b.attrs.get("rounding", "ROUND")]
+        if np.any(scale == 0) or not np.all(np.isfinite(scale)):
+            raise ValueError("%s: scale must be finite and non-zero" % b.node["name"])
+
+        def run():
+            np.divide(x, scale, out=y)
+            np.add(y, zp, out=y)
+            np.clip(y, lo, hi, out=y)
+            y[...] = rnd(y)
+            np.subtract(y, zp, out=y)
+            np.multiply(y, scale, out=y)
+        return run
+
+
 # ---- layout -----------------------------------------------------------------------------------------
 @op("concat", inputs=(1, 1 << 16), attrs={"axis": (Int(0, 3), False)})
 class Concat:

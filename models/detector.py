@@ -60,7 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import BinaryConv2d, binarize, binarize_weight
+from .layers import BinaryConv2d, InAct, RPReLU, ScaledBinaryConv2d
 
 WIDTHS = (16, 32, 64, 128, 512)
 IMGSZ = 192
@@ -75,23 +75,6 @@ VARIANTS = ("fp", "binary")
 
 # ---------------------------------------------------------------------------------------
 # layers
-class ScaledBinaryConv2d(BinaryConv2d):
-    """XNOR conv with +-1 weights and a learnable per-output-channel scale (init mean|W|).
-    Exports as Mul(Conv(Sign(x), Sign(W)), scale), folded by the converter."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.scale = nn.Parameter(self.weight.detach().abs().mean(dim=(1, 2, 3)).clone())
-
-    def reset_scale(self):
-        with torch.no_grad():
-            self.scale.copy_(self.weight.abs().mean(dim=(1, 2, 3)))
-
-    def forward(self, x):
-        y = F.conv2d(binarize(x), binarize_weight(self.weight), None, self.stride, self.padding)
-        return y * self.scale.view(1, -1, 1, 1)
-
-
 def _conv(variant, cin, cout, k, s, learn_scale):
     p = k // 2
     if variant == "fp":
@@ -101,34 +84,6 @@ def _conv(variant, cin, cout, k, s, learn_scale):
     return BinaryConv2d(cin, cout, k, stride=s, padding=p, mode="xnor")
 
 
-class InAct(nn.Module):
-    """The activation in front of a conv: Sign(x - b) (binary) or Hardtanh(x - b) (fp);
-    b a learnable per-channel shift (RSign) when rsign."""
-
-    def __init__(self, variant, c, rsign):
-        super().__init__()
-        self.binary = variant != "fp"
-        self.shift = nn.Parameter(torch.zeros(1, c, 1, 1)) if rsign else None
-
-    def forward(self, x):
-        if self.shift is not None:
-            x = x - self.shift
-        return binarize(x) if self.binary else F.hardtanh(x)
-
-
-class RPReLU(nn.Module):
-    """ReActNet's RPReLU: PReLU(x - gamma) + zeta, per channel."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
-        self.zeta = nn.Parameter(torch.zeros(1, c, 1, 1))
-        self.prelu = nn.PReLU(c, 0.25)
-
-    def forward(self, x):
-        return self.prelu(x - self.gamma) + self.zeta
-
-
 class Block(nn.Module):
     """act(x) -> conv k x k (stride s) -> BN [+ shortcut(x)] [-> RPReLU]."""
 
@@ -136,7 +91,7 @@ class Block(nn.Module):
                  rprelu=True, learn_scale=False, shortcut=True):
         super().__init__()
         self.plain = arch == "plain"
-        self.act = InAct(variant, cin, rsign and not self.plain)
+        self.act = InAct(cin, "hardtanh" if variant == "fp" else "sign", rsign and not self.plain)
         self.pool = nn.MaxPool2d(2) if (self.plain and stride == 2) else None
         conv_stride = 1 if self.plain else stride
         self.conv = _conv(variant, cin, cout, k, conv_stride, learn_scale)

@@ -29,21 +29,16 @@ def evaluate_file(path, data="people", split="test", conf=0.001, iou=0.6, thread
                   pycocotools=False):
     from firmware_py.detect import Detector
 
-    from .progress import Progress
+    from tqdm import tqdm
 
     det = Detector(path, num_threads=threads, conf=conf, iou=iou)
     ds = YoloDataset(data, split, det.input_size[0], limit=limit, quiet=True)
     preds, gts = [], []
-    bar = None if quiet else Progress(len(ds), "eval %s" % data)
     t0 = time.time()
-    for i, f in enumerate(ds.files):
+    for i, f in enumerate(tqdm(ds.files, desc="eval %s" % data, disable=quiet, mininterval=1.0, leave=False)):
         r = det.detect(_imdecode(f))
         preds.append((r.boxes, r.scores, r.classes))
         gts.append(ds.gt_boxes(i))
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
     res = evaluate(preds, gts)
     res["seconds_per_image"] = (time.time() - t0) / max(1, len(ds))
     if pycocotools:

@@ -14,6 +14,17 @@ recognises.  Weights map 0 to +1 like the runtime.  Activations use ONNX/PyTorch
 ``sign(0) = 0`` while the runtime maps 0 to +1; activations that are exactly 0.0 are
 vanishingly rare after a batch norm, and the converter's --check reports any
 disagreement.
+
+The modern options (Bi-Real Net, Liu et al. 2018; ReActNet, Liu et al. 2020;
+Real-to-Binary, Martinez et al. 2020) use these layers too:
+  * ``InAct``: the activation in front of a convolution, with ReActNet's RSign (a learnable
+    per-channel threshold: Sign(x - b), exported as Sub then Sign; the converter folds the
+    Sub into the previous layer's thresholds or packs with it: bitpack_affine);
+  * ``RPReLU``: PReLU(x - gamma) + zeta per channel (Sub, PRelu, Add: fused by the runtime);
+  * ``ScaledBinaryConv2d``: +-1 weights times a learned per-channel scale (XNOR-Net++);
+  * ``set_binary_weights(model, False)``: the first step of the two-step schedule trains
+    with real-valued weights behind binary activations; the second (and every export)
+    binarises them.
 """
 from __future__ import annotations
 
@@ -91,8 +102,11 @@ class BinaryConv2d(nn.Conv2d):
             raise ValueError("scale_k needs mode='xnor'")
         self.mode = mode
         self.scale_k = scale_k
+        self.binary_weights = True  # False: step 1 of the two-step schedule (set_binary_weights)
 
     def binary_weight(self) -> torch.Tensor:
+        if not self.binary_weights:
+            return self.weight
         alpha = self.weight.abs().mean(dim=(1, 2, 3), keepdim=True)
         return binarize_weight(self.weight) * alpha
 
@@ -116,9 +130,75 @@ class BinaryLinear(nn.Linear):
         if mode not in ("bwn", "xnor"):
             raise ValueError("mode must be 'bwn' or 'xnor', got %r" % (mode,))
         self.mode = mode
+        self.binary_weights = True  # False: step 1 of the two-step schedule
 
     def forward(self, x):
         alpha = self.weight.abs().mean(dim=1, keepdim=True)
-        w = binarize_weight(self.weight) * alpha
+        w = binarize_weight(self.weight) * alpha if self.binary_weights else self.weight
         xin = binarize(x) if self.mode == "xnor" else x
         return F.linear(xin, w, self.bias)
+
+
+class ScaledBinaryConv2d(BinaryConv2d):
+    """XNOR conv with +-1 weights and a learnable per-output-channel scale (init mean|W|).
+    Exports as Mul(Conv(Sign(x), Sign(W)), scale), folded by the converter."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.scale = nn.Parameter(self.weight.detach().abs().mean(dim=(1, 2, 3)).clone())
+
+    def reset_scale(self):
+        with torch.no_grad():
+            self.scale.copy_(self.weight.abs().mean(dim=(1, 2, 3)))
+
+    def forward(self, x):
+        w = binarize_weight(self.weight) if self.binary_weights else self.weight
+        y = F.conv2d(binarize(x), w, None, self.stride, self.padding)
+        return y * self.scale.view(1, -1, 1, 1)
+
+
+ACTIVATIONS = {"sign": binarize, "hardtanh": F.hardtanh, "relu": F.relu, "none": lambda x: x}
+
+
+class InAct(nn.Module):
+    """The activation in front of a convolution, fn(x - b): fn one of ACTIVATIONS ("none"
+    when the convolution binarises its input itself); b a learnable per-channel shift
+    (ReActNet's RSign) when rsign, else no shift."""
+
+    def __init__(self, c, fn="sign", rsign=False):
+        super().__init__()
+        if fn not in ACTIVATIONS:
+            raise ValueError("fn must be one of %s, got %r" % (sorted(ACTIVATIONS), fn))
+        self.fn = fn
+        self.shift = nn.Parameter(torch.zeros(1, c, 1, 1)) if rsign else None
+
+    def forward(self, x):
+        if self.shift is not None:
+            x = x - self.shift
+        return ACTIVATIONS[self.fn](x)
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU: PReLU(x - gamma) + zeta, per channel."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.zeta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.prelu = nn.PReLU(c, 0.25)
+
+    def forward(self, x):
+        return self.prelu(x - self.gamma) + self.zeta
+
+
+def set_binary_weights(model: nn.Module, on: bool):
+    """Binary (alpha * sign(W)) or real-valued weights in every binary layer of `model`:
+    off for the first step of the two-step schedule, on for the second and for export."""
+    for m in model.modules():
+        if isinstance(m, (BinaryConv2d, BinaryLinear)):
+            m.binary_weights = bool(on)
+
+
+def latent_binary_weights(model: nn.Module) -> set:
+    """the ids of the latent real weights of the binary layers (no weight decay on them)"""
+    return {id(m.weight) for m in model.modules() if isinstance(m, (BinaryConv2d, BinaryLinear))}

@@ -1,10 +1,13 @@
 """The seed's accuracy table on real data, PyTorch and the runtime side by side:
 
     python -m models.table --dataset fashion-mnist            # trains what is missing (resumable)
+    python -m models.table --dataset cifar10 --recipe modern --epochs 40 --out DIR --ckpt-dir DIR
 
 For every variant (fp, naive, bwn, xnor, xnor_k): test accuracy in PyTorch and of the
 converted model run by firmware_py on the same test set, model sizes, and the runtime's
-latency (batch 1, 1 thread, median).  Writes models/zoo/<dataset>/table.md and table.json.
+latency (batch 1, 1 thread, median).  Writes models/zoo/<dataset>/table.md and table.json
+(or in --out).  --train-only trains what is missing and stops (e.g. on a GPU machine
+without the runtime; run the same command without it where firmware_py works).
 """
 from __future__ import annotations
 
@@ -13,13 +16,14 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from . import data
+from . import checkpoint, data
 from .nets import TRAINED, VARIANTS
-from .progress import Progress
-from .train import ZOO, evaluate_torch, export, load_trained, recipe, train
+from .train import BASE, RECIPES, ZOO, ckpt_path, evaluate_torch, export, load_trained, parse_sets, recipe, train
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
 EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 5}
@@ -41,13 +45,9 @@ def evaluate_runtime(bnn_path, x_u8, y, threads=1):
     import firmware_py
     model = firmware_py.load(str(bnn_path), num_threads=threads)
     correct = 0
-    bar = Progress(len(x_u8), "runtime %s" % bnn_path.name)
-    for i in range(len(x_u8)):
+    for i in tqdm(range(len(x_u8)), desc="runtime %s" % bnn_path.name, mininterval=1.0, leave=False):
         out = model.run(x_u8[i:i + 1].astype(np.float32) / np.float32(255))
         correct += int(out.argmax() == y[i])
-        if i % 500 == 499 or i == len(x_u8) - 1:
-            bar.update(500 if i % 500 == 499 else (i % 500) + 1)
-    bar.close()
     return 100.0 * correct / len(x_u8), latency_ms(model, x_u8[:1].astype(np.float32) / np.float32(255))
 
 
@@ -55,15 +55,19 @@ def remeasure_latency(a, epochs, x_te):
     """--latency-only: times the shipped .bnn files again (e.g. on a quiet machine) and
     rewrites the tables; accuracies are kept as they are."""
     import firmware_py
-    prev = json.loads((ZOO / a.dataset / "table.json").read_text())
+    prev = json.loads((_out(a) / "table.json").read_text())
     if prev.get("epochs") != epochs or prev.get("seed") != a.seed:
         raise SystemExit("table.json is for %s epochs, seed %s" % (prev.get("epochs"), prev.get("seed")))
     rows = prev["rows"]
     for r in rows:
-        model = firmware_py.load(str(ZOO / a.dataset / ("%s.bnn" % r["variant"])), num_threads=1)
+        model = firmware_py.load(str(_out(a) / ("%s.bnn" % r["variant"])), num_threads=1)
         r["latency_ms_1thread"] = round(latency_ms(model, x_te[:1].astype(np.float32) / np.float32(255)), 3)
         print(json.dumps(r), flush=True)
     return write_tables(a, epochs, x_te, rows)
+
+
+def _out(a):
+    return Path(a.out) if a.out else ZOO / a.dataset
 
 
 def _names(vs):
@@ -84,11 +88,20 @@ def describe(recipes) -> str:
             parts.append("%s trains without the random shifts/flips" % v)
     scratch = [v for v in trained if not recipes[v]["init"]]
     parts.append("%s start%s from scratch" % (_names(scratch), "" if len(scratch) > 1 else "s"))
+    changed = ["%s=%s" % (k, recipes["xnor"][k]) for k in BASE if recipes["xnor"][k] != BASE[k]]
+    if changed:
+        parts.append("settings of the binary variants (models/train.py) %s" % ", ".join(changed))
     return "; ".join(parts)
 
 
+def _train_images(rows) -> str:
+    """the training set size when a row says (older tables do not)"""
+    n = sorted({r["train_images"] for r in rows if r.get("train_images")})
+    return " Trained on %s training images." % " / ".join(map(str, n)) if n else ""
+
+
 def write_tables(a, epochs, x_te, rows):
-    out = ZOO / a.dataset
+    out = _out(a)
     # keep the rows of variants not evaluated in this run (same epochs and seed)
     old = out / "table.json"
     if old.exists():
@@ -98,15 +111,18 @@ def write_tables(a, epochs, x_te, rows):
             rows = [r for r in prev["rows"] if r["variant"] not in done] + rows
     rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
     cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
-    recipes = {v: recipe(a.dataset, v) for v in VARIANTS}
-    meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe": recipes,
+    if a.recipe != "xnor-net" or a.set:
+        cmd += " --recipe %s" % a.recipe + "".join(" --set %s" % kv for kv in a.set)
+    recipes = {v: recipe(a.dataset, v, a.recipe, parse_sets(a.set)) for v in VARIANTS}
+    meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe_name": a.recipe,
+            "recipe": recipes,
             "test_images": int(len(x_te)), "host": platform.machine(), "python": sys.version.split()[0],
             "rows": rows}
     (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
     lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
              "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
              "%s). Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
-             "table (%s)." % (cmd, epochs, a.seed, describe(recipes), platform.machine()), "",
+             "table (%s).%s" % (cmd, epochs, a.seed, describe(recipes), platform.machine(), _train_images(rows)), "",
              "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -117,7 +133,7 @@ def write_tables(a, epochs, x_te, rows):
     return lines
 
 
-def main(argv=None):
+def parser():
     ap = argparse.ArgumentParser(prog="python -m models.table", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=data.DATASETS, required=True)
@@ -125,35 +141,70 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="xnor-net")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a recipe setting")
+    ap.add_argument("--device", default="auto", help="training device: auto (CUDA when available), cpu, cuda")
+    ap.add_argument("--ckpt-dir", default=None, help="checkpoints (default models/.ckpt/<dataset>/<recipe>)")
+    ap.add_argument("--out", default=None, help="models and tables (default models/zoo/<dataset>)")
+    ap.add_argument("--limit", type=int, default=None, help="train on N random images (smoke runs)")
+    ap.add_argument("--test-limit", type=int, default=None, help="evaluate on N random test images")
+    ap.add_argument("--time-limit", type=float, default=0, help="minutes of training in this run, then stop "
+                                                                  "after an epoch (the same command resumes)")
+    ap.add_argument("--train-only", action="store_true", help="train what is missing, then stop")
+    ap.add_argument("--eval-only", action="store_true", help="train nothing: evaluate the finished checkpoints")
     ap.add_argument("--latency-only", action="store_true", help="only time the shipped .bnn files again")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def train_all(a, epochs, variants) -> bool:
+    """trains every variant `variants` need, dependencies first; False when the time limit
+    stopped it (the checkpoints resume)"""
+    t0 = time.time()
+    overrides = parse_sets(a.set)
+    for v in variants:
+        how = recipe(a.dataset, v, a.recipe, overrides)
+        deps = (how["init"], how["distill"], "fp" if v == "naive" else None, v if v in TRAINED else None)
+        for t in dict.fromkeys(d for d in deps if d):
+            left = a.time_limit - (time.time() - t0) / 60 if a.time_limit else 0
+            if a.time_limit and left <= 0:
+                return False
+            _, done = train(a.dataset, t, epochs, a.seed, a.threads, recipe_name=a.recipe, overrides=overrides,
+                            ckpt_dir=a.ckpt_dir, limit=a.limit, device=a.device, time_limit=left)
+            if not done:
+                return False
+    return True
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     epochs = a.epochs or EPOCHS[a.dataset]
     variants = a.variants.split(",")
     _, _, x_te, y_te = data.load(a.dataset)
+    x_te, y_te = data.subset(x_te, y_te, a.test_limit)
     if a.latency_only:
         print("\n".join(remeasure_latency(a, epochs, x_te)))
-        return
+        return 0
+    if not a.eval_only and not train_all(a, epochs, variants):
+        print("stopped at the time limit: run the same command again to resume")
+        return 3
+    if a.train_only:
+        return 0
     rows = []
-    ready = set()  # trained (or found complete) in this run: train() loads the whole training set
     for v in variants:
-        # what v starts from, is distilled from (naive: is derived from) first
-        how = recipe(a.dataset, v)
-        deps = (how["init"], how["distill"], "fp" if v == "naive" else None, v if v in TRAINED else None)
-        for t in dict.fromkeys(d for d in deps if d and d not in ready):
-            train(a.dataset, t, epochs, a.seed, a.threads, quiet=True)  # a no-op when its checkpoint is complete
-            ready.add(t)
-        model = load_trained(a.dataset, v, epochs, a.seed)
+        model = load_trained(a.dataset, v, epochs, a.recipe, a.ckpt_dir)
+        ck = checkpoint.load(ckpt_path(a.dataset, "fp" if v == "naive" else v, a.recipe, a.ckpt_dir))
         acc_torch = evaluate_torch(model, x_te, y_te)
-        onnx_path = export(model, a.dataset, v)
+        onnx_path = export(model, a.dataset, v, out_dir=_out(a))
         bnn_path = onnx_path.with_suffix(".bnn")
         acc_rt, ms = evaluate_runtime(bnn_path, x_te, y_te)
         rows.append({"variant": v, "acc_pytorch": round(acc_torch, 2), "acc_runtime": round(acc_rt, 2),
                      "onnx_bytes": onnx_path.stat().st_size, "bnn_bytes": bnn_path.stat().st_size,
-                     "latency_ms_1thread": round(ms, 3)})
+                     "latency_ms_1thread": round(ms, 3), "train_images": ck["config"].get("train_images")})
         print(json.dumps(rows[-1]), flush=True)
         lines = write_tables(a, epochs, x_te, list(rows))
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

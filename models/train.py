@@ -1,11 +1,23 @@
 """Train one classifier variant, resumably:
 
     python -m models.train --dataset fashion-mnist --variant xnor --epochs 10
+    python -m models.train --dataset cifar10 --variant xnor --recipe modern --set two_step=false
+    torchrun --nproc_per_node 2 -m models.train --dataset mnist --variant fp   # DDP: models/distributed.py
 
-Seeded; a checkpoint after every epoch (models/.ckpt/<dataset>/<variant>.npz: arrays
-and JSON, no pickle); a progress bar.  The trained network is
-exported to ONNX (models/zoo/<dataset>/<variant>.onnx, batch 1, float32 NCHW pixels in
-[0, 1]) and converted for the runtime beside it (<variant>.bnn).
+Seeded; a checkpoint after every epoch (models/.ckpt/<dataset>/<recipe>/<variant>.npz, or
+--ckpt-dir: arrays and JSON, no pickle; running the same command again resumes); a
+progress bar (tqdm).  The trained network is exported to ONNX (models/zoo/<dataset>/
+<variant>.onnx, or --out; batch 1, float32 NCHW pixels in [0, 1]) and converted for the
+runtime beside it (<variant>.bnn).
+
+Recipes (``RECIPES``; every setting can be changed with --set key=value):
+  xnor-net  the shipped zoo's recipe: plain XNOR-Net stack, Adam with a one-cycle schedule;
+  modern    Bi-Real shortcuts around every binary conv, ReActNet's RSign and RPReLU,
+            distillation from the trained fp network (KL to its softmax), Real-to-Binary's
+            two-step schedule (binary activations with real weights for the first half of
+            the epochs, then binary weights), AdamW with a linear decay per step and weight
+            decay on the float conv/linear weights only (none on the latent binary weights,
+            BN, shifts and slopes).
 """
 from __future__ import annotations
 
@@ -17,188 +29,342 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from . import checkpoint, data
+from . import checkpoint, data, distributed
+from .layers import latent_binary_weights, set_binary_weights
 from .nets import TRAINED, VARIANTS, VGGSmall, naive_from_fp
-from .progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "models" / "zoo"
 CKPT = ROOT / "models" / ".ckpt"
 WIDTH = (32, 64, 64, 128, 128)
-DEFAULTS = {"batch": 128, "lr": 2e-3, "width": WIDTH}
+
 # XNOR variants start from the trained fp network's weights (common BNN practice: the
 # latent real weights and BN statistics of a trained float net are a far better start
 # than random ones for sign-activated layers); fp starts from scratch, and so does bwn
 # except on CIFAR-10: there, 5 epochs from scratch left bwn 2.71 points below fp
 # (74.95 vs 77.66), so CIFAR-10's bwn starts from fp too.  Fashion-MNIST's and MNIST's
-# bwn met the 1.5-point target from scratch; their shipped files stay reproducible.
-INIT_FROM = {"xnor": "fp", "xnor_k": "fp"}
-INIT_FROM_DATASET = {"cifar10": {"bwn": "fp"}}
-# xnor is also distilled from the trained fp network (loss = (CE + T^2 * KL(teacher_T ||
-# student_T)) / 2, T = 2): the binary net learns the float net's soft outputs.
-DISTILL_FROM = {"xnor": "fp"}
-KD_T = 2.0
-# Variants trained on the images without the random shifts/flips.  XNOR underfits: after
+# bwn met the 1.5-point target from scratch.
+# xnor is also distilled from the trained fp network (loss = (1 - w) CE + w T^2 KL(teacher_T
+# || student_T), w = kd_weight, T = kd_t): the binary net learns the float net's soft outputs.
+# Variants trained on the images without the random shifts/flips: XNOR underfits: after
 # 10 Fashion-MNIST epochs with augmentation it scored 90.8% on training images and 90.06%
 # on test; the same recipe without augmentation reached 91.30% on test (fp: 93.14%).
-# Measured on Fashion-MNIST only, so only there (MNIST's and CIFAR-10's xnor keep the
-# augmentation).  The CLI's --augment overrides it.
-NO_AUGMENT = {"fashion-mnist": {"xnor"}}
+# Measured on Fashion-MNIST only, so only there.
+BASE = {"width": list(WIDTH), "batch": 128, "lr": 2e-3, "wd": 0.0, "optimizer": "adam-onecycle",
+        "arch": "plain", "rsign": False, "rprelu": False, "two_step": False, "kd_t": 2.0, "kd_weight": 0.5}
+RECIPES = {
+    "xnor-net": {
+        "settings": {},
+        "init": {"xnor": "fp", "xnor_k": "fp", ("cifar10", "bwn"): "fp"},
+        "distill": {"xnor": "fp"},
+        "no_augment": {("fashion-mnist", "xnor")},
+    },
+    # untuned (no GPU yet): the literature's options together; models/gpu_run.py trains it
+    "modern": {
+        "settings": {"arch": "bireal", "rsign": True, "rprelu": True, "two_step": True, "optimizer": "adam-linear",
+                     "wd": 5e-2},
+        "init": {"bwn": "fp", "xnor": "fp", "xnor_k": "fp"},
+        "distill": {"bwn": "fp", "xnor": "fp", "xnor_k": "fp"},
+        "no_augment": set(),
+    },
+}
+OPTIMIZERS = ("adam-onecycle", "adam-linear")
 
 
-def recipe(dataset, variant) -> dict:
-    """How a variant is trained on a dataset: the variant it starts from (None: from
-    scratch), the one it is distilled from (None: none), whether it is augmented."""
-    return {"init": INIT_FROM_DATASET.get(dataset, {}).get(variant, INIT_FROM.get(variant)),
-            "distill": DISTILL_FROM.get(variant),
-            "augment": variant not in NO_AUGMENT.get(dataset, ())}
+def _parse_value(key, text):
+    base = BASE[key]
+    if isinstance(base, bool):
+        if text.lower() not in ("true", "false", "1", "0", "on", "off"):
+            raise ValueError("%s takes true or false, got %r" % (key, text))
+        return text.lower() in ("true", "1", "on")
+    if isinstance(base, list):
+        return [int(v) for v in text.split(",")]
+    return type(base)(text)
 
 
-def build(dataset, variant):
-    mean, std = data.STATS[dataset]
-    return VGGSmall(variant, len(mean), 10, mean, std, width=WIDTH)
+def parse_sets(items) -> dict:
+    """["key=value", ...] (--set) -> {key: value} typed like BASE's defaults"""
+    out = {}
+    for it in items or ():
+        key, sep, text = it.partition("=")
+        if not sep or key not in BASE:
+            raise ValueError("--set %r: expected key=value with key one of %s" % (it, ", ".join(sorted(BASE))))
+        out[key] = _parse_value(key, text)
+    return out
+
+
+def recipe(dataset, variant, name="xnor-net", overrides=None) -> dict:
+    """How a variant is trained on a dataset: every setting of BASE, the variant it starts
+    from (init: None = from scratch), the one it is distilled from (distill), whether it is
+    augmented."""
+    if name not in RECIPES:
+        raise ValueError("unknown recipe %r (one of %s)" % (name, ", ".join(RECIPES)))
+    r = RECIPES[name]
+    s = dict(BASE, **r["settings"])
+    s.update(init=r["init"].get((dataset, variant), r["init"].get(variant)),
+             distill=r["distill"].get(variant), augment=(dataset, variant) not in r["no_augment"])
+    s.update(overrides or {})
+    if s["optimizer"] not in OPTIMIZERS:
+        raise ValueError("optimizer must be one of %s, got %r" % (OPTIMIZERS, s["optimizer"]))
+    if s["two_step"] and s["optimizer"] != "adam-linear":
+        raise ValueError("two_step needs optimizer=adam-linear (a linear decay per step)")
+    if variant == "fp":
+        s.update(init=None, distill=None, two_step=False)
+    return s
+
+
+def net_config(dataset, variant, settings) -> dict:
+    return {"dataset": dataset, "variant": variant, "width": list(settings["width"]), "arch": settings["arch"],
+            "rsign": settings["rsign"], "rprelu": settings["rprelu"]}
+
+
+def build_net(cfg: dict) -> VGGSmall:
+    mean, std = data.STATS[cfg["dataset"]]
+    return VGGSmall(cfg["variant"], len(mean), 10, mean, std, width=cfg["width"], arch=cfg["arch"],
+                    rsign=cfg["rsign"], rprelu=cfg["rprelu"])
+
+
+def build(dataset, variant, recipe_name="xnor-net"):
+    return build_net(net_config(dataset, variant, recipe(dataset, variant, recipe_name)))
 
 
 def _augment(x: torch.Tensor, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """random 2-pixel shifts (zero border) and, for natural images, horizontal flips"""
+    """random 2-pixel shifts (zero border) and, for natural images, horizontal flips
+    (random numbers from the CPU generator `gen`, so a run repeats on any device)"""
     n, _, h, w = x.shape
+    dev = x.device
     xp = F.pad(x, (2, 2, 2, 2))
-    dy = torch.randint(0, 5, (n,), generator=gen)
-    dx = torch.randint(0, 5, (n,), generator=gen)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))
-    out = xp[torch.arange(n).view(n, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1),
+    dy = torch.randint(0, 5, (n,), generator=gen).to(dev)
+    dx = torch.randint(0, 5, (n,), generator=gen).to(dev)
+    rows = (dy.view(n, 1) + torch.arange(h, device=dev).view(1, h))
+    cols = (dx.view(n, 1) + torch.arange(w, device=dev).view(1, w))
+    out = xp[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(x.shape[1], device=dev).view(1, -1, 1, 1),
              rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
     if flip:
-        m = torch.rand(n, generator=gen) < 0.5
+        m = (torch.rand(n, generator=gen) < 0.5).to(dev)
         out[m] = out[m].flip(3)
     return out
 
 
-def evaluate_torch(model, x_u8, y, batch=500) -> float:
+def evaluate_torch(model, x_u8, y, batch=500, device=None) -> float:
     model.eval()
+    device = device or next(model.parameters()).device
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x_u8), batch):
-            xb = torch.from_numpy(x_u8[i:i + batch]).float().div_(255)
-            correct += int((model(xb).argmax(1).numpy() == y[i:i + batch]).sum())
+            xb = torch.from_numpy(x_u8[i:i + batch]).to(device).float().div_(255)
+            correct += int((model(xb).argmax(1).cpu().numpy() == y[i:i + batch]).sum())
     return 100.0 * correct / len(x_u8)
 
 
-def ckpt_path(dataset, variant) -> Path:
-    return CKPT / dataset / ("%s.npz" % variant)
+def ckpt_path(dataset, variant, recipe_name="xnor-net", ckpt_dir=None) -> Path:
+    base = Path(ckpt_dir) if ckpt_dir else CKPT / dataset / recipe_name
+    return base / ("%s.npz" % variant)
 
 
-def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int = 0, quiet=False, augment=None):
-    """Trains (or resumes) and returns the model in eval mode.  augment: None = the
-    variant's default (off for NO_AUGMENT)."""
+def load_checkpoint(path, complete=True):
+    """(model in eval mode, checkpoint) from a checkpoint of this module; complete: refuse
+    an unfinished one"""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError("no checkpoint %s: train that variant first" % path)
+    ck = checkpoint.load(path)
+    if complete and ck["epoch"] != ck["config"]["epochs"]:
+        raise RuntimeError("%s is at epoch %d of %d: train it to the end first" % (path, ck["epoch"],
+                                                                                  ck["config"]["epochs"]))
+    model = build_net(ck["config"]["net"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck
+
+
+def load_init(model, state):
+    """the weights of a trained network into `model`; the options the source lacks (RSign
+    shifts, RPReLU) keep their initial values"""
+    try:
+        res = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a size mismatch
+        raise RuntimeError("cannot initialise from a network of another shape: %s" % str(e).splitlines()[1:2]) from None
+    new = (".shift", ".gamma", ".zeta", ".prelu.weight")
+    bad = [k for k in res.missing_keys if not k.endswith(new)] + list(res.unexpected_keys)
+    if bad:
+        raise RuntimeError("cannot initialise from a network of another shape: %s" % bad[:5])
+
+
+def make_optimizer(model, s):
+    """Adam(W): weight decay s["wd"] on the float conv/linear weights only"""
+    latent = latent_binary_weights(model)
+    decay, rest = [], []
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            float_weight = name == "weight" and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+            (decay if float_weight and id(p) not in latent else rest).append(p)
+    groups = [{"params": decay, "weight_decay": s["wd"]}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s["lr"]) if s["wd"] else torch.optim.Adam(groups, lr=s["lr"])
+
+
+def schedule(s, epochs):
+    """[(first epoch, end epoch, binary weights)]: one step, or the two-step schedule"""
+    if not s["two_step"]:
+        return [(0, epochs, True)]
+    half = epochs // 2
+    if half < 1:
+        raise ValueError("the two-step schedule needs at least 2 epochs")
+    return [(0, half, False), (half, epochs, True)]
+
+
+def _lr_linear(s, steps, step, epochs, steps_per_epoch):
+    """linear decay from lr to 0 within each step of the schedule"""
+    e = step // steps_per_epoch
+    a, b, _ = next(st for st in steps if st[0] <= e < st[1])
+    n = (b - a) * steps_per_epoch
+    return s["lr"] * (1.0 - (step - a * steps_per_epoch) / n)
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int = 0, quiet=False, augment=None,
+          recipe_name="xnor-net", overrides=None, ckpt_dir=None, limit=None, device="auto", teacher_path=None,
+          time_limit=0.0):
+    """Trains (or resumes) and returns (model in eval mode, done).  augment: None = the
+    recipe's default; overrides: recipe settings; limit: the first N training images;
+    time_limit: minutes, then stop after the epoch (the checkpoint resumes).  Under torchrun
+    every process calls this (see models/distributed.py)."""
     if variant not in TRAINED:
         raise ValueError("variant %r is not trained (one of %s)" % (variant, TRAINED))
     if threads:
         torch.set_num_threads(threads)
+    rank, world, dev = distributed.start(pick_device(device))
+    quiet = quiet or rank != 0
     torch.manual_seed(seed)
     np.random.seed(seed)
+    s = recipe(dataset, variant, recipe_name, overrides)
+    if augment is not None:
+        s["augment"] = bool(augment)
     x_tr, y_tr, _, _ = data.load(dataset)
-    model = build(dataset, variant).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=DEFAULTS["lr"])
-    steps_per_epoch = len(x_tr) // DEFAULTS["batch"]
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=DEFAULTS["lr"], total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
-    start = 0
-    path = ckpt_path(dataset, variant)
-    config = {"epochs": epochs, "seed": seed, "width": list(WIDTH)}
-    how = recipe(dataset, variant)
-    if augment is None:
-        augment = how["augment"]
-    if not augment:
-        config["augment"] = False
-    init = how["init"]
-    if init:
-        config["init"] = init
-        src = checkpoint.load(ckpt_path(dataset, init))
-        if src["epoch"] != epochs:
-            raise RuntimeError("%s/%s starts from %s, which is not trained yet: train it first" % (dataset, variant, init))
-        model.load_state_dict(src["model"], strict=True)
+    x_tr, y_tr = data.subset(x_tr, y_tr, limit)
+    ncfg = net_config(dataset, variant, s)
+    raw = build_net(ncfg).to(dev, memory_format=torch.channels_last)
+    steps_per_epoch = len(x_tr) // s["batch"]
+    if steps_per_epoch < 1:
+        raise ValueError("%d training images make no batch of %d" % (len(x_tr), s["batch"]))
+    config = {"epochs": epochs, "seed": seed, "net": ncfg, "recipe": recipe_name, "settings": s, "limit": limit,
+              "train_images": len(x_tr)}
+    path = ckpt_path(dataset, variant, recipe_name, ckpt_dir)
+    if s["init"]:
+        src, src_ck = load_checkpoint(path.with_name("%s.npz" % s["init"]))
+        config["init_epochs"] = src_ck["epoch"]
+        load_init(raw, src.state_dict())
     teacher = None
-    if how["distill"]:
-        config["distill"] = how["distill"]
-        teacher = load_trained(dataset, how["distill"], epochs, seed)
+    if s["distill"] or teacher_path:
+        tpath = Path(teacher_path) if teacher_path else path.with_name("%s.npz" % s["distill"])
+        teacher, t_ck = load_checkpoint(tpath)
+        config["teacher"] = {"path": tpath.name, "epochs": t_ck["epoch"], "net": t_ck["config"]["net"]}
+        teacher = teacher.to(dev, memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
+    opt = make_optimizer(raw, s)
+    sched = None
+    if s["optimizer"] == "adam-onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s["lr"], total_steps=epochs * steps_per_epoch,
+                                                    pct_start=0.15)
+    steps = schedule(s, epochs)
+    start = 0
     if path.exists():
         ck = checkpoint.load(path)
         if checkpoint.same_config(ck["config"], config):
-            model.load_state_dict(ck["model"])
+            raw.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
-            sched.load_state_dict(ck["sched"])
+            if sched is not None:
+                sched.load_state_dict(ck["sched"])
             start = ck["epoch"]
-            torch.set_rng_state(ck["rng"])
         elif not quiet:
             print("checkpoint %s has another configuration; starting over" % path)
-    gen = torch.Generator().manual_seed(seed + 1000 * start)
-    flip = dataset != "mnist"
-    shift = augment
-    flip = flip and augment
-    xt = torch.from_numpy(np.array(x_tr))  # a writable copy
-    yt = torch.from_numpy(y_tr)
+    model = distributed.wrap(raw, dev)
+    flip = s["augment"] and dataset != "mnist"
+    xt = torch.from_numpy(np.array(x_tr)).to(dev)  # a writable copy
+    yt = torch.from_numpy(y_tr).to(dev)
+    t0 = time.time()
     for epoch in range(start, epochs):
+        if time_limit and distributed.any_rank(time.time() - t0 > time_limit * 60):
+            break
+        set_binary_weights(raw, next(b for a, e, b in steps if a <= epoch < e))
         model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        bar = Progress(steps_per_epoch, "%s/%s epoch %d/%d" % (dataset, variant, epoch + 1, epochs))
+        gen = torch.Generator().manual_seed(seed * 1000003 + epoch * 1009 + rank)
+        batches = distributed.rank_batches(len(xt), s["batch"], seed, epoch, steps_per_epoch)
+        bar = tqdm(batches, desc="%s/%s epoch %d/%d" % (dataset, variant, epoch + 1, epochs), disable=quiet,
+                   mininterval=1.0, leave=False)
         loss_avg = None
-        for b in range(steps_per_epoch):
-            idx = perm[b * DEFAULTS["batch"]:(b + 1) * DEFAULTS["batch"]]
+        for b, idx in enumerate(bar):
+            step = epoch * steps_per_epoch + b
+            if sched is None:
+                for g in opt.param_groups:
+                    g["lr"] = _lr_linear(s, steps, step, epochs, steps_per_epoch)
+            idx = torch.as_tensor(idx, device=dev)
             xb = xt[idx].float().div_(255)
-            if shift:
+            if s["augment"]:
                 xb = _augment(xb, flip, gen)
             xb = xb.contiguous(memory_format=torch.channels_last)
             logits = model(xb)
             loss = F.cross_entropy(logits, yt[idx])
             if teacher is not None:
+                t = s["kd_t"]
                 with torch.no_grad():
-                    soft = F.softmax(teacher(xb) / KD_T, dim=1)
-                kd = F.kl_div(F.log_softmax(logits / KD_T, dim=1), soft, reduction="batchmean") * KD_T ** 2
-                loss = 0.5 * (loss + kd)
+                    soft = F.softmax(teacher(xb) / t, dim=1)
+                kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t ** 2
+                loss = (1 - s["kd_weight"]) * loss + s["kd_weight"] * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            lv = loss.item()
-            loss_avg = lv if loss_avg is None else 0.98 * loss_avg + 0.02 * lv
-            bar.update(1, "loss %.3f" % loss_avg)
+            if sched is not None:
+                sched.step()
+            if not quiet:
+                lv = loss.item()
+                loss_avg = lv if loss_avg is None else 0.98 * loss_avg + 0.02 * lv
+                bar.set_postfix_str("loss %.3f" % loss_avg, refresh=False)
         bar.close()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save(path, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                               "epoch": epoch + 1, "rng": torch.get_rng_state(), "config": config})
-    return model.eval()
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.save(path, {"model": raw.state_dict(), "opt": opt.state_dict(),
+                                   "sched": sched.state_dict() if sched is not None else {},
+                                   "epoch": epoch + 1, "config": config})
+            if not quiet:
+                print("%s/%s epoch %d/%d: loss %.4f (%.0f s)" % (dataset, variant, epoch + 1, epochs,
+                                                               loss_avg or 0.0, time.time() - t0), flush=True)
+        distributed.barrier()
+        start = epoch + 1
+    set_binary_weights(raw, True)
+    return raw.eval(), start >= epochs
 
 
-def load_trained(dataset, variant, epochs, seed=0):
-    """The finished model from its checkpoint (naive: derived from fp's)."""
+def load_trained(dataset, variant, epochs=None, recipe_name="xnor-net", ckpt_dir=None):
+    """The finished model from its checkpoint (naive: derived from fp's); epochs: the
+    number it must have been trained for (None: any)."""
     src = "fp" if variant == "naive" else variant
-    ck = checkpoint.load(ckpt_path(dataset, src))
-    if ck["epoch"] != epochs:
+    model, ck = load_checkpoint(ckpt_path(dataset, src, recipe_name, ckpt_dir))
+    if epochs is not None and ck["epoch"] != epochs:
         raise RuntimeError("%s/%s checkpoint is at epoch %d of %d" % (dataset, src, ck["epoch"], epochs))
-    model = build(dataset, src)
-    model.load_state_dict(ck["model"])
-    model.eval()
     return naive_from_fp(model).eval() if variant == "naive" else model
 
 
-def export(model, dataset, variant, class_names=None) -> Path:
+def export(model, dataset, variant, class_names=None, out_dir=None) -> Path:
     """ONNX (batch 1, [0, 1] pixels) and the converted model beside it."""
     import onnx
 
     from firmware_py.convert import convert
 
-    out = ZOO / dataset
+    out = Path(out_dir) if out_dir else ZOO / dataset
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / ("%s.onnx" % variant)
     c = len(data.STATS[dataset][0])
     hw = 32 if dataset == "cifar10" else 28
     x = torch.rand(1, c, hw, hw)
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     torch.onnx.export(model, (x,), str(onnx_path), dynamo=False, opset_version=17, input_names=["pixels"],
                       output_names=["logits"])
     m = onnx.load(str(onnx_path))
@@ -209,7 +375,7 @@ def export(model, dataset, variant, class_names=None) -> Path:
     return onnx_path
 
 
-def main(argv=None):
+def parser():
     ap = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=data.DATASETS, required=True)
@@ -217,19 +383,44 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="xnor-net")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a recipe setting (%s)" % ", ".join(sorted(BASE)))
     ap.add_argument("--augment", choices=("on", "off"), default=None,
-                    help="random shifts/flips (default: off for %s, on otherwise)" % NO_AUGMENT)
-    a = ap.parse_args(argv)
+                    help="random shifts/flips (default: the recipe's)")
+    ap.add_argument("--teacher", default=None, help="distil from this checkpoint (.npz of models.train)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    ap.add_argument("--limit", type=int, default=None, help="train on N random images (smoke runs)")
+    ap.add_argument("--test-limit", type=int, default=None, help="evaluate on N random test images")
+    ap.add_argument("--time-limit", type=float, default=0, help="minutes; then stop after the epoch (resumable)")
+    ap.add_argument("--ckpt-dir", default=None, help="default models/.ckpt/<dataset>/<recipe>")
+    ap.add_argument("--out", default=None, help="export folder (default models/zoo/<dataset>)")
+    ap.add_argument("--no-export", action="store_true")
+    return ap
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     t0 = time.time()
+    overrides = parse_sets(a.set)
     if a.variant == "naive":
-        model = load_trained(a.dataset, "naive", a.epochs, a.seed)
+        model, done = load_trained(a.dataset, "naive", a.epochs, a.recipe, a.ckpt_dir), True
     else:
         aug = None if a.augment is None else a.augment == "on"
-        model = train(a.dataset, a.variant, a.epochs, a.seed, a.threads, augment=aug)
-    _, _, x_te, y_te = data.load(a.dataset)
-    print("%s/%s: test accuracy %.2f%% (%.0f s)" % (a.dataset, a.variant, evaluate_torch(model, x_te, y_te),
-                                                   time.time() - t0))
-    print("exported", export(model, a.dataset, a.variant))
+        model, done = train(a.dataset, a.variant, a.epochs, a.seed, a.threads, augment=aug, recipe_name=a.recipe,
+                            overrides=overrides, ckpt_dir=a.ckpt_dir, limit=a.limit, device=a.device,
+                            teacher_path=a.teacher, time_limit=a.time_limit)
+    if distributed.rank() == 0:
+        _, _, x_te, y_te = data.load(a.dataset)
+        x_te, y_te = data.subset(x_te, y_te, a.test_limit)
+        n = len(x_te)
+        acc = evaluate_torch(model, x_te, y_te)
+        print(json.dumps({"dataset": a.dataset, "variant": a.variant, "recipe": a.recipe, "done": done,
+                          "test_images": n, "acc_pytorch": round(acc, 2), "world_size": distributed.world_size(),
+                          "seconds": round(time.time() - t0, 1)}), flush=True)
+        if done and not a.no_export:
+            print("exported", export(model, a.dataset, a.variant, out_dir=a.out))
+    distributed.stop()
 
 
 if __name__ == "__main__":

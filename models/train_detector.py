@@ -16,8 +16,15 @@ by (seed, epoch, image), so a resumed run repeats the interrupted one.  Checkpoi
 (models/.ckpt/person/<name>.npz: arrays and JSON, no pickle -- models/checkpoint.py)
 are written after every epoch, every --save-every steps and when --time-limit runs out;
 running the same command again resumes (another configuration starts from scratch and
-says so).  Progress: models/progress.py; one JSON line per epoch in
-models/.ckpt/person/<name>.log.jsonl.
+says so).  Progress: tqdm; one JSON line per epoch in models/.ckpt/person/<name>.log.jsonl.
+
+Several processes: ``torchrun --nproc_per_node N -m models.train_detector ...`` (DDP, gloo
+on CPU, nccl on GPU; models/distributed.py): --batch is the global batch, each process
+takes its share of it; rank 0 alone checkpoints, logs, validates and exports.
+
+--two-step trains the first half of the epochs with real-valued weights behind the binary
+activations, the second with binary weights (Real-to-Binary); binary latent weights never
+get weight decay (make_optimizer).
 
 --init-from fp starts the binary model from the trained fp twin's checkpoint (EMA
 weights); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
@@ -41,9 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from tqdm import tqdm
+
+from . import checkpoint, distributed
 from . import detector as D
-from .progress import Progress
+from .layers import set_binary_weights
 from .yolo_data import YoloDataset, sample_rng, to_tensor_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +95,8 @@ class _SampleSet(torch.utils.data.Dataset):
 
 
 def _loader(ds, seed, epoch, batch, start_batch, workers, steps):
-    perm = np.random.default_rng([seed, epoch, 7919]).permutation(len(ds))
-    batches = [perm[b * batch:(b + 1) * batch].tolist() for b in range(steps)][start_batch:]
+    """this rank's share of the global batches start_batch.. of an epoch"""
+    batches = distributed.rank_batches(len(ds), batch, seed, epoch, steps)[start_batch:]
     return torch.utils.data.DataLoader(_SampleSet(ds, seed, epoch), batch_sampler=batches, num_workers=workers,
                                        collate_fn=to_tensor_batch, persistent_workers=False,
                                        pin_memory=torch.cuda.is_available())
@@ -166,7 +175,8 @@ def train(a, quiet=False):
     """a: parsed arguments (see main).  Returns (EMA model in eval mode, summary dict)."""
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = pick_device(a.device)
+    rank, world, device = distributed.start(pick_device(a.device))
+    quiet = quiet or rank != 0
     torch.manual_seed(a.seed)
     name = a.name or a.variant
     path = ckpt_path(name, a.ckpt_dir)
@@ -183,6 +193,9 @@ def train(a, quiet=False):
     config = {"model": mcfg, "epochs": a.epochs, "seed": a.seed, "batch": batch, "lr": a.lr, "wd": a.wd,
               "data": str(a.data), "limit": a.limit, "init_from": a.init_from, "distill": a.distill,
               "mosaic": a.mosaic, "ema": not a.no_ema}
+    if a.two_step:
+        config["two_step"] = True
+    distributed.share(batch)  # a multiple of the number of processes
     model = D.build_detector(mcfg).to(device)
     opt = make_optimizer(model, a.variant, a.lr, a.wd)
     ema = None if a.no_ema else ModelEMA(model)
@@ -217,11 +230,14 @@ def train(a, quiet=False):
         for p in teacher.parameters():
             p.requires_grad_(False)
     loss_fn = D.YoloLoss(model)
+    ddp = distributed.wrap(model, device)
     val_ds = None
     t_start = time.time()
     stop_reason = None
 
-    def save(tag=""):
+    def save():
+        if rank:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save(path, {"model": model.state_dict(), "opt": opt.state_dict(),
                                "ema": (ema.ema if ema else model).state_dict(),
@@ -231,19 +247,27 @@ def train(a, quiet=False):
     while step < total and stop_reason is None:
         epoch, b0 = divmod(step, steps_per_epoch)
         model.train()
-        bar = None if quiet else Progress(steps_per_epoch - b0, "%s epoch %d/%d" % (name, epoch + 1, a.epochs))
+        bar = tqdm(total=steps_per_epoch - b0, desc="%s epoch %d/%d" % (name, epoch + 1, a.epochs), disable=quiet,
+                   mininterval=1.0, leave=False)
         parts_sum, nb = torch.zeros(3), 0
+        # the two-step schedule: real weights behind binary activations for the first half
+        binary_weights = not a.two_step or 2 * epoch >= a.epochs
+        for m in (model, ema.ema if ema else model):
+            set_binary_weights(m, binary_weights)
         for imgs, targets in _loader(train_ds, a.seed, epoch, batch, b0, a.workers, steps_per_epoch):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, a.lr)
             x = imgs.to(device, non_blocking=True).float().div_(255)
             targets = targets.to(device)
-            outs, feats = model(x, feats=True)
+            outs, feats = ddp(x, feats=True)
             loss, parts = loss_fn(model.split(outs), targets)
             if teacher is not None:
                 with torch.no_grad():
                     t_outs, t_feats = teacher(x, feats=True)
                 loss = loss + D.distill_loss(outs, t_outs, feats, t_feats, model, w_out, w_feat) * x.shape[0]
+            # the loss is a sum over this process's share; DDP averages the shares' gradients,
+            # so x world: the gradient of one process's loss over the whole batch
+            loss = loss * world
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -253,36 +277,39 @@ def train(a, quiet=False):
             step += 1
             parts_sum += parts.cpu()
             nb += 1
-            last = {"loss": float(loss.item()) / x.shape[0]}
-            if bar:
-                p = parts_sum / nb
-                bar.update(1, "box %.4f obj %.4f cls %.4f" % tuple(p.tolist()))
+            last = {"loss": float(loss.item()) / (x.shape[0] * world)}
+            if not quiet:
+                bar.set_postfix_str("box %.4f obj %.4f cls %.4f" % tuple((parts_sum / nb).tolist()), refresh=False)
+                bar.update(1)
             if a.max_steps and step >= a.max_steps:
                 stop_reason = "max-steps"
-            elif a.time_limit and time.time() - t_start > a.time_limit * 60:
+            elif a.time_limit and distributed.any_rank(time.time() - t_start > a.time_limit * 60):
                 stop_reason = "time-limit"
             if a.save_every and step % a.save_every == 0 and step % steps_per_epoch:
                 save()
             if stop_reason:
                 break
-        if bar:
-            bar.close()
+        bar.close()
         save()
         rec = {"epoch": epoch + 1, "step": step, "time_s": round(time.time() - t_start, 1),
                "box": float(parts_sum[0] / max(nb, 1)), "obj": float(parts_sum[1] / max(nb, 1)),
                "cls": float(parts_sum[2] / max(nb, 1))}
         epoch_done = step % steps_per_epoch == 0
-        if epoch_done and a.val_every and ((step // steps_per_epoch) % a.val_every == 0 or step == total):
+        if rank == 0 and epoch_done and a.val_every and ((step // steps_per_epoch) % a.val_every == 0
+                                                         or step == total):
             if val_ds is None:
                 val_ds = YoloDataset(a.data, "val", a.imgsz, limit=a.val_limit, cache=a.cache, quiet=quiet)
             r = evaluate_model(ema.ema if ema else model, val_ds, device, limit=a.val_limit)
             rec.update(val_map50=round(r["map50"], 4), val_map=round(r["map"], 4))
             if not quiet:
                 print("val mAP@0.5 %.4f  mAP@0.5:0.95 %.4f" % (r["map50"], r["map"]))
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        distributed.barrier()
         last.update(rec)
     final = (ema.ema if ema else model).eval()
+    set_binary_weights(final, True)
     summary = dict(last, step=step, total=total, done=step >= total, stopped=stop_reason, checkpoint=str(path))
     return final, summary
 
@@ -335,6 +362,8 @@ def parser():
     ap.add_argument("--name", default=None, help="checkpoint name (default: the variant)")
     ap.add_argument("--ckpt-dir", default=None)
     ap.add_argument("--no-ema", action="store_true")
+    ap.add_argument("--two-step", action="store_true", help="binary variant: real-valued weights for the first half "
+                                                             "of the epochs, then binary (Real-to-Binary's schedule)")
     ap.add_argument("--export-dir", default=None, help="default models/zoo/person")
     ap.add_argument("--no-export", action="store_true")
     return ap
@@ -343,10 +372,12 @@ def parser():
 def main(argv=None):
     a = parser().parse_args(argv)
     model, summary = train(a)
-    print(json.dumps(summary))
-    if summary["done"] and not a.no_export:
-        print("exported", export(model, a.variant, a.export_dir))
-        print("MACs", json.dumps(D.count_macs(model)))
+    if distributed.rank() == 0:
+        print(json.dumps(dict(summary, world_size=distributed.world_size())))
+        if summary["done"] and not a.no_export:
+            print("exported", export(model, a.variant, a.export_dir))
+            print("MACs", json.dumps(D.count_macs(model)))
+    distributed.stop()
 
 
 if __name__ == "__main__":

@@ -153,10 +153,9 @@ class YoloDataset:
             if len(idx) == len(self.files):
                 self._set(pix, idx)
                 return
-        from .progress import Progress
-        bar = None if quiet else Progress(len(self.files), "decode %s" % key)
+        from tqdm import tqdm
         imgs, shapes0 = [], []
-        for p in self.files:
+        for p in tqdm(self.files, desc="decode %s" % key, disable=quiet, mininterval=1.0, leave=False):
             img = _imdecode(p)
             h0, w0 = img.shape[:2]
             r = self.imgsz / max(h0, w0)
@@ -164,10 +163,6 @@ class YoloDataset:
                 img = _resize(img, max(1, round(w0 * r)), max(1, round(h0 * r)))
             imgs.append(np.ascontiguousarray(img))
             shapes0.append((h0, w0))
-            if bar:
-                bar.update(1)
-        if bar:
-            bar.close()
         sizes = np.array([im.size for im in imgs], np.int64)
         idx = np.zeros((len(imgs), 5), np.int64)
         idx[1:, 0] = np.cumsum(sizes)[:-1]

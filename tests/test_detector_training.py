@@ -137,3 +137,18 @@ def test_init_from_fp_and_distill(tmp_path):
     T.train(_args(tmp_path, variant="fp", name="fp", max_steps=1), quiet=True)
     m, s = T.train(_args(tmp_path, name="bin", init_from="fp", distill="1,1", max_steps=1), quiet=True)
     assert s["step"] == 1 and np.isfinite(s["loss"])
+
+
+@needs_people
+def test_two_step_schedule(tmp_path):
+    from models import checkpoint
+    from models import train_detector as T
+    from models.layers import BinaryConv2d
+
+    m1, s1 = T.train(_args(tmp_path / "a", epochs=2, two_step=True), quiet=True)
+    m2, _ = T.train(_args(tmp_path / "b", epochs=2, two_step=False), quiet=True)
+    assert s1["done"] and checkpoint.load(tmp_path / "a" / "smoke.npz")["config"]["two_step"]
+    # the result has binary weights (what is exported) ...
+    assert all(m.binary_weights for m in m1.modules() if isinstance(m, BinaryConv2d))
+    # ... and the first epoch with real weights changed the training (same seed and data)
+    assert any(not torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))

@@ -35,6 +35,7 @@ class ConvertResult:
     source_bytes: int = 0
     file_bytes: int = 0
     check: dict = None
+    float_reasons: dict = field(default_factory=dict)  # ONNX node -> why its binary weights run float
 
     def report(self) -> str:
         from .report import report_text
@@ -81,19 +82,34 @@ def _metadata(meta: dict, src) -> dict:
     return out
 
 
-def _rename(ir, old, new):
+def _rename(ir, old, new, anchors):
     ir.values[new] = dict(ir.values.pop(old), name=new)
     ir._names.add(new)
     ir.rename_value(old, new)
+    if old in anchors:
+        anchors[new] = anchors.pop(old)
 
 
-def build(src, input_shapes=None, input_layout="auto"):
-    """ONNX -> (graph dict, tensors, notes, source size); nothing is written."""
+@dataclass
+class Built:
+    graph: dict
+    tensors: dict
+    notes: list
+    source_bytes: int
+    anchors: dict        # converted value -> the ONNX value it holds (check.py)
+    float_reasons: dict  # ONNX node -> why a layer with binary weights stayed float
+
+
+def build(src, input_shapes=None, input_layout="auto") -> Built:
+    """ONNX -> the converted graph (Built); nothing is written."""
     from .layout import eliminate_transposes
     from .onnx_graph import import_graph
+    from .patterns import simplify
 
     g = import_graph(src, input_shapes)
+    onnx_values = {o for n in g.nodes for o in n.outputs} | {n for n, _ in g.inputs}
     nhwc_inputs = eliminate_transposes(g, input_layout)
+    g = simplify(g)
     low = Lowering(g)
     outputs = low.lower()
     ir = low.ir
@@ -112,9 +128,10 @@ def build(src, input_shapes=None, input_layout="auto"):
                     "scale": ir.tensor(name + ".one", np.ones(c, np.float32)),
                     "bias": ir.tensor(name + ".zero", np.zeros(c, np.float32))})
             else:
-                _rename(ir, v, name)
+                _rename(ir, v, name, low.anchors)
+        low.anchors[name] = (name, None, None, 0.0)
         out_values.append(name)
-    optimize(ir, out_values)
+    optimize(ir, out_values, low.sign_bits)
     graph = {
         "format": "bnn-graph",
         "producer": "firmware_py %s" % __version__,
@@ -128,7 +145,10 @@ def build(src, input_shapes=None, input_layout="auto"):
     }
     # the inputs are values too
     graph["values"] = [ir.values[n] for n, _ in g.inputs] + graph["values"]
-    return graph, ir.tensors, low.notes, g.source_bytes
+    # the values layout.py made (transposed copies of ONNX values) have no ONNX twin to check against
+    anchors = {v: a for v, a in low.anchors.items() if v in ir.values and v not in input_names
+               and a[0] in onnx_values and (not a[2] or a[2] in onnx_values)}
+    return Built(graph, ir.tensors, low.notes, g.source_bytes, anchors, dict(low.float_reasons))
 
 
 def _memory_check(memory_limit):
@@ -149,37 +169,54 @@ def _memory_check(memory_limit):
     return check
 
 
-def convert(src, dst=None, input_shapes=None, check=False, check_inputs=None, check_samples=4, seed=0,
+def onnxruntime_available():
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def convert(src, dst=None, input_shapes=None, check=None, check_inputs=None, check_samples=4, seed=0,
             rtol=1e-3, atol=1e-4, memory_limit=None, input_layout="auto") -> ConvertResult:
     """Converts an ONNX model (path or ModelProto) to the model file `dst` (default: src with
-    the extension .bnn).  Raises ConvertError naming the node for anything unsupported;
-    nothing is written then.  check=True compares firmware_py against onnxruntime on
-    random inputs (and check_inputs: an array or a list of arrays) and raises
-    ConvertError when they disagree.  memory_limit: what the converted model may need at
-    run time (bytes or "512M"; 0 / "none": no limit; None: $BNN_MEMORY_LIMIT, else the
-    memory available here -- firmware_py/memory.py): a ConvertError before anything is
-    written when it needs more.  input_layout: "auto" takes a 4-D input that the graph
-    reads only through Transpose(0, 3, 1, 2) as NHWC (TensorFlow exports without
-    inputs_as_nchw), "NHWC" insists on that, "NCHW" never (convert/layout.py)."""
-    from ..model_format import write_model
+    the extension .bnn).  Raises ConvertError naming the node for anything unsupported.
+    check (default: when onnxruntime is importable; True requires it) compares firmware_py
+    against onnxruntime on random inputs (and check_inputs: an array or a list of arrays),
+    end to end and layer by layer (convert/check.py), and raises ConvertError when a layer
+    disagrees.  memory_limit: what the converted model may need at run time (bytes or
+    "512M"; 0 / "none": no limit; None: $BNN_MEMORY_LIMIT, else the memory available here --
+    firmware_py/memory.py).  On any error nothing is written and an existing `dst` is left
+    as it was (the file is written to a temporary name and renamed after the checks).
+    input_layout: "auto" takes a 4-D input that the graph reads only through
+    Transpose(0, 3, 1, 2) as NHWC (TensorFlow exports without inputs_as_nchw), "NHWC"
+    insists on that, "NCHW" never (convert/layout.py)."""
+    from ..model_format import GraphSizeError, write_model
 
-    graph, tensors, notes, source_bytes = build(src, input_shapes, input_layout)
+    b = build(src, input_shapes, input_layout)
     if dst is None:
         if not isinstance(src, (str, os.PathLike)):
             raise ConvertError("dst is required when src is a ModelProto")
         dst = os.path.splitext(os.fspath(src))[0] + ".bnn"
-    from ..model_format import GraphSizeError
+    if check is None:
+        check = onnxruntime_available()
+    result = ConvertResult(os.fspath(dst), b.graph, b.tensors, b.notes, b.source_bytes,
+                           float_reasons=b.float_reasons)
+    memory_check = _memory_check(memory_limit)
+
+    def checks(graph):  # before anything is written (write_model's check)
+        memory_check(graph)
+        if check:
+            from .check import check_against_onnxruntime
+            result.check = check_against_onnxruntime(src, graph, b.tensors, b.anchors, check_inputs, check_samples,
+                                                     seed, rtol, atol, memory_limit)
+            if not result.check["ok"]:
+                raise ConvertError("--check failed, nothing was written: %s" % result.check["summary"])
     try:
-        write_model(dst, graph, tensors, check=_memory_check(memory_limit))
+        write_model(dst, b.graph, b.tensors, check=checks)
     except GraphSizeError as e:
         raise ConvertError("%s: the converted model has %d nodes and %d values, more than a "
                            "model file can describe; nothing was written" % (
-                               e, len(graph["nodes"]), len(graph["values"]))) from None
-    result = ConvertResult(os.fspath(dst), graph, tensors, notes, source_bytes, os.path.getsize(dst))
-    if check:
-        from .check import check_against_onnxruntime
-        result.check = check_against_onnxruntime(src, dst, graph, check_inputs, check_samples, seed, rtol,
-                                                 atol, memory_limit)
-        if not result.check["ok"]:
-            raise ConvertError("--check failed: %s" % result.check["summary"])
+                               e, len(b.graph["nodes"]), len(b.graph["values"]))) from None
+    result.file_bytes = os.path.getsize(dst)
     return result

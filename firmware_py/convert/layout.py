@@ -283,7 +283,11 @@ def _flatten_into_dense(rw, t):
         else:
             w2[:, order] = w
         rw.set_input(d, 1, rw.const(d.inputs[1] + "_nchw", w2))
-    flat = Node("Flatten", f.name, [t.inputs[0]], list(f.outputs), {"axis": 1})
+    # another name: its features are in another order than the ONNX value's
+    out = rw.new_value(f.outputs[0] + "_nchw", g.shapes[f.outputs[0]])
+    flat = Node("Flatten", f.name, [t.inputs[0]], [out], {"axis": 1})
+    for d in ds:
+        rw.set_input(d, 0, out)
     i = g.nodes.index(f)
     rw.remove(f)
     g.nodes.insert(i, flat)
@@ -301,8 +305,16 @@ def _step(rw, t):
         return False
     p = _perm(t, len(xs))
     if p == list(range(len(xs))):  # identity
-        rw.replace_uses(y, x)
         rw.remove(t)
+        prod = next((n for n in g.nodes if x in n.outputs), None)
+        if prod is not None and x not in g.outputs:
+            # x takes y's name: the value keeps the name and layout it has in the ONNX graph
+            # (--check compares there)
+            rw.replace_uses(x, y)
+            prod.outputs = [y if o == x else o for o in prod.outputs]
+            g.shapes[y] = g.shapes.get(x, g.shapes.get(y))
+        else:
+            rw.replace_uses(y, x)
         return True
     rs = rw.readers.get(y, [])
     if y in g.outputs or not rs:

@@ -13,19 +13,31 @@ import numpy as np
 
 from .errors import ConvertError
 from .ir import IR, pack_bits
+from .qonnx import DOMAINS as QONNX_DOMAINS, OPS as QONNX_OPS
 
 
 
 @dataclass
 class Rep:
-    kind: str            # float | bits | const | abs | absmean | kscale
+    kind: str            # float | bits | const | abs | absmean | kscale | cond
     value: str = ""      # IR value name
     shape: tuple = ()    # ONNX (NCHW / NC) shape
-    scale: float = 1.0   # bits: the tensor is scale * (+-1)
+    levels: tuple = (1.0, -1.0)  # bits: the tensor's value where a bit is +1, where it is -1
+    #                              (cond: the truth value there)
     const: np.ndarray = None
-    src: "Rep" = None    # abs / absmean: the float tensor they come from; padded: the bits
-    pads: tuple = None   # padded: bits src padded spatially [t, l, b, r] with pad_value * src.scale
+    src: "Rep" = None    # abs / absmean: the float tensor they come from; float that is
+    #                      Relu(x) / Clip(x, 0, hi): x (Sign packs x > 0 from it); padded: the bits
+    zero: str = None     # float: None: not exactly 0 by construction; "nonneg": >= 0 and may
+    #                      be exactly 0; "signed": may be exactly 0 and negative
+    why: str = ""        # where those zeros come from (for messages)
+    pads: tuple = None   # padded: the bits in src padded spatially [t, l, b, r] with pad_value
     pad_value: float = 0.0
+
+    @property
+    def scale_offset(self):
+        """bits: (s, o) with value = s * bit + o (bit = +-1)"""
+        hi, lo = (float(v) for v in self.levels)
+        return (hi - lo) / 2, (hi + lo) / 2
 
 
 def nhwc(shape):
@@ -141,6 +153,11 @@ class Lowering:
         self._float_of_bits: dict[str, Rep] = {}
         self._bits_of_float: dict[str, Rep] = {}
         self.notes: list[str] = []
+        self.sign_bits: dict = {}       # bits value -> the ONNX Sign node that made it (passes)
+        self.float_reasons: dict = {}   # ONNX node name -> why a layer with binary weights is float
+        self.anchors: dict = {}         # IR value -> (ONNX value, bits levels or None, the ONNX value
+        #                                 binarised or None, threshold): what --check compares
+        self.producer = {o: n for n in graph.nodes for o in n.outputs}
         self.consumers: dict[str, int] = {}
         for n in graph.nodes:
             for i in n.inputs:
@@ -172,21 +189,26 @@ class Lowering:
         if r.kind == "float":
             return r
         if r.kind == "bits":
-            key = (r.value, r.scale)
+            key = (r.value, tuple(r.levels))
             if key not in self._float_of_bits:
                 out = self.new_float(r.value + ".float", r.shape)
                 self.ir.add("unpack", r.value + ".unpack", [r.value], [out.value])
-                if r.scale != 1.0:
+                if tuple(r.levels) != (1.0, -1.0):
+                    s, o = r.scale_offset
                     scaled = self.new_float(r.value + ".scaled", r.shape)
                     c = r.shape[1]
                     self.ir.add("affine", r.value + ".scale", [out.value], [scaled.value], params={
-                        "scale": self.ir.tensor(r.value + ".scale", np.full(c, r.scale, np.float32)),
-                        "bias": self.ir.tensor(r.value + ".bias", np.zeros(c, np.float32))})
+                        "scale": self.ir.tensor(r.value + ".scale", np.full(c, s, np.float32)),
+                        "bias": self.ir.tensor(r.value + ".bias", np.full(c, o, np.float32))})
                     out = scaled
+                    hi, lo = r.levels
+                    if 0 in (hi, lo):
+                        out.zero = "nonneg" if min(hi, lo) >= 0 else "signed"
+                        out.why = "a two-valued tensor with the values %g and %g" % (hi, lo)
                 self._float_of_bits[key] = out
             return self._float_of_bits[key]
         if r.kind == "padded":  # not read by a binary convolution: pad the unpacked floats
-            return self._float_pad(r.value, r.value, self.as_float(r.src, node), r.pads, r.pad_value * r.src.scale)
+            return self._float_pad(node, r.value, r.value, self.as_float(r.src, node), r.pads, r.pad_value)
         if r.kind == "const":
             raise ConvertError.at(node, "a constant where a computed tensor is expected",
                                   "the graph computes on constants only; fold it before export")
@@ -194,16 +216,42 @@ class Lowering:
                                     "unsupported way" % r.kind,
                               "K must be Conv(ReduceMean(Abs(x), axis=1), box) multiplied into a binary conv")
 
-    def as_bits(self, r: Rep, node, threshold=0.0) -> Rep:
-        if r.kind == "bits":
-            return Rep("bits", r.value, r.shape, 1.0)
+    def as_bits(self, r: Rep, node, threshold=0.0, negate=False) -> Rep:
+        """bits of r: +1 where r >= threshold, else -1 (QONNX BipolarQuant's rule; ONNX Sign's
+        where r is never exactly 0); negate: +1 where -r >= threshold."""
+        if r.kind == "bits" and threshold == 0.0 and not negate and r.levels[0] >= 0 > r.levels[1]:
+            return Rep("bits", r.value, r.shape)
         f = self.as_float(r, node)
-        key = (f.value, threshold)
+        key = (f.value, float(threshold), negate)
         if key not in self._bits_of_float:
+            src = f
+            if negate:
+                src = self.new_float(f.value + ".neg", f.shape)
+                c = f.shape[1]
+                self.ir.add("affine", f.value + ".negate", [f.value], [src.value], params={
+                    "scale": self.ir.tensor(f.value + ".minus_one", np.full(c, -1.0, np.float32)),
+                    "bias": self.ir.tensor(f.value + ".zero", np.zeros(c, np.float32))})
             out = self.ir.value(f.value + ".bits", "bits", nhwc(f.shape))
-            self.ir.add("bitpack", f.value + ".bitpack", [f.value], [out], {"threshold": float(threshold)})
-            self._bits_of_float[key] = Rep("bits", out, f.shape, 1.0)
+            self.ir.add("bitpack", f.value + ".bitpack", [src.value], [out], {"threshold": float(threshold)})
+            self._bits_of_float[key] = Rep("bits", out, f.shape)
         return self._bits_of_float[key]
+
+    def invert(self, r: Rep, node) -> Rep:
+        """the same tensor as r (bits) with every bit flipped and the levels swapped"""
+        hi, lo = (np.float32(v) for v in r.levels)
+        if hi == lo:
+            return r
+        mid = np.float32((np.float64(hi) + np.float64(lo)) / 2)
+        if not min(hi, lo) < mid < max(hi, lo):
+            raise ConvertError.at(node, "a two-valued tensor (%g, %g) too close to tell apart" % (hi, lo))
+        # hi > lo: the new bit is -1 where x > mid, i.e. -x < -mid; hi < lo: where x < mid
+        b = self.as_bits(r, node, -float(mid), negate=True) if hi > lo else self.as_bits(r, node, float(mid))
+        return Rep("bits", b.value, r.shape, (float(lo), float(hi)))
+
+    def zero_at_plus(self, r: Rep, node) -> Rep:
+        """r (bits) with the value 0, if it takes it, where a bit is +1 (the bits a binary
+        convolution pads with, pad_mode one)"""
+        return self.invert(r, node) if float(r.levels[1]) == 0.0 else r
 
     def shape_of(self, name, fallback):
         return tuple(self.g.shapes.get(name, fallback))
@@ -220,7 +268,7 @@ class Lowering:
             self.ir.values[name] = {"name": name, "kind": "float", "shape": list(kind_shape)}
             self.reps[name] = Rep("float", name, tuple(shape))
         for node in self.g.nodes:
-            if node.domain not in ("", "ai.onnx") and node.op != "BipolarQuant":
+            if node.domain not in ("", "ai.onnx") and not (node.domain in QONNX_DOMAINS and node.op in QONNX_OPS):
                 raise ConvertError.at(node, "operator domain %r is not supported" % node.domain)
             fn = getattr(self, "op_" + node.op, None)
             if fn is None:
@@ -229,6 +277,13 @@ class Lowering:
             out = fn(node)
             if out is not None:
                 self.reps[node.outputs[0]] = out
+                if out.kind in ("float", "bits"):  # the last ONNX value a converted value holds
+                    levels = tuple(out.levels) if out.kind == "bits" else None
+                    pre = node.inputs[0] if levels and node.op in ("Sign", "BipolarQuant", "Quant") else None
+                    old = self.anchors.get(out.value)
+                    if pre is None and old and old[1] == levels:  # the same bits under another name
+                        pre = old[2]
+                    self.anchors[out.value] = (node.outputs[0], levels, pre, 0.0)
         outputs = []
         for name in self.g.outputs:
             if name in self.g.consts:
@@ -246,22 +301,73 @@ class Lowering:
     op_Dropout = op_Identity
 
     def op_Sign(self, node):
+        """ONNX Sign: -1, 0 or 1.  The runtime's bits hold two values, so a Sign whose input
+        can be exactly 0 by construction (docs/converter.md, "Sign and exact zeros") becomes
+        bits whose levels include 0 ({0, 1} after a Relu), or is refused."""
         r = self.rep(node.inputs[0], node)
         if r.kind == "const":
             self.g.consts[node.outputs[0]] = np.sign(r.const)
             return None
-        return self.as_bits(r, node)
+        if r.kind == "bits":  # the sign of a two-valued tensor: its levels' signs
+            hi, lo = (float(v) for v in np.sign(np.float32(r.levels)))
+            if 0.0 in (hi, lo) or hi == lo:
+                return Rep("bits", r.value, r.shape, (hi, lo))
+            return self.as_bits(r, node)
+        f = self.as_float(r, node)
+        if f.zero is None:
+            b = self.as_bits(f, node)
+            self.sign_bits[b.value] = node  # a binary layer's output may be exactly 0: see passes
+            return b
+        if f.zero == "nonneg":  # {0, 1}: the bit is +1 where the input is 0 (x <= 0), -1 where x > 0
+            b = self.as_bits(f.src if f.src is not None else f, node, negate=True)
+            return Rep("bits", b.value, f.shape, (0.0, 1.0))
+        raise ConvertError.at(node, "its input can be exactly 0 and negative (%s): ONNX's Sign gives -1, 0 "
+                                    "and 1 there, and the runtime's bits hold two values" % f.why,
+                              "binarise with x >= 0 (Where(x >= 0, 1, -1), QONNX BipolarQuant), or make "
+                              "the input nonnegative (Relu) or never exactly 0")
 
     def op_BipolarQuant(self, node):
         r = self.rep(node.inputs[0], node)
         s = np.asarray(self.const(node.inputs[1], node, "scale"), np.float32)
-        if s.size != 1 or not float(s.reshape(-1)[0]) > 0:
-            raise ConvertError.at(node, "scale must be one positive number, got shape %s" % (s.shape,))
-        if r.kind == "const":  # binarised weights (QONNX: +1 for x >= 0)
-            self.g.consts[node.outputs[0]] = np.where(r.const >= 0, 1.0, -1.0).astype(np.float32) * s.reshape(-1)[0]
+        if r.kind == "const":  # binarised weights (QONNX: +1 for x >= 0), any broadcastable scale
+            from .qonnx import bipolar_quant
+            try:
+                self.g.consts[node.outputs[0]] = bipolar_quant(r.const, s)
+            except ValueError:
+                raise ConvertError.at(node, "scale of shape %s does not broadcast to %s" % (s.shape, r.shape)) from None
             return None
         b = self.as_bits(r, node)
-        return Rep("bits", b.value, b.shape, float(s.reshape(-1)[0]))
+        if s.size == 1 or np.all(s == s.reshape(-1)[0]):
+            v = np.float32(s.reshape(-1)[0])
+            return Rep("bits", b.value, b.shape, (float(v), float(-v)))
+        self.float_reasons.setdefault(node.name, "the activation scale varies per channel (%s)" % (s.shape,))
+        v = per_channel(s, b.shape, node, "scale")
+        return self._affine(node, b, v, np.zeros_like(v))
+
+    def op_Quant(self, node):
+        """QONNX Quant: a float op (quant) unless it has 1 bit (then bipolar)"""
+        from .qonnx import int_quant, int_range, quant_params
+        r = self.rep(node.inputs[0], node)
+        scale, zeropt, bits, signed, narrow, mode = quant_params(node, self.g.consts)
+        if r.kind == "const":
+            self.g.consts[node.outputs[0]] = int_quant(r.const, scale, zeropt, bits, signed, narrow, mode)
+            return None
+        x = self.as_float(r, node)
+        if bits == 1 and signed:
+            if np.any(zeropt != 0) or np.any(scale <= 0):
+                raise ConvertError.at(node, "a 1-bit Quant with a zero point or a scale <= 0 is not supported",
+                                      "BipolarQuant with a positive scale")
+            return self.op_BipolarQuant(node)
+        s = per_channel(scale, x.shape, node, "scale")
+        z = per_channel(zeropt, x.shape, node, "zero point")
+        lo, hi = int_range(bits, signed, narrow)
+        least = np.minimum((lo - z) * s, (hi - z) * s)
+        out = self.new_float(node.outputs[0], x.shape)
+        self.ir.add("quant", node.name, [x.value], [out.value], {"min": lo, "max": hi, "rounding": mode},
+                    {"scale": self.ir.tensor(node.name + ".scale", s),
+                     "zero_point": self.ir.tensor(node.name + ".zero_point", z)})
+        out.zero, out.why = ("nonneg" if np.all(least >= 0) else "signed"), "Quant node %r" % node.name
+        return out
 
     def op_Abs(self, node):
         r = self.rep(node.inputs[0], node)
@@ -315,9 +421,9 @@ class Lowering:
         k = (w.shape[2], w.shape[3])
         in_hw = x.shape[2:]
         s, pads = window_attrs(node, in_hw, k, "conv")
-        pad_mode = "zero"
-        if x.kind == "padded":  # Pad(+-1 or 0) of bits: the binary convolution's own padding
-            x, pads, pad_mode = self._padded_conv_input(node, x, w, k, pads)
+        one_pad = False
+        if x.kind == "padded":  # Pad(0 or +1 level) of bits: the binary convolution's own padding
+            x, pads, one_pad = self._padded_conv_input(node, x, w, k, pads)
             in_hw = x.shape[2:]
         oh, ow = out_hw(in_hw, k, s, pads)
         out_shape = (x.shape[0], w.shape[0], oh, ow)
@@ -336,19 +442,36 @@ class Lowering:
         bias = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32).reshape(-1)
         if bias.shape != (w.shape[0],):
             raise ConvertError.at(node, "bias has %d values for %d output channels" % (bias.size, w.shape[0]))
-        alpha = binary_alpha(w) if x.kind == "bits" else None
+        alpha = binary_alpha(w)
+        pad_mode = "zero"
+        if alpha is not None and x.kind != "bits":
+            self.float_reasons[node.name] = "its input is not binary (%s)" % self._why_float(x)
+            alpha = None
+        if alpha is not None:
+            sc, off = x.scale_offset
+            if one_pad:  # a Pad with the +1 level before it (larq's pad_values=1)
+                pad_mode = "one"
+            elif off != 0 and any(pads):  # padding must add 0: only where the bits' +1 stands for 0
+                x = self.zero_at_plus(x, node)
+                sc, off = x.scale_offset
+                if float(x.levels[0]) != 0.0:
+                    self.float_reasons[node.name] = ("its input takes the values %g and %g, neither 0, and the "
+                                                     "convolution pads with 0" % tuple(x.levels))
+                    alpha = None
+                pad_mode = "one"
         out = self.new_float(node.outputs[0], out_shape)
         if alpha is not None:
+            # sum w * (s * b + o) = alpha * s * d + o * alpha * sum(sign(w)), d the +-1 dot product
+            wsum = np.where(w >= 0, 1.0, -1.0).reshape(w.shape[0], -1).sum(axis=1)
             wt = pack_bits(w.transpose(0, 2, 3, 1))
             self.ir.add("bconv2d", node.name, [x.value], [out.value],
                         dict(attrs, pad_mode=pad_mode, output="float"),
                         {"weights": self.ir.tensor(node.name + ".weights", wt),
-                         "mul": self.ir.tensor(node.name + ".mul", (alpha * np.float32(x.scale)).astype(np.float32)),
-                         "add": self.ir.tensor(node.name + ".add", bias)})
+                         "mul": self.ir.tensor(node.name + ".mul", (alpha * sc).astype(np.float32)),
+                         "add": self.ir.tensor(node.name + ".add", (bias + off * alpha * wsum).astype(np.float32))})
         else:
             if x.kind == "bits":
-                self.notes.append("%s: weights are not +-alpha per filter; runs as a float convolution on the "
-                                  "binary input" % node.name)
+                self.float_reasons.setdefault(node.name, "its weights are not +-alpha per filter")
             xf = self.as_float(x, node)
             params = {"weights": self.ir.tensor(node.name + ".weights", np.ascontiguousarray(w.transpose(0, 2, 3, 1)))}
             if b is not None:
@@ -359,10 +482,33 @@ class Lowering:
     def _affine(self, node, x, scale, bias):
         xf = self.as_float(x, node)
         out = self.new_float(node.outputs[0], xf.shape)
+        scale, bias = np.asarray(scale, np.float32), np.asarray(bias, np.float32)
         self.ir.add("affine", node.name, [xf.value], [out.value], params={
-            "scale": self.ir.tensor(node.name + ".scale", np.asarray(scale, np.float32)),
-            "bias": self.ir.tensor(node.name + ".bias", np.asarray(bias, np.float32))})
+            "scale": self.ir.tensor(node.name + ".scale", scale),
+            "bias": self.ir.tensor(node.name + ".bias", bias)})
+        # exact zeros: x's zeros land on the bias; scale 0 with bias 0 makes them
+        if xf.zero and np.any(bias == 0):
+            nonneg = xf.zero == "nonneg" and np.all(scale >= 0) and np.all(bias >= 0)
+            out.zero, out.why = ("nonneg" if nonneg else "signed"), xf.why
+        elif np.any((scale == 0) & (bias == 0)):
+            out.zero, out.why = "signed", "%s node %r multiplies by 0" % (node.op, node.name)
         return out
+
+    @staticmethod
+    def _on_levels(x, c, fn):
+        """bits x combined elementwise with one number c: the same bits with new levels
+        (computed in float32 as ONNX computes each element), or None"""
+        c = np.asarray(c)
+        if x.kind != "bits" or c.size == 0 or c.dtype.kind not in "biuf" or np.any(c != c.reshape(-1)[0]):
+            return None
+        try:
+            if np.broadcast_shapes(c.shape, tuple(x.shape)) != tuple(x.shape):
+                return None
+        except ValueError:
+            return None
+        v = np.float32(c.reshape(-1)[0])
+        hi, lo = (np.float32(fn(np.float32(lv), v)) for lv in x.levels)
+        return Rep("bits", x.value, x.shape, (float(hi), float(lo)))
 
     def op_BatchNormalization(self, node):
         if int(node.attrs.get("training_mode", 0)):
@@ -397,6 +543,9 @@ class Lowering:
             raise ConvertError.at(node, "multiplication of two computed tensors is not supported",
                                   "only per-channel constants and XNOR-Net's K")
         x, c, _ = rc
+        b = self._on_levels(x, c, np.multiply)
+        if b is not None:
+            return b
         v = per_channel(c, x.shape, node, "multiplier")
         return self._affine(node, x, v, np.zeros_like(v))
 
@@ -420,6 +569,9 @@ class Lowering:
         if rc is None or rc[2]:
             raise ConvertError.at(node, "only division by a constant is supported")
         x, c, _ = rc
+        b = self._on_levels(x, c, np.divide)
+        if b is not None:
+            return b
         v = per_channel(c, x.shape, node, "divisor")
         return self._affine(node, x, (1.0 / v.astype(np.float64)).astype(np.float32), np.zeros_like(v))
 
@@ -433,8 +585,14 @@ class Lowering:
                                       % (a.shape, b.shape))
             out = self.new_float(node.outputs[0], a.shape)
             self.ir.add("add", node.name, [a.value, b.value], [out.value])
+            if a.zero or b.zero:
+                both = a.zero == b.zero == "nonneg"
+                out.zero, out.why = ("nonneg" if both else "signed"), (a.why or b.why)
             return out
         x, c, _ = rc
+        b = self._on_levels(x, c, np.add)
+        if b is not None:
+            return b
         v = per_channel(c, x.shape, node, "addend")
         return self._affine(node, x, np.ones_like(v), v)
 
@@ -443,10 +601,35 @@ class Lowering:
         if rc is None:
             raise ConvertError.at(node, "subtraction of two computed tensors is not supported")
         x, c, const_first = rc
+        b = self._on_levels(x, c, (lambda lv, v: v - lv) if const_first else np.subtract)
+        if b is not None:
+            return b
         v = per_channel(c, x.shape, node, "subtrahend")
         if const_first:  # c - x
             return self._affine(node, x, -np.ones_like(v), v)
         return self._affine(node, x, np.ones_like(v), -v)
+
+    @staticmethod
+    def _zero(out, x):
+        """out is exactly 0 where x is (and keeps its sign)"""
+        if x.kind == "float" and x.zero:
+            out.zero, out.why = x.zero, x.why
+        return out
+
+    def _why_float(self, x):
+        if x.kind != "float":
+            return "a %s tensor" % x.kind
+        prod = self.producer.get(self.anchors.get(x.value, (None,))[0])
+        if prod is None:
+            return "a graph input" if x.value in dict(self.g.inputs) else "a float tensor"
+        return "the float output of %s node %r" % (prod.op, prod.name)
+
+    def op_Neg(self, node):
+        x = self.rep(node.inputs[0], node)
+        if x.kind == "bits":
+            return Rep("bits", x.value, x.shape, tuple(-float(v) for v in x.levels))
+        c = x.shape[1]
+        return self._affine(node, x, -np.ones(c, np.float32), np.zeros(c, np.float32))
 
     def _unary(self, node, op, attrs=None, params=None):
         x = self.as_float(self.rep(node.inputs[0], node), node)
@@ -455,13 +638,19 @@ class Lowering:
         return out
 
     def op_Relu(self, node):
-        return self._unary(node, "relu")
+        x = self.rep(node.inputs[0], node)
+        if x.kind == "bits":
+            return Rep("bits", x.value, x.shape, tuple(float(max(v, 0.0)) for v in x.levels))
+        out = self._unary(node, "relu")
+        out.zero, out.why, out.src = "nonneg", "Relu node %r" % node.name, self.as_float(x, node)
+        return out
 
     def op_Sigmoid(self, node):
         return self._unary(node, "sigmoid")
 
     def op_LeakyRelu(self, node):
-        return self._unary(node, "leaky_relu", {"alpha": float(node.attrs.get("alpha", 0.01))})
+        out = self._unary(node, "leaky_relu", {"alpha": float(node.attrs.get("alpha", 0.01))})
+        return self._zero(out, self.rep(node.inputs[0], node))
 
     def _softmax(self, node, log):
         x = self.as_float(self.rep(node.inputs[0], node), node)
@@ -486,7 +675,8 @@ class Lowering:
         x = self.rep(node.inputs[0], node)
         slope = np.asarray(self.const(node.inputs[1], node, "slope"), np.float32)
         v = slope.reshape(1) if slope.size == 1 else per_channel(slope, x.shape, node, "slope")
-        return self._unary(node, "prelu", params={"slope": self.ir.tensor(node.name + ".slope", v)})
+        out = self._unary(node, "prelu", params={"slope": self.ir.tensor(node.name + ".slope", v)})
+        return self._zero(out, x)
 
     def op_Clip(self, node):
         lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
@@ -494,7 +684,17 @@ class Lowering:
             lo = _scalar(self.const(node.inputs[1], node, "min"), node, "min")
         if len(node.inputs) > 2 and node.inputs[2]:
             hi = _scalar(self.const(node.inputs[2], node, "max"), node, "max")
-        return self._unary(node, "clip", {"min": float(max(lo, -3.0e38)), "max": float(min(hi, 3.0e38))})
+        x = self.rep(node.inputs[0], node)
+        if x.kind == "bits":
+            return Rep("bits", x.value, x.shape, tuple(float(np.float32(min(max(v, lo), hi))) for v in x.levels))
+        out = self._unary(node, "clip", {"min": float(max(lo, -3.0e38)), "max": float(min(hi, 3.0e38))})
+        if lo == 0 and hi > 0:
+            out.zero, out.why, out.src = "nonneg", "Clip node %r with min 0" % node.name, self.as_float(x, node)
+        elif hi == 0 and lo < 0:
+            out.zero, out.why = "signed", "Clip node %r with max 0" % node.name
+        elif lo < 0 < hi:  # exactly 0 where x is
+            self._zero(out, x)
+        return out
 
     def _pool_common(self, node, x):
         k = _ints(node.attrs["kernel_shape"], 2, "kernel_shape", node)
@@ -507,14 +707,16 @@ class Lowering:
             raise ConvertError.at(node, "MaxPool with an Indices output")
         x = self.rep(node.inputs[0], node)
         attrs, shape = self._pool_common(node, x)
-        if x.kind == "bits":
+        if x.kind == "bits" and x.levels[0] != x.levels[1]:
+            if x.levels[0] < x.levels[1]:  # the max is where the bit is -1: flip the bits
+                x = self.invert(x, node)
             out = self.ir.value(node.outputs[0], "bits", nhwc(shape))
             self.ir.add("bmaxpool2d", node.name, [x.value], [out], attrs)
-            return Rep("bits", out, shape, x.scale)
+            return Rep("bits", out, shape, x.levels)
         xf = self.as_float(x, node)
         out = self.new_float(node.outputs[0], shape)
         self.ir.add("maxpool2d", node.name, [xf.value], [out.value], attrs)
-        return out
+        return self._zero(out, xf)
 
     def op_AveragePool(self, node):
         x = self.as_float(self.rep(node.inputs[0], node), node)
@@ -524,7 +726,7 @@ class Lowering:
             raise ConvertError.at(node, "ceil_mode with count_include_pad=1 is not supported")
         out = self.new_float(node.outputs[0], shape)
         self.ir.add("avgpool2d", node.name, [x.value], [out.value], dict(attrs, count_include_pad=cip))
-        return out
+        return self._zero(out, x)
 
     def _global_pool(self, node, x, kind):
         xf = self.as_float(x, node)
@@ -536,7 +738,7 @@ class Lowering:
             h, w = xf.shape[2:]
             self.ir.add("maxpool2d", node.name, [xf.value], [out.value],
                         {"kernel": [h, w], "stride": [1, 1], "pads": [0, 0, 0, 0]})
-        return out
+        return self._zero(out, xf)
 
     def op_GlobalAveragePool(self, node):
         return self._global_pool(node, self.rep(node.inputs[0], node), "avg")
@@ -551,11 +753,11 @@ class Lowering:
         if x.kind == "bits":
             out = self.ir.value(node.outputs[0], "bits", shape)
             self.ir.add("flatten", node.name, [x.value], [out])
-            return Rep("bits", out, shape, x.scale)
+            return Rep("bits", out, shape, x.levels)
         xf = self.as_float(x, node)
         out = self.new_float(node.outputs[0], shape)
         self.ir.add("flatten", node.name, [xf.value], [out.value])
-        return out
+        return self._zero(out, xf)
 
     def op_Flatten(self, node):
         if int(node.attrs.get("axis", 1)) != 1:
@@ -565,6 +767,15 @@ class Lowering:
     def op_Reshape(self, node):
         x = self.rep(node.inputs[0], node)
         target = self.shape_of(node.outputs[0], ())
+        if len(node.inputs) > 1 and node.inputs[1] in self.g.consts:  # the constant target itself
+            t = [int(d) for d in np.asarray(self.g.consts[node.inputs[1]]).reshape(-1)]
+            if not int(node.attrs.get("allowzero", 0)):
+                t = [x.shape[i] if d == 0 and i < len(x.shape) else d for i, d in enumerate(t)]
+            if t.count(-1) == 1 and all(d > 0 for d in t if d != -1):
+                known = int(np.prod([d for d in t if d != -1]))
+                if int(np.prod(x.shape)) % known == 0:
+                    t[t.index(-1)] = int(np.prod(x.shape)) // known
+            target = tuple(t)
         if len(target) == 2 and target[0] == x.shape[0] and int(np.prod(target)) == int(np.prod(x.shape)):
             return self._flatten(node, x)
         if tuple(target) == tuple(x.shape):
@@ -579,14 +790,21 @@ class Lowering:
         if w.shape[1] != x.shape[1]:
             raise ConvertError.at(node, "weights take %d features, input has %d" % (w.shape[1], x.shape[1]))
         out = self.new_float(node.outputs[0], (x.shape[0], w.shape[0]))
-        alpha = binary_alpha(w) if x.kind == "bits" else None
+        alpha = binary_alpha(w)
+        if alpha is not None and x.kind != "bits":
+            self.float_reasons[node.name] = "its input is not binary (%s)" % self._why_float(x)
+            alpha = None
         b = np.zeros(w.shape[0], np.float32) if bias is None else bias
         if alpha is not None:
+            sc, off = x.scale_offset
+            wsum = np.where(w >= 0, 1.0, -1.0).sum(axis=1)
             self.ir.add("bdense", node.name, [x.value], [out.value], params={
                 "weights": self.ir.tensor(node.name + ".weights", pack_bits(w)),
-                "mul": self.ir.tensor(node.name + ".mul", (alpha * np.float32(x.scale)).astype(np.float32)),
-                "add": self.ir.tensor(node.name + ".add", b)})
+                "mul": self.ir.tensor(node.name + ".mul", (alpha * sc).astype(np.float32)),
+                "add": self.ir.tensor(node.name + ".add", (b + off * alpha * wsum).astype(np.float32))})
         else:
+            if x.kind == "bits":
+                self.float_reasons.setdefault(node.name, "its weights are not +-alpha per row")
             xf = self.as_float(x, node)
             params = {"weights": self.ir.tensor(node.name + ".weights", np.ascontiguousarray(w, np.float32))}
             if bias is not None:
@@ -635,6 +853,10 @@ class Lowering:
         shape[1] = sum(r.shape[1] for r in reps)
         out = self.new_float(node.outputs[0], tuple(shape))
         self.ir.add("concat", node.name, [r.value for r in reps], [out.value], {"axis": 3 if rank == 4 else 1})
+        zeros = [r for r in reps if r.zero]
+        if zeros:
+            out.zero = "nonneg" if len(zeros) == len(reps) and all(r.zero == "nonneg" for r in reps) else "signed"
+            out.why = "Concat node %r of %s" % (node.name, zeros[0].why)
         return out
 
     def _resize(self, node, x, scales):
@@ -648,11 +870,11 @@ class Lowering:
         if x.kind == "bits":
             out = self.ir.value(node.outputs[0], "bits", nhwc(shape))
             self.ir.add("resize_nearest", node.name, [x.value], [out], attrs)
-            return Rep("bits", out, shape, x.scale)
+            return Rep("bits", out, shape, x.levels)
         xf = self.as_float(x, node)
         out = self.new_float(node.outputs[0], shape)
         self.ir.add("resize_nearest", node.name, [xf.value], [out.value], attrs)
-        return out
+        return self._zero(out, xf)
 
     def op_Resize(self, node):
         mode = node.attrs.get("mode", "nearest")
@@ -680,6 +902,60 @@ class Lowering:
             sc = np.asarray(self.const(node.inputs[1], node, "scales"), np.float64).reshape(-1)
         return self._resize(node, x, list(sc))
 
+    # ---- comparisons with a constant and Where: binarisation written as Where(x >= t, a, b) ----
+    def _compare(self, node, op):
+        rc = self._binary_const(node)
+        if rc is None:
+            raise ConvertError.at(node, "%s of two computed tensors is not supported" % node.op,
+                                  "compare with a constant (binarisation: Where(x >= 0, 1, -1))")
+        x, c, const_first = rc
+        if np.asarray(c).size != 1:
+            raise ConvertError.at(node, "%s with a constant of shape %s; only one number" % (node.op, np.shape(c)))
+        if const_first:  # c < x  ==  x > c
+            op = {"ge": "le", "le": "ge", "gt": "lt", "lt": "gt"}[op]
+        t = np.float32(np.asarray(c).reshape(-1)[0])
+        # bit +1 where x >= t (ge / lt), or where -x >= -t, i.e. x <= t (le / gt)
+        b = self.as_bits(x, node, float(t)) if op in ("ge", "lt") else self.as_bits(x, node, float(-t), negate=True)
+        return Rep("cond", b.value, b.shape, (True, False) if op in ("ge", "le") else (False, True))
+
+    def op_GreaterOrEqual(self, node):
+        return self._compare(node, "ge")
+
+    def op_Greater(self, node):
+        return self._compare(node, "gt")
+
+    def op_LessOrEqual(self, node):
+        return self._compare(node, "le")
+
+    def op_Less(self, node):
+        return self._compare(node, "lt")
+
+    def op_Not(self, node):
+        r = self.rep(node.inputs[0], node)
+        if r.kind != "cond":
+            raise ConvertError.at(node, "Not is supported on a comparison with a constant only")
+        return Rep("cond", r.value, r.shape, tuple(not v for v in r.levels))
+
+    def op_Cast(self, node):
+        r = self.rep(node.inputs[0], node)
+        to = int(node.attrs.get("to", 1))
+        if r.kind == "cond" and to == 1:  # bool -> float: 1.0 / 0.0
+            return Rep("bits", r.value, r.shape, tuple(1.0 if v else 0.0 for v in r.levels))
+        if r.kind in ("float", "bits") and to == 1:
+            return r
+        raise ConvertError.at(node, "Cast to type %d of a %s tensor is not supported" % (to, r.kind))
+
+    def op_Where(self, node):
+        cond = self.rep(node.inputs[0], node)
+        if cond.kind != "cond":
+            raise ConvertError.at(node, "the condition must be a comparison of a tensor with a constant")
+        vals = [self.rep(i, node) for i in node.inputs[1:]]
+        if any(v.kind != "const" or v.const.size != 1 for v in vals):
+            raise ConvertError.at(node, "Where chooses between two numbers only (here %s)"
+                                  % [v.kind if v.kind != "const" else "shape %s" % (v.const.shape,) for v in vals])
+        a, b = (float(np.float32(v.const.reshape(-1)[0])) for v in vals)
+        return Rep("bits", cond.value, cond.shape, tuple(a if t else b for t in cond.levels))
+
     def op_Pad(self, node):
         mode = node.attrs.get("mode", "constant")
         if mode != "constant":
@@ -699,30 +975,33 @@ class Lowering:
             raise ConvertError.at(node, "pads %s: only non-negative spatial padding of NCHW tensors" % p)
         pads = [p[2], p[3], p[6], p[7]]
         shape = (x.shape[0], x.shape[1], x.shape[2] + p[2] + p[6], x.shape[3] + p[3] + p[7])
-        if x.kind == "bits" and x.scale and value / x.scale in (0.0, 1.0):
-            # +-s padded with +s (or 0): a binary convolution reading it pads by itself
-            return Rep("padded", node.outputs[0], shape, src=x, pads=tuple(pads), pad_value=value / x.scale)
-        return self._float_pad(node.name, node.outputs[0], self.as_float(x, node), pads, value)
+        if x.kind == "bits" and value in (0.0, float(x.levels[0])):
+            # padded with 0 or the +1 level: a binary convolution reading it pads by itself
+            return Rep("padded", node.outputs[0], shape, src=x, pads=tuple(pads), pad_value=value)
+        return self._float_pad(node, node.name, node.outputs[0], self.as_float(x, node), pads, value)
 
-    def _float_pad(self, node_name, value_name, x, pads, value):
+    def _float_pad(self, node, node_name, value_name, x, pads, value):
         shape = (x.shape[0], x.shape[1], x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3])
         out = self.new_float(value_name, shape)
         self.ir.add("pad", node_name, [x.value], [out.value], {"pads": list(pads), "value": float(value)})
+        if value == 0 and any(pads) or x.zero:
+            out.zero = "nonneg" if x.zero == "nonneg" and value >= 0 else "signed"
+            out.why = x.why if x.zero else "Pad node %r pads with 0" % node_name
         return out
 
     def _padded_conv_input(self, node, x, w, k, conv_pads):
-        """a binary convolution of Pad(bits): (bits, pads, pad_mode) when the runtime's
-        padding is the same (pad value +1 and no padding of the Conv's own; or zeros), else
-        (the padded floats, the Conv's pads, "zero")"""
-        mode = "one" if x.pad_value == 1.0 else "zero"
+        """a Conv of Pad(bits): (bits, pads, one_pad) when the binary convolution's own
+        padding is the same (Pad value 0: the pads add up; the +1 level and no padding of the
+        Conv's own: pad_mode one), else (the padded floats, the Conv's pads, False)"""
         total = [a + b for a, b in zip(x.pads, conv_pads)]
-        if binary_alpha(w) is not None and (mode == "zero" or not any(conv_pads)) \
+        one = x.pad_value != 0.0
+        if binary_alpha(w) is not None and not (one and any(conv_pads)) \
                 and all(t < kk for t, kk in zip(total, (k[0], k[1], k[0], k[1]))):
-            return x.src, total, mode
+            return x.src, total, one
         self.notes.append("%s: the Pad before it (value %g) is not the binary convolution's padding "
                           "(weights not +-alpha, or padding as large as the kernel); it runs on floats"
                           % (node.name, x.pad_value))
-        return self.as_float(x, node), conv_pads, "zero"
+        return self.as_float(x, node), conv_pads, False
 
 
 # the ONNX ops with a lowering rule (an op_<OnnxOp> method of Lowering)

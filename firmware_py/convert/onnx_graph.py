@@ -321,7 +321,9 @@ def import_graph(src, input_shapes=None) -> Graph:
     except Exception as e:  # noqa: BLE001
         raise ConvertError("ONNX shape inference failed: %s" % e) from None
     shapes = {name: tuple(shape) for name, shape in inputs}
-    for vi in list(m2.graph.value_info) + list(m2.graph.output):
+    # the shapes the graph carries, where onnx's inference stops (it cannot see through the
+    # custom ops of QONNX); the lowering computes every shape it uses itself and checks them
+    for vi in list(g.value_info) + list(m2.graph.value_info) + list(m2.graph.output):
         d = _dims(vi)
         if d is not None and all(isinstance(x, int) and x > 0 for x in d):
             shapes[vi.name] = tuple(d)
@@ -342,6 +344,8 @@ def import_graph(src, input_shapes=None) -> Graph:
 def _fold(nodes, consts, shapes, opset):
     """Evaluates every node whose inputs are all constant (and Shape of a static value)."""
     from onnx.reference import ReferenceEvaluator
+
+    from . import qonnx
 
     kept = []
     for n in nodes:
@@ -368,6 +372,10 @@ def _fold(nodes, consts, shapes, opset):
             shapes[n.outputs[0]] = consts[n.outputs[0]].shape
             continue
         ins = [i for i in n.inputs if i]
+        if n.domain in qonnx.DOMAINS and n.op in qonnx.OPS and ins and all(i in consts for i in ins):
+            consts[n.outputs[0]] = qonnx.evaluate(n, consts)  # binarised / quantised weights
+            shapes[n.outputs[0]] = consts[n.outputs[0]].shape
+            continue
         if (n.domain in ("", "ai.onnx") and n.op not in _NEVER_FOLD and ins and all(i in consts for i in ins)):
             try:
                 ev = ReferenceEvaluator(n.proto, opsets={"": opset or 17})

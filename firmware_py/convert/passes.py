@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConvertError
 from .ir import IR
 
 
@@ -101,6 +102,32 @@ def thresholds(mul: np.ndarray, add: np.ndarray, n: int, threshold: float = 0.0)
     return thr, flip
 
 
+def check_sign_of_zero(ir: IR, sign_bits):
+    """ONNX's Sign(0) is 0, the runtime's bits say +1: a Sign of a binary layer's output must
+    never see an exact 0.  That output is d * mul + add for an integer d in [-n, n]; refuse
+    (naming the Sign) when some d makes it 0 in float32."""
+    for node in list(ir.nodes):
+        sign = sign_bits.get(node["outputs"][0]) if node["op"] == "bitpack" else None
+        prod = ir.producer(node["inputs"][0]) if sign is not None else None
+        while prod is not None and prod["op"] in ("maxpool2d", "flatten", "resize_nearest"):  # those values
+            prod = ir.producer(prod["inputs"][0])
+        if prod is None or prod["op"] not in ("bconv2d", "bdense") or len(prod["inputs"]) != 1 \
+                or prod["attrs"].get("output", "float") != "float":
+            continue
+        shape = ir.values[prod["inputs"][0]]["shape"]
+        kh, kw = prod["attrs"].get("kernel", [1, 1])
+        n = kh * kw * shape[-1]
+        d = np.arange(-n, n + 1, dtype=np.float32)[:, None]
+        y = d * ir.param(prod, "mul").astype(np.float32)[None] + ir.param(prod, "add").astype(np.float32)[None]
+        hit = np.argwhere(y == np.float32(node["attrs"].get("threshold", 0.0)))
+        if hit.size:
+            raise ConvertError.at(sign, "its input, the output of binary layer %r, is exactly 0 when the +-1 "
+                                        "dot product of channel %d is %d: ONNX's Sign gives 0 there, and the "
+                                        "runtime's bits hold two values" % (prod["name"], hit[0][1], hit[0][0] - n),
+                                  "a bias or BatchNorm that keeps it off 0, or binarise with x >= 0 "
+                                  "(Where(x >= 0, 1, -1), QONNX BipolarQuant)")
+
+
 def fuse_thresholds(ir: IR, outputs):
     for node in list(ir.nodes):
         if node["op"] != "bitpack":
@@ -123,8 +150,10 @@ def fuse_thresholds(ir: IR, outputs):
         ir.set_outputs(prod, outs)
 
 
-def optimize(ir: IR, outputs):
+def optimize(ir: IR, outputs, sign_bits=None):
+    ir.remove_unused(outputs)  # what only a dropped path read (a Relu before a {0, 1} Sign)
     fold_affine(ir, outputs)
+    check_sign_of_zero(ir, sign_bits or {})
     sign_before_maxpool(ir, outputs)
     fuse_thresholds(ir, outputs)
     used_v, used_t = ir.remove_unused(outputs)

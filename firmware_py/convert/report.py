@@ -30,6 +30,10 @@ def layer_rows(graph, tensors):
     return rows
 
 
+def float_reason_lines(result):
+    return ["float although its weights are binary: %s: %s" % kv for kv in result.float_reasons.items()]
+
+
 def report_text(result) -> str:
     rows = layer_rows(result.graph, result.tensors)
     head = ["layer", "op", "kind", "input", "output", "params", "bytes", "MACs"]
@@ -46,6 +50,7 @@ def report_text(result) -> str:
     src = result.source_bytes
     lines.append("model file %s bytes; source ONNX %s bytes%s" % (
         f"{result.file_bytes:,}", f"{src:,}", " (%.1fx smaller)" % (src / result.file_bytes) if src else ""))
+    lines += float_reason_lines(result)
     for note in result.notes:
         lines.append("note: " + note)
     if result.check:

@@ -269,8 +269,19 @@ def convert_seeds():
             x = F.relu(x + 0.1) + x
             return x.flatten(1) @ self.head
 
+    def trained_looking(net):  # BN statistics off their defaults: with a zero mean and a zero
+        # beta, a binary layer's output is exactly 0 where its +-1 dot product is, and the
+        # converter refuses a Sign of it (ONNX's Sign(0) = 0)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                    m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+        return net
+
     torch.manual_seed(0)
-    for name, net, shape in (("tiny_xnor", TinyXnor(), (1, 1, 6, 6)),
+    for name, net, shape in (("tiny_xnor", trained_looking(TinyXnor()), (1, 1, 6, 6)),
                              ("tiny_bwn_res", TinyBwnRes(), (1, 2, 4, 4)),
                              ("tiny_float", TinyFloat(), (1, 3, 5, 5))):
         net.eval()

@@ -1,0 +1,132 @@
+"""The classifier recipes' options (models/nets.py, models/layers.py, models/train.py): each
+one, in a tiny VGGSmall with random BatchNorm statistics, RSign shifts and RPReLU
+parameters, exports to ONNX, converts (with the onnxruntime check) to binary ops of the
+runtime and computes what PyTorch computes; the two-step schedule's switch, the optimizer's
+groups (no weight decay on latent binary weights), the linear decay per step, init from a
+network without the new options, and the recipe settings (--set)."""
+import numpy as np
+import pytest
+
+import torch
+import torch.nn as nn
+
+import firmware_py as fp
+from models import train as T
+from models.layers import BinaryConv2d, InAct, RPReLU, set_binary_weights
+from models.nets import VGGSmall
+from test_convert import nodes_of, ops, randomize_bn, roundtrip
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                        "ignore::UserWarning")
+WIDTH = (8, 16, 16, 32, 32)
+
+
+def tiny(variant, seed=0, **opts):
+    m = VGGSmall(variant, 3, 10, [0.5] * 3, [0.25] * 3, width=WIDTH, **opts)
+    randomize_bn(m, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (InAct, RPReLU)):
+                for p in mod.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() == 4 else 0.2) +
+                            (0 if p.dim() == 4 else 0.25))
+    return m.eval()
+
+
+CASES = [  # (variant, options, binary convs, ops that must be there)
+    ("xnor", {}, 4, {}),
+    ("xnor", {"arch": "bireal"}, 4, {"add": 4, "concat": 2}),
+    ("xnor", {"rsign": True}, 4, {}),
+    ("xnor", {"arch": "bireal", "rsign": True, "rprelu": True}, 4, {"add": 4, "prelu": 4}),
+    ("xnor_k", {"arch": "bireal", "rsign": True, "rprelu": True}, 4, {"xnor_scale": 4, "prelu": 4}),
+    ("bwn", {"arch": "bireal"}, 0, {"add": 4}),
+    ("fp", {"arch": "bireal"}, 0, {"add": 4}),
+]
+
+
+@pytest.mark.parametrize("variant,opts,n_bconv,must", CASES,
+                         ids=["%s-%s" % (c[0], "+".join(k for k, v in c[1].items() if v) or "plain") for c in CASES])
+def test_option_converts_to_binary_ops(tmp_path, variant, opts, n_bconv, must):
+    model = tiny(variant, seed=len(opts), **opts)
+    res = roundtrip(model, (1, 3, 16, 16), tmp_path, "torchscript", samples=3)
+    o = ops(res)
+    assert o.count("bconv2d") == n_bconv, o
+    assert o.count("fconv2d") == (1 if n_bconv else 5) and o.count("dense") == 1, o
+    for op, n in must.items():
+        assert o.count(op) == n, (op, o)
+    assert "unpack" not in o, o  # no binary tensor is expanded back to float
+    if variant == "bwn":  # the inner convolutions' weights are +-alpha per filter (folded with BN)
+        for n in nodes_of(res, "fconv2d")[1:]:
+            w = res.tensors[n["params"]["weights"]]
+            a = np.abs(w).reshape(w.shape[0], -1)
+            np.testing.assert_allclose(a.min(1), a.max(1), rtol=1e-5)
+    if variant == "xnor" and not opts:
+        # the plain stack: BN folded into integer thresholds, bits out, pooled on bits
+        assert [n["attrs"]["output"] for n in nodes_of(res, "bconv2d")] == ["bits"] * 3 + ["float"]
+        assert o.count("affine") == 1 and o[0] == "affine", o  # only the input normalisation
+    # at load, the runtime fuses every per-channel affine (RSign's shift, RPReLU's Sub/Add,
+    # the input normalisation) into an elementwise pass or the packing (bitpack_affine)
+    executed = [p["op"] for p in fp.load(res.path, num_threads=1).profile(np.zeros((1, 3, 16, 16), np.float32), 1)]
+    assert "affine" not in executed and "prelu" not in executed, executed
+    if variant == "xnor" and opts.get("rsign"):
+        assert executed.count("bitpack_affine") >= 2, executed
+
+
+def test_two_step_switch(tmp_path):
+    model = tiny("xnor", arch="bireal", rsign=True, rprelu=True)
+    conv = model.blocks[1].conv
+    x = torch.randn(2, 16, 8, 8)
+    set_binary_weights(model, False)  # step 1: real weights behind binary activations
+    with torch.no_grad():
+        y = conv(x)
+        ref = nn.functional.conv2d(torch.sign(x), conv.weight, None, 1, 1)
+    torch.testing.assert_close(y, ref)
+    set_binary_weights(model, True)  # step 2 and export: +-alpha
+    assert all(m.binary_weights for m in model.modules() if isinstance(m, BinaryConv2d))
+    res = roundtrip(model, (1, 3, 16, 16), tmp_path, "torchscript")
+    assert ops(res).count("bconv2d") == 4
+
+
+def test_schedule_and_linear_decay():
+    s = T.recipe("cifar10", "xnor", "modern")
+    assert s["two_step"] and s["optimizer"] == "adam-linear"
+    steps = T.schedule(s, 10)
+    assert steps == [(0, 5, False), (5, 10, True)]
+    lrs = [T._lr_linear(s, steps, k, 10, 4) for k in range(40)]
+    assert lrs[0] == s["lr"] and lrs[20] == s["lr"]  # each step starts at the full rate ...
+    assert all(a > b for a, b in zip(lrs[:19], lrs[1:20])) and 0 < lrs[39] < 0.1 * s["lr"]  # ... decays linearly
+    assert T.schedule(T.recipe("cifar10", "fp", "modern"), 10) == [(0, 10, True)]  # fp has no binary step
+    with pytest.raises(ValueError, match="two_step needs"):
+        T.recipe("cifar10", "xnor", "xnor-net", {"two_step": True})
+
+
+def test_no_weight_decay_on_latent_binary_weights():
+    model = T.build_net(T.net_config("cifar10", "xnor", T.recipe("cifar10", "xnor", "modern")))
+    opt = T.make_optimizer(model, {"wd": 0.05, "lr": 1e-3})
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert isinstance(opt, torch.optim.AdamW)
+    assert decayed == {id(model.stem[0].weight), id(model.fc.weight)}  # the float conv and linear only
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_init_from_fp_keeps_the_new_options():
+    fp = T.build_net(T.net_config("cifar10", "fp", T.recipe("cifar10", "fp", "modern")))
+    xnor = T.build_net(T.net_config("cifar10", "xnor", T.recipe("cifar10", "xnor", "modern")))
+    T.load_init(xnor, fp.state_dict())
+    torch.testing.assert_close(xnor.blocks[2].conv.weight, fp.blocks[2].conv.weight)
+    plain = T.build_net(T.net_config("cifar10", "fp", T.recipe("cifar10", "fp")))  # other shapes (no shortcut)
+    T.load_init(plain, fp.state_dict())  # same parameters: a plain net has no extra ones
+    other = VGGSmall("fp", 3, 10, [0] * 3, [1] * 3, width=(8, 16, 16, 32, 32))
+    with pytest.raises(RuntimeError, match="another shape"):
+        T.load_init(xnor, other.state_dict())
+
+
+def test_settings():
+    assert T.parse_sets(["two_step=false", "lr=1e-3", "width=8,16,16,32,32", "arch=plain"]) == {
+        "two_step": False, "lr": 1e-3, "width": [8, 16, 16, 32, 32], "arch": "plain"}
+    for bad in ("nope=1", "two_step", "rsign=maybe"):
+        with pytest.raises(ValueError):
+            T.parse_sets([bad])
+    assert T.recipe("fashion-mnist", "xnor")["augment"] is False  # the shipped zoo's recipe is unchanged
+    assert T.recipe("cifar10", "bwn")["init"] == "fp" and T.recipe("mnist", "bwn")["init"] is None
