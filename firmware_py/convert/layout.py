@@ -43,6 +43,7 @@ class _Rewriter:
     def __init__(self, g):
         self.g = g
         self.readers = {}
+        self.names = {o for n in g.nodes for o in n.outputs} | {n for n, _ in g.inputs}
         for n in g.nodes:
             for v in n.inputs:
                 if v:
@@ -72,9 +73,10 @@ class _Rewriter:
 
     def new_value(self, base, shape):
         name = base
-        while name in self.g.shapes or name in self.g.consts or name in self.readers:
+        while name in self.g.shapes or name in self.g.consts or name in self.readers or name in self.names:
             self.count += 1
             name = "%s__layout%d" % (base, self.count)
+        self.names.add(name)
         self.g.shapes[name] = tuple(shape)
         self.readers.setdefault(name, [])
         return name
