@@ -7,9 +7,9 @@ each quantiser.  The runtime is NHWC inside whatever ONNX says, so these Transpo
 layout only; this pass removes them from the imported graph before the lowering:
 
 * a Transpose sinks through the node that reads it -- elementwise ops (broadcast
-  constants are transposed with it), BatchNormalization (as Mul/Add by per-channel
-  constants when the channel axis moves), constant Pad (its pads permuted) -- until it
-  meets another Transpose: two compose, and an identity vanishes;
+  constants are transposed with it), BatchNormalization (when the channel axis stays),
+  constant Pad (its pads permuted) -- until it meets another Transpose: two compose, and an
+  identity vanishes;
 * a Reshape that only moves dimensions of size 1 ((1, 4096, 1, 1) -> (1, 1, 1, 4096)) is
   a Transpose and sinks the same way;
 * a Transpose left before a flatten (Reshape to 2-D / Flatten) into Gemm/MatMul becomes a
@@ -196,9 +196,9 @@ def _push(rw, t, c):
         if pads.size != 2 * rank:
             return False
         new_inputs[1] = rw.const(c.inputs[1] + "_nchw", np.concatenate([pads[:rank][q], pads[rank:][q]]))
-    elif c.op == "BatchNormalization" and c.inputs[0] == y and len(c.outputs) == 1:
-        if p[1] != 1:
-            return _bn_to_affine(rw, c)
+    elif c.op == "BatchNormalization" and c.inputs[0] == y and len([o for o in c.outputs if o]) == 1:
+        if p[1] != 1:  # the Transpose moved the channel axis: per-channel becomes per-row
+            return False
     else:
         return False
     for i, v in new_inputs.items():
@@ -217,34 +217,6 @@ def _push(rw, t, c):
     g.nodes.insert(g.nodes.index(c) + 1, t2)
     if not rw.readers.get(y):
         rw.remove(t)
-    return True
-
-
-def _bn_to_affine(rw, bn):
-    """BatchNormalization(y) -> Mul(y, s) + b with s, b shaped (C, 1, 1): broadcast
-    constants that sink with a Transpose"""
-    g = rw.g
-    try:
-        gamma, beta, mean, var = (np.asarray(g.consts[v], np.float64).reshape(-1) for v in bn.inputs[1:5])
-    except KeyError:
-        return False
-    rank = len(_shape(g, bn.inputs[0]) or ())
-    if rank < 2 or int(bn.attrs.get("training_mode", 0)):
-        return False
-    s = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
-    b = beta - mean * s
-    bshape = (-1,) + (1,) * (rank - 2)
-    mid = rw.new_value(bn.outputs[0] + "_scaled", g.shapes.get(bn.outputs[0], ()))
-    mul = Node("Mul", bn.name + "/mul", [bn.inputs[0], rw.const(bn.name + "_s", s.astype(np.float32).reshape(bshape))],
-               [mid], {})
-    add = Node("Add", bn.name + "/add", [mid, rw.const(bn.name + "_b", b.astype(np.float32).reshape(bshape))],
-               list(bn.outputs), {})
-    i = g.nodes.index(bn)
-    rw.remove(bn)
-    g.nodes[i:i] = [mul, add]
-    for n in (mul, add):
-        for v in n.inputs:
-            rw.readers.setdefault(v, []).append(n)
     return True
 
 
