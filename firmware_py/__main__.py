@@ -53,6 +53,9 @@ def main(argv=None):
     c.add_argument("--input-shape", action="append", type=_shape_arg, default=[],
                    help="NAME=1,3,224,224 for inputs with dynamic dimensions")
     c.add_argument("--memory-limit", type=_size_arg, default=None, help=MEMORY_HELP)
+    c.add_argument("--input-layout", choices=["auto", "NCHW", "NHWC"], default="auto",
+                   help="4-D inputs: NHWC (a TensorFlow export without inputs_as_nchw: the graph reads "
+                        "the input through Transpose(0,3,1,2)); auto (default) detects that")
     i = sub.add_parser("info", help="validate a model file and print its layers")
     i.add_argument("path")
     i.add_argument("--profile", action="store_true", help="time each layer on a random input")
@@ -70,7 +73,7 @@ def main(argv=None):
         try:
             check = True if a.check_data and a.check is None else a.check
             res = convert(a.src, a.dst, input_shapes=dict(a.input_shape) or None, check=check,
-                          check_inputs=check_inputs, memory_limit=a.memory_limit)
+                          check_inputs=check_inputs, memory_limit=a.memory_limit, input_layout=a.input_layout)
         except ConvertError as e:
             print("error: %s" % e, file=sys.stderr)
             return 1

@@ -11,7 +11,7 @@ not overlap share memory.  A run only copies the inputs in (NCHW -> NHWC), calls
 nodes in order writing into the planned buffers, and copies the outputs out.
 
 Inputs: float32 only, exactly the shape of ``inputs[i].shape`` (NCHW for layout
-``NCHW``); another dtype (float64 included) is refused with a ValueError naming the
+``NCHW``, NHWC -- copied as it is -- for ``NHWC``); another dtype (float64 included) is refused with a ValueError naming the
 input, never converted silently -- call ``x.astype(np.float32)``.
 
 Outputs: in the layout of ``outputs[i].layout`` (NCHW transposed back from the internal

@@ -264,12 +264,16 @@ def _check_io(graph, key, g):
             if len(vshape) != 4:
                 _fail("%s: layout NCHW needs a 4-D value, the value is %s", where, list(vshape))
             want = (vshape[0], vshape[3], vshape[1], vshape[2])
+        elif layout == "NHWC":
+            if len(vshape) != 4:
+                _fail("%s: layout NHWC needs a 4-D value, the value is %s", where, list(vshape))
+            want = vshape
         elif layout == "NC":
             if len(vshape) != 2:
                 _fail("%s: layout NC needs a 2-D value, the value is %s", where, list(vshape))
             want = vshape
         else:
-            _fail("%s: layout must be 'NCHW' or 'NC', got %r", where, layout)
+            _fail("%s: layout must be 'NCHW', 'NHWC' or 'NC', got %r", where, layout)
         if shape != want:
             _fail("%s: shape %s does not match the value's shape %s (internal layout) for "
                   "layout %s: expected %s", where, list(shape), list(vshape), layout, list(want))

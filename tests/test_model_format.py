@@ -406,7 +406,8 @@ MUTATIONS = [
     # inputs / outputs
     ("input unknown", _set(["inputs", 0, "name"], "nope"), "not a value of the graph"),
     ("input shape", _set(["inputs", 0, "shape"], [1, 8, 8, 3]), r"inputs\[0\].*does not match"),
-    ("input layout", _set(["inputs", 0, "layout"], "NHWC"), "layout must be 'NCHW' or 'NC'"),
+    ("input layout", _set(["inputs", 0, "layout"], "NWHC"), "layout must be 'NCHW', 'NHWC' or 'NC'"),
+    ("input layout NHWC", _set(["inputs", 0, "layout"], "NHWC"), r"inputs\[0\].*does not match.*layout NHWC"),
     ("output layout", _set(["outputs", 0, "layout"], "NCHW"), "layout NCHW needs a 4-D value"),
     ("output shape", _set(["outputs", 0, "shape"], [1, 6]), r"outputs\[0\].*does not match"),
     ("input twice", lambda g: g["inputs"].append(dict(g["inputs"][0])), "listed twice"),

@@ -100,12 +100,16 @@ class Built:
     float_reasons: dict  # ONNX node -> why a layer with binary weights stayed float
 
 
-def build(src, input_shapes=None) -> Built:
+def build(src, input_shapes=None, input_layout="auto") -> Built:
     """ONNX -> the converted graph (Built); nothing is written."""
+    from .layout import eliminate_transposes
     from .onnx_graph import import_graph
     from .patterns import simplify
 
-    g = simplify(import_graph(src, input_shapes))
+    g = import_graph(src, input_shapes)
+    onnx_values = {o for n in g.nodes for o in n.outputs} | {n for n, _ in g.inputs}
+    nhwc_inputs = eliminate_transposes(g, input_layout)
+    g = simplify(g)
     low = Lowering(g)
     outputs = low.lower()
     ir = low.ir
@@ -132,7 +136,8 @@ def build(src, input_shapes=None) -> Built:
         "format": "bnn-graph",
         "producer": "firmware_py %s" % __version__,
         "metadata": _metadata(g.metadata, src),
-        "inputs": [{"name": n, "shape": list(s), "layout": "NCHW" if len(s) == 4 else "NC"} for n, s in g.inputs],
+        "inputs": [{"name": n, "shape": list(s), "layout": "NCHW" if len(s) == 4 else "NC"} if n not in nhwc_inputs
+                   else {"name": n, "shape": [s[0], s[2], s[3], s[1]], "layout": "NHWC"} for n, s in g.inputs],
         "outputs": [{"name": n, "shape": list(r.shape), "layout": "NCHW" if len(r.shape) == 4 else "NC"}
                     for n, (_, r) in zip(out_values, outputs)],
         "values": [ir.values[v] for v in ir.values if v not in input_names],
@@ -140,7 +145,9 @@ def build(src, input_shapes=None) -> Built:
     }
     # the inputs are values too
     graph["values"] = [ir.values[n] for n, _ in g.inputs] + graph["values"]
-    anchors = {v: a for v, a in low.anchors.items() if v in ir.values and v not in input_names}
+    # the values layout.py made (transposed copies of ONNX values) have no ONNX twin to check against
+    anchors = {v: a for v, a in low.anchors.items() if v in ir.values and v not in input_names
+               and a[0] in onnx_values and (not a[2] or a[2] in onnx_values)}
     return Built(graph, ir.tensors, low.notes, g.source_bytes, anchors, dict(low.float_reasons))
 
 
@@ -171,7 +178,7 @@ def onnxruntime_available():
 
 
 def convert(src, dst=None, input_shapes=None, check=None, check_inputs=None, check_samples=4, seed=0,
-            rtol=1e-3, atol=1e-4, memory_limit=None) -> ConvertResult:
+            rtol=1e-3, atol=1e-4, memory_limit=None, input_layout="auto") -> ConvertResult:
     """Converts an ONNX model (path or ModelProto) to the model file `dst` (default: src with
     the extension .bnn).  Raises ConvertError naming the node for anything unsupported.
     check (default: when onnxruntime is importable; True requires it) compares firmware_py
@@ -180,10 +187,13 @@ def convert(src, dst=None, input_shapes=None, check=None, check_inputs=None, che
     disagrees.  memory_limit: what the converted model may need at run time (bytes or
     "512M"; 0 / "none": no limit; None: $BNN_MEMORY_LIMIT, else the memory available here --
     firmware_py/memory.py).  On any error nothing is written and an existing `dst` is left
-    as it was (the file is written to a temporary name and renamed after the checks)."""
+    as it was (the file is written to a temporary name and renamed after the checks).
+    input_layout: "auto" takes a 4-D input that the graph reads only through
+    Transpose(0, 3, 1, 2) as NHWC (TensorFlow exports without inputs_as_nchw), "NHWC"
+    insists on that, "NCHW" never (convert/layout.py)."""
     from ..model_format import GraphSizeError, write_model
 
-    b = build(src, input_shapes)
+    b = build(src, input_shapes, input_layout)
     if dst is None:
         if not isinstance(src, (str, os.PathLike)):
             raise ConvertError("dst is required when src is a ModelProto")

@@ -99,8 +99,11 @@ def _layer_model(graph, tensors, anchors, end, nodes, ins, tmp):
         v = values[name]
         shape = v["shape"]
         onnx_shape = (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else tuple(shape)
+        layout = "NCHW" if len(shape) == 4 else "NC"
+        if any(i["name"] == name and i["layout"] == "NHWC" for i in graph["inputs"]):  # as ONNX has it
+            onnx_shape, layout = tuple(shape), "NHWC"
         src = "check.in%d" % k
-        g["inputs"].append({"name": src, "shape": list(onnx_shape), "layout": "NCHW" if len(shape) == 4 else "NC"})
+        g["inputs"].append({"name": src, "shape": list(onnx_shape), "layout": layout})
         if v["kind"] == "float":
             value(src, "float", shape)
             for n in nodes:  # the layer reads the input under its own name: rename

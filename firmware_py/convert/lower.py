@@ -26,10 +26,12 @@ class Rep:
     #                              (cond: the truth value there)
     const: np.ndarray = None
     src: "Rep" = None    # abs / absmean: the float tensor they come from; float that is
-    #                      Relu(x) / Clip(x, 0, hi): x (Sign packs x > 0 from it)
+    #                      Relu(x) / Clip(x, 0, hi): x (Sign packs x > 0 from it); padded: the bits
     zero: str = None     # float: None: not exactly 0 by construction; "nonneg": >= 0 and may
     #                      be exactly 0; "signed": may be exactly 0 and negative
     why: str = ""        # where those zeros come from (for messages)
+    pads: tuple = None   # padded: the bits in src padded spatially [t, l, b, r] with pad_value
+    pad_value: float = 0.0
 
     @property
     def scale_offset(self):
@@ -205,6 +207,8 @@ class Lowering:
                         out.why = "a two-valued tensor with the values %g and %g" % (hi, lo)
                 self._float_of_bits[key] = out
             return self._float_of_bits[key]
+        if r.kind == "padded":  # not read by a binary convolution: pad the unpacked floats
+            return self._float_pad(node, r.value, r.value, self.as_float(r.src, node), r.pads, r.pad_value)
         if r.kind == "const":
             raise ConvertError.at(node, "a constant where a computed tensor is expected",
                                   "the graph computes on constants only; fold it before export")
@@ -415,6 +419,10 @@ class Lowering:
         k = (w.shape[2], w.shape[3])
         in_hw = x.shape[2:]
         s, pads = window_attrs(node, in_hw, k, "conv")
+        one_pad = False
+        if x.kind == "padded":  # Pad(0 or +1 level) of bits: the binary convolution's own padding
+            x, pads, one_pad = self._padded_conv_input(node, x, w, k, pads)
+            in_hw = x.shape[2:]
         oh, ow = out_hw(in_hw, k, s, pads)
         out_shape = (x.shape[0], w.shape[0], oh, ow)
         attrs = {"kernel": list(k), "stride": s, "pads": pads}
@@ -443,7 +451,9 @@ class Lowering:
             alpha = None
         if alpha is not None:
             sc, off = x.scale_offset
-            if off != 0 and any(pads):  # padding must add 0: only where the bits' +1 stands for 0
+            if one_pad:  # a Pad with the +1 level before it (larq's pad_values=1)
+                pad_mode = "one"
+            elif off != 0 and any(pads):  # padding must add 0: only where the bits' +1 stands for 0
                 x = self.zero_at_plus(x, node)
                 sc, off = x.scale_offset
                 if float(x.levels[0]) != 0.0:
@@ -956,7 +966,7 @@ class Lowering:
         mode = node.attrs.get("mode", "constant")
         if mode != "constant":
             raise ConvertError.at(node, "mode %r" % mode, "only constant padding")
-        x = self.as_float(self.rep(node.inputs[0], node), node)
+        x = self.rep(node.inputs[0], node)
         if "pads" in node.attrs:
             p = [int(v) for v in node.attrs["pads"]]
             value = float(node.attrs.get("value", 0.0))
@@ -971,12 +981,33 @@ class Lowering:
             raise ConvertError.at(node, "pads %s: only non-negative spatial padding of NCHW tensors" % p)
         pads = [p[2], p[3], p[6], p[7]]
         shape = (x.shape[0], x.shape[1], x.shape[2] + p[2] + p[6], x.shape[3] + p[3] + p[7])
-        out = self.new_float(node.outputs[0], shape)
-        self.ir.add("pad", node.name, [x.value], [out.value], {"pads": pads, "value": value})
+        if x.kind == "bits" and value in (0.0, float(x.levels[0])):
+            # padded with 0 or the +1 level: a binary convolution reading it pads by itself
+            return Rep("padded", node.outputs[0], shape, src=x, pads=tuple(pads), pad_value=value)
+        return self._float_pad(node, node.name, node.outputs[0], self.as_float(x, node), pads, value)
+
+    def _float_pad(self, node, node_name, value_name, x, pads, value):
+        shape = (x.shape[0], x.shape[1], x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3])
+        out = self.new_float(value_name, shape)
+        self.ir.add("pad", node_name, [x.value], [out.value], {"pads": list(pads), "value": float(value)})
         if value == 0 and any(pads) or x.zero:
             out.zero = "nonneg" if x.zero == "nonneg" and value >= 0 else "signed"
-            out.why = x.why if x.zero else "Pad node %r pads with 0" % node.name
+            out.why = x.why if x.zero else "Pad node %r pads with 0" % node_name
         return out
+
+    def _padded_conv_input(self, node, x, w, k, conv_pads):
+        """a Conv of Pad(bits): (bits, pads, one_pad) when the binary convolution's own
+        padding is the same (Pad value 0: the pads add up; the +1 level and no padding of the
+        Conv's own: pad_mode one), else (the padded floats, the Conv's pads, False)"""
+        total = [a + b for a, b in zip(x.pads, conv_pads)]
+        one = x.pad_value != 0.0
+        if binary_alpha(w) is not None and not (one and any(conv_pads)) \
+                and all(t < kk for t, kk in zip(total, (k[0], k[1], k[0], k[1]))):
+            return x.src, total, one
+        self.notes.append("%s: the Pad before it (value %g) is not the binary convolution's padding "
+                          "(weights not +-alpha, or padding as large as the kernel); it runs on floats"
+                          % (node.name, x.pad_value))
+        return self.as_float(x, node), conv_pads, False
 
 
 # the ONNX ops with a lowering rule (an op_<OnnxOp> method of Lowering)
