@@ -57,7 +57,7 @@ class GraphSizeError(ModelFormatError):
 
 MAGIC = b"BNNMODEL"
 VERSION_MAJOR = 1
-VERSION_MINOR = 3  # 1.1: softmax; 1.2: quant; 1.3: fconv2d groups
+VERSION_MINOR = 4  # 1.1: softmax; 1.2: quant; 1.3: fconv2d groups; 1.4: NHWC input layout
 HEADER_SIZE = 64
 ALIGN = 64
 MAX_GRAPH_SIZE = 16 * 1024 * 1024
