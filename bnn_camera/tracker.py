@@ -23,20 +23,12 @@ import time
 
 import numpy as np
 
+from firmware_py.detect import box_iou
+
 __all__ = ["Track", "Tracker", "iou_matrix"]
 
 
-def iou_matrix(a, b):
-    """IoU of every box of a (N, 4 xyxy) with every box of b (M, 4): (N, M)."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(2)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+iou_matrix = box_iou  # firmware_py.detect.box_iou: (N, 4) x (M, 4) xyxy -> (N, M)
 
 
 class Track:

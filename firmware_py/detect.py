@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Detector", "Detections", "letterbox", "resize_nearest", "decode", "nms", "postprocess",
+__all__ = ["Detector", "Detections", "letterbox", "resize_nearest", "decode", "nms", "box_iou", "postprocess",
            "scale_boxes", "head_from_metadata"]
 
 PAD_VALUE = 114
@@ -178,6 +178,20 @@ def decode(outputs, head):
         wh = (p[..., 2:4] * 2) ** 2 * anc[:, None, None, :]
         res.append(np.concatenate((xy, wh, p[..., 4:]), -1).reshape(-1, no))
     return np.concatenate(res, 0)
+
+
+def box_iou(a, b):
+    """IoU of every box of a (N, 4 xyxy) with every box of b (M, 4): (N, M) float64; an
+    empty or inverted box has area 0 and IoU 0 (the tracker, the mAP evaluation)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(2)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def _iou_one(box, boxes):
