@@ -57,30 +57,26 @@ def _float_in(lo, hi, lo_open=False):
     return conv
 
 
-def _hostport(text):
-    from .http_server import parse_hostport
-    try:
-        parse_hostport(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+
+def _checked(module, name, keep_text=False):
+    """An argparse type from a parser that raises ValueError, imported when first used: its
+    message becomes argparse's error (exit 2); the parsed value (or the text) is the value."""
+    def conv(text):
+        import importlib
+        parse = getattr(importlib.import_module(module, __package__), name)
+        try:
+            value = parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text if keep_text else value
+    return conv
 
 
-def _mqtt_url(text):
-    from .mqtt import parse_mqtt
-    try:
-        parse_mqtt(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _size(text):
-    from firmware_py.memory import parse_size
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_hostport = _checked(".http_server", "parse_hostport", keep_text=True)
+_mqtt_url = _checked(".mqtt", "parse_mqtt", keep_text=True)
+_size = _checked("firmware_py.memory", "parse_size")
+_polygon = _checked(".zones", "parse_polygon")
+_min_conf = _checked(".zones", "parse_min_conf")
 
 
 def build_parser():
@@ -236,22 +232,6 @@ def _topic_prefix(text):
         raise argparse.ArgumentTypeError("%r: a topic prefix without wildcards (+ #) or a "
                                          "leading / trailing /" % text)
     return text
-
-
-def _polygon(text):
-    from .zones import parse_polygon
-    try:
-        return parse_polygon(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _min_conf(text):
-    from .zones import parse_min_conf
-    try:
-        return parse_min_conf(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _err(msg):
