@@ -5,6 +5,7 @@ small MNIST subset, stop at a time limit and resume to the very weights of an un
 distillation; the detector recipe trains 2 steps in 2 processes.  Seconds per run."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -33,10 +34,21 @@ def _mnist():
         pytest.skip("needs ../shared/data: %s" % e)
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _torchrun(module, args, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: no hostname lookup in containers
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", module] + args
+    # a static rendezvous on 127.0.0.1: --standalone's "localhost:0" timed out on a fresh
+    # Debian container (the name did not lead to a listening loopback address)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--node-rank", "0",
+           "--master-addr", "127.0.0.1", "--master-port", str(port), "--nproc_per_node", "2",
+           "-m", module] + args
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
