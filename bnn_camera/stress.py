@@ -264,13 +264,19 @@ class Load:
     def _request(self, s, path):
         s.sendall(b"GET %s HTTP/1.0\r\n\r\n" % path.encode())
 
-    def _reader(self):
+    def _viewers(self, rcvbuf=None):
+        """Until stopped: a new connected socket for an MJPEG viewer each time the caller is
+        done with the previous one (counted); a failed connect is retried after 0.5 s."""
         while not self.stop_ev.is_set():
-            s = self._connect()
+            s = self._connect(rcvbuf=rcvbuf)
             if s is None:
                 self.stop_ev.wait(0.5)
                 continue
             self.count("mjpeg_connections")
+            yield s
+
+    def _reader(self):
+        for s in self._viewers():
             try:
                 self._request(s, "/stream.mjpg")
                 first = s.recv(65536)
@@ -298,12 +304,7 @@ class Load:
     def _stalled(self):
         """A viewer that never reads: its request sent, then only its TCP state is
         looked at (TCP_INFO) to see when the server has dropped it (a reset)."""
-        while not self.stop_ev.is_set():
-            s = self._connect(rcvbuf=2048)
-            if s is None:
-                self.stop_ev.wait(0.5)
-                continue
-            self.count("mjpeg_connections")
+        for s in self._viewers(rcvbuf=2048):
             try:
                 self._request(s, "/stream.mjpg")
                 while not self.stop_ev.wait(0.5):
