@@ -73,13 +73,17 @@ def load(path, num_threads=None, fuse=True, memory_limit=None):
                  _validated=True)
 
 
-_CHAIN_OPS = ("affine", "prelu")
+_BINARY_FLOAT_OUT = ("bconv2d", "bdense")  # their float outputs take a fused chain
 
 
 def _fuse(nodes, keep):
-    """Groups runs of adjacent elementwise nodes (see the module docstring) into internal
-    nodes ``eltwise`` (key ``_chain``: the original nodes, an ``add`` first when there is
-    one) and ``bitpack_affine`` (``_chain``: [affine, bitpack]).  keep: the graph outputs."""
+    """Groups runs of adjacent per-channel elementwise nodes (registry.CHAIN_OPS and at most
+    one two-input add; see the module docstring) into one internal node: ``eltwise`` (key
+    ``_chain``: the original nodes; inputs: the chain's input and the add's other input), or,
+    when the run reads the float output of the binary conv just before it and nothing else
+    does, that conv itself (``_chain``: its output steps; the residual appended to its
+    inputs); and an ``affine`` read only by a ``bitpack`` into ``bitpack_affine`` (``_chain``:
+    [affine, bitpack]).  keep: the graph outputs."""
     uses = collections.Counter(nm for n in nodes for nm in n["inputs"])
 
     def private(value):  # read by exactly one input of one node, not a graph output
@@ -89,6 +93,13 @@ def _fuse(nodes, keep):
         return (i + 1 < len(nodes) and nodes[i]["op"] == "affine" and nodes[i + 1]["op"] == "bitpack"
                 and nodes[i + 1]["inputs"][0] == nodes[i]["outputs"][0] and private(nodes[i]["outputs"][0]))
 
+    def chainable(n):
+        return n["op"] in registry.CHAIN_OPS or (n["op"] == "add" and len(n["inputs"]) == 2)
+
+    def residual(n, value):  # the other input of an add that reads value once, else None
+        a, b = n["inputs"]
+        return b if a == value and b != value else a if b == value and a != value else None
+
     out, i = [], 0
     while i < len(nodes):
         n = nodes[i]
@@ -97,21 +108,51 @@ def _fuse(nodes, keep):
                             _chain=[n, nodes[i + 1]]))
             i += 2
             continue
-        if n["op"] in _CHAIN_OPS or (n["op"] == "add" and len(n["inputs"]) == 2):
-            chain, j = [n], i + 1
-            while (j < len(nodes) and nodes[j]["op"] in _CHAIN_OPS and not packs(j)
-                   and nodes[j]["inputs"][0] == chain[-1]["outputs"][0] and private(chain[-1]["outputs"][0])):
-                chain.append(nodes[j])
-                j += 1
-            if len(chain) > 1 or n["op"] != "add":
-                name = n["name"] + (" +%d" % (len(chain) - 1) if len(chain) > 1 else "")
-                out.append({"op": "eltwise", "name": name, "inputs": list(n["inputs"]),
-                            "outputs": list(chain[-1]["outputs"]), "_chain": chain})
-                i = j
-                continue
-        out.append(n)
-        i += 1
+        if not chainable(n):
+            out.append(n)
+            i += 1
+            continue
+        prev = out[-1] if out else None
+        conv = (prev if prev is not None and prev["op"] in _BINARY_FLOAT_OUT and "_chain" not in prev
+                and prev.get("attrs", {}).get("output", "float") == "float" and private(prev["outputs"][0])
+                and prev["outputs"][0] in n["inputs"] else None)
+        x = conv["outputs"][0] if conv else n["inputs"][0]
+        res = None
+        if n["op"] == "add":
+            res = residual(n, x) if conv else n["inputs"][1]
+            if res is None:  # add(y, y) of the conv's output
+                conv, x, res = None, n["inputs"][0], n["inputs"][1]
+        chain, j = [n], i + 1
+        while j < len(nodes) and chainable(nodes[j]) and not packs(j) and private(chain[-1]["outputs"][0]) \
+                and chain[-1]["outputs"][0] in nodes[j]["inputs"]:
+            if nodes[j]["op"] == "add":
+                other = residual(nodes[j], chain[-1]["outputs"][0])
+                if res is not None or other is None:
+                    break
+                res = other
+            elif nodes[j]["inputs"][0] != chain[-1]["outputs"][0]:
+                break
+            chain.append(nodes[j])
+            j += 1
+        name = n["name"] + (" +%d" % (len(chain) - 1) if len(chain) > 1 else "")
+        extra = [res] if res is not None else []
+        if conv:
+            out[-1] = dict(conv, name=conv["name"] + " +%d" % len(chain), inputs=list(conv["inputs"]) + extra,
+                           outputs=list(chain[-1]["outputs"]), _chain=chain)
+        elif len(chain) > 1 or n["op"] != "add":
+            out.append({"op": "eltwise", "name": name, "inputs": [x] + extra,
+                        "outputs": list(chain[-1]["outputs"]), "_chain": chain})
+        else:
+            out.append(n)
+        i = j
     return out
+
+
+def _parts(node):
+    """the graph's nodes an executed node runs (itself unless fused)"""
+    if node["op"] in _BINARY_FLOAT_OUT:
+        return [node] + node.get("_chain", [])
+    return node.get("_chain", [node])
 
 
 class StepBuilder:
@@ -317,7 +358,7 @@ def memory_budget(graph, tensors=None, fuse=True):
         tensor_bytes = {t["name"]: int(t["nbytes"]) for t in graph.get("tensors", [])}
     layers = scratch = 0
     for node in exec_nodes:
-        for n in node.get("_chain", [node]):
+        for n in _parts(node):
             lb, sb = _node_extra(n, values, tensor_bytes)
             layers += lb
             scratch = max(scratch, sb)
@@ -575,7 +616,7 @@ class Model:
             kind, shape = self._values[node["outputs"][0]]
             lines.append("  %-4d %-24s %-15s %-5s %s" % (i, node["name"][:24], node["op"], kind,
                                                        list(shape)))
-        fused = [n["name"] for n in self._exec_nodes if "_chain" in n and len(n["_chain"]) > 1]
+        fused = [n["name"] for n in self._exec_nodes if len(_parts(n)) > 1]
         lines.append("  executed as %d steps (%d fused elementwise runs)" % (len(self._exec_nodes), len(fused)))
         lines.append("  activation buffers: %.1f KiB planned (%.1f KiB without sharing)"
                      % (self.buffer_bytes / 1024, self.value_bytes / 1024))
@@ -667,7 +708,7 @@ def overhead_report(model, x, repeat=20, n_tiny=64):
       medians and the boundary (input/output copies and loop) time.
     * On a chain of ``n_tiny`` tiny layers (1x1 image, 32 channels; the C work is a
       fraction of a microsecond): the time per node for a C-backed node (bconv2d) and a
-      numpy node (relu) -- almost all of it Python overhead -- and the bare C call
+      numpy node (sigmoid) -- almost all of it Python overhead -- and the bare C call
       (bnn_bconv2d_run through cffi with prepared pointers) for comparison.
     Returns a dict (times in ms and us) and puts a readable text in d["text"].
     """
@@ -676,7 +717,7 @@ def overhead_report(model, x, repeat=20, n_tiny=64):
         [_median_time(lambda: model.run(x), 1) for _ in range(repeat)]) * 1e3
     per_node = {}
     with tempfile.TemporaryDirectory() as d:
-        for op in ("bconv2d", "relu"):
+        for op in ("bconv2d", "sigmoid"):
             g, t = _tiny_chain(op, n_tiny)
             path = os.path.join(d, op + ".bnn")
             write_model(path, g, t)
@@ -714,7 +755,7 @@ def overhead_report(model, x, repeat=20, n_tiny=64):
         "n_nodes": len(prof),
         "tiny_bconv2d_node_us": per_node["bconv2d"],
         "tiny_bconv2d_step_us": per_node["bconv2d_step_loop"],
-        "tiny_relu_node_us": per_node["relu"],
+        "tiny_numpy_node_us": per_node["sigmoid"],
         "bare_c_call_us": c_us,
         "python_overhead_per_c_node_us": per_node["bconv2d_step_loop"] - c_us,
     }
@@ -723,9 +764,9 @@ def overhead_report(model, x, repeat=20, n_tiny=64):
     report["text"] = (
         "model: run %.3f ms (profiled %.3f ms; nodes %.3f ms over %d nodes; boundary %.3f ms)\n"
         "per-node overhead (tiny layers): C-backed node %.1f us (bare C call %.1f us -> "
-        "Python overhead %.1f us); numpy node (relu) %.1f us\n"
+        "Python overhead %.1f us); numpy node (sigmoid) %.1f us\n"
         "estimated Python overhead in this model: ~%.3f ms"
         % (run_ms, prof.total_ms, prof.nodes_ms, len(prof), report["boundary_ms"],
            report["tiny_bconv2d_step_us"], c_us, report["python_overhead_per_c_node_us"],
-           report["tiny_relu_node_us"], report["estimated_overhead_ms"]))
+           report["tiny_numpy_node_us"], report["estimated_overhead_ms"]))
     return report

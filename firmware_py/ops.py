@@ -593,19 +593,23 @@ class BConv2d(_Layer):
     output: "int32" (the dot products), "float" (d * mul[o] * K + add[o]; mul, add
     optional [out_c]) or "bits" (packed; threshold int32 [out_c] required, flip
     bool/uint8 [out_c] optional: bit = d < threshold, or d > threshold where flip).
+    steps (output "float" only): :func:`eltwise` steps applied to the outputs in the same
+    pass -- a ReLU, a BatchNorm, the shortcut's ("add",) of ``run(residual=...)`` -- with
+    the same bits as eltwise after the convolution.
     """
 
     def __init__(self, weight, in_shape, stride=1, padding="valid", pad_mode="zero",
-                 output="int32", mul=None, add=None, threshold=None, flip=None):
+                 output="int32", mul=None, add=None, threshold=None, flip=None, steps=None):
         self._ptr = None
         shape = _shape4("in_shape", in_shape)
         wt, out_c, k_h, k_w = _weight_oihw(weight, shape[3])
         w_ohwi = np.ascontiguousarray(np.transpose(wt.astype(np.float32, copy=False), (0, 2, 3, 1)))
-        self._create(pack_signs(w_ohwi), shape, stride, padding, pad_mode, output, mul, add, threshold, flip)
+        self._create(pack_signs(w_ohwi), shape, stride, padding, pad_mode, output, mul, add, threshold, flip,
+                     steps)
 
     @classmethod
     def from_bits(cls, weight_bits, in_shape, stride=1, padding="valid", pad_mode="zero",
-                  output="int32", mul=None, add=None, threshold=None, flip=None):
+                  output="int32", mul=None, add=None, threshold=None, flip=None, steps=None):
         """The same layer from weights packed as the model format stores them: uint32
         [out_c, kh, kw, packed_words(c)] (bit 1 = -1, tail bits 0; see firmware_py.bits)."""
         self = cls.__new__(cls)
@@ -617,10 +621,10 @@ class BConv2d(_Layer):
                              % (packed_words(shape[3]), wb.shape))
         if max(wb.shape[1:3]) > _MAX_KERNEL:
             raise ValueError("weight_bits: kernel %s is larger than %d" % (wb.shape[1:3], _MAX_KERNEL))
-        self._create(wb, shape, stride, padding, pad_mode, output, mul, add, threshold, flip)
+        self._create(wb, shape, stride, padding, pad_mode, output, mul, add, threshold, flip, steps)
         return self
 
-    def _create(self, wbits, in_shape, stride, padding, pad_mode, output, mul, add, threshold, flip):
+    def _create(self, wbits, in_shape, stride, padding, pad_mode, output, mul, add, threshold, flip, steps):
         n, h, w, c = in_shape
         out_c, k_h, k_w = wbits.shape[:3]
         if not isinstance(output, str) or output not in _OUT_MODES:
@@ -632,6 +636,13 @@ class BConv2d(_Layer):
         keep = []  # cdata that must stay alive during the create call
         outp = ffi.new("bnn_output *")
         outp.out_mode = _OUT_MODES[output]
+        self._adds = False
+        if steps:
+            if output != "float":
+                raise ValueError("steps are only used with output='float' (output=%r)" % output)
+            arr, n_steps, step_keep, self._adds = _ew_steps(steps, out_c)
+            keep += [arr, step_keep]
+            outp.steps, outp.n_steps = arr, n_steps
         if output != "float":
             for nm, v in (("mul", mul), ("add", add)):
                 if v is not None:
@@ -713,11 +724,13 @@ class BConv2d(_Layer):
             raise ValueError("this BConv2d is closed")
         return self._ptr
 
-    def run(self, x_bits, k_scale=None, ctx=None, out=None):
+    def run(self, x_bits, k_scale=None, ctx=None, out=None, residual=None):
         """x_bits: packed input uint32 (n, h, w, words(c)).  k_scale: optional float32
-        (n, out_h, out_w) from xnor_scale (output='float' only).  Returns int32 / float32
-        (n, oh, ow, out_c), or packed uint32 (n, oh, ow, words(out_c)) for output='bits'
-        (written into ``out`` when given: that dtype and shape, C-contiguous)."""
+        (n, out_h, out_w) from xnor_scale (output='float' only).  residual: float32
+        (n, oh, ow, out_c), what an ("add",) step adds (required then, refused otherwise;
+        ``out`` must not overlap it).  Returns int32 / float32 (n, oh, ow, out_c), or packed
+        uint32 (n, oh, ow, words(out_c)) for output='bits' (written into ``out`` when given:
+        that dtype and shape, C-contiguous)."""
         layer = self._handle()
         n, h, w, c = self.in_shape
         x = _packed_input("x_bits", x_bits, n, h, w, c)
@@ -730,8 +743,17 @@ class BConv2d(_Layer):
             if k.shape != want:
                 raise ValueError("k_scale must have shape %s, got %s" % (want, k.shape))
             k_ptr, k_len = _buf("float", k), k.size
-        y = _out(out, self._y_shape, self._y_dtype, x, k_scale)
-        _call(ctx, "bnn_bconv2d_run", layer, _buf("uint32_t", x), x.size, k_ptr, k_len,
+        r_ptr, r_len = ffi.NULL, 0
+        if self._adds != (residual is not None):
+            raise ValueError("this BConv2d's steps %s an ('add',): residual is %s" % (
+                ("have", "required") if self._adds else ("have no", "not used")))
+        if residual is not None:
+            r = _arr("residual", residual, (np.float32,), ndim=4)
+            if r.shape != self._y_shape:
+                raise ValueError("residual must have shape %s, got %s" % (self._y_shape, r.shape))
+            r_ptr, r_len = _buf("float", r), r.size
+        y = _out(out, self._y_shape, self._y_dtype, x, k_scale, residual)
+        _call(ctx, "bnn_bconv2d_run_residual", layer, _buf("uint32_t", x), x.size, k_ptr, k_len, r_ptr, r_len,
               ffi.from_buffer(y, require_writable=True), y.size)
         return y
 
@@ -904,37 +926,38 @@ def _chan_param(name, v, c):
     return np.array(np.broadcast_to(a.astype(np.float32), (c,)), dtype=np.float32)
 
 
-_EW_KINDS = {"affine": _native.BNN_EW_AFFINE, "prelu": _native.BNN_EW_PRELU}
+_EW_KINDS = {"affine": _native.BNN_EW_AFFINE, "prelu": _native.BNN_EW_PRELU, "clip": _native.BNN_EW_CLIP,
+             "add": _native.BNN_EW_ADD}
+_EW_FORMS = "('affine', scale, bias), ('prelu', slope), ('clip', lo, hi) or ('add',)"
 
 
 def _ew_steps(steps, c):
-    """Validated steps -> (cdata bnn_ew_step[], arrays to keep alive)."""
+    """Validated steps -> (cdata bnn_ew_step[], number of steps, arrays to keep alive,
+    whether one is ('add',))."""
     if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
-        raise ValueError("steps must be a list of ('affine', scale, bias) / ('prelu', slope) tuples")
+        raise ValueError("steps must be a list of %s tuples" % _EW_FORMS)
     steps = list(steps)
     if len(steps) > _native.BNN_EW_MAX_STEPS:
         raise ValueError("at most %d steps, got %d" % (_native.BNN_EW_MAX_STEPS, len(steps)))
-    keep = []
+    keep, adds = [], False
     arr = ffi.new("bnn_ew_step[]", max(len(steps), 1))
     for i, st in enumerate(steps):
         if not isinstance(st, (tuple, list)) or not st or st[0] not in _EW_KINDS:
-            raise ValueError("step %d must be ('affine', scale, bias) or ('prelu', slope), got %r"
-                             % (i, st))
+            raise ValueError("step %d must be %s, got %r" % (i, _EW_FORMS, st))
         kind = st[0]
-        if kind == "affine":
-            if len(st) != 3:
-                raise ValueError("step %d: ('affine', scale, bias) (None = 1 / 0), got %r" % (i, st))
-            a = None if st[1] is None else _chan_param("step %d scale" % i, st[1], c)
-            b = None if st[2] is None else _chan_param("step %d bias" % i, st[2], c)
-        else:
-            if len(st) != 2 or st[1] is None:
-                raise ValueError("step %d: ('prelu', slope), got %r" % (i, st))
-            a, b = _chan_param("step %d slope" % i, st[1], c), None
+        names = {"affine": ("scale", "bias"), "clip": ("lo", "hi"), "prelu": ("slope",), "add": ()}[kind]
+        if len(st) != 1 + len(names) or (kind == "prelu" and st[1] is None):
+            raise ValueError("step %d: ('%s'%s)%s, got %r" % (
+                i, kind, "".join(", " + n for n in names),
+                {"affine": " (None = 1 / 0)", "clip": " (None = no bound)"}.get(kind, ""), st))
+        a, b = ([None if v is None else _chan_param("step %d %s" % (i, n), v, c) for n, v in zip(names, st[1:])]
+                + [None, None])[:2]
+        adds = adds or kind == "add"
         arr[i].op = _EW_KINDS[kind]
         arr[i].a = ffi.NULL if a is None else _buf("float", a)
         arr[i].b = ffi.NULL if b is None else _buf("float", b)
         keep += [a, b]
-    return arr, len(steps), keep
+    return arr, len(steps), keep, adds
 
 
 def _same_or_disjoint(name, out, a):
@@ -948,21 +971,26 @@ def _same_or_disjoint(name, out, a):
 
 def eltwise(x, steps=(), residual=None, out=None, ctx=None):
     """Per-channel elementwise chain over float32 x (channels last), in one C pass:
-    t = x (+ residual, same shape), then each step in order:
+    t = x (+ residual, same shape, when no step is ("add",)), then each step in order:
 
       ("affine", scale, bias): t = t * scale[c] + bias[c]   (the product rounded to float32,
                                then the sum: as separate Mul and Add nodes; None = 1 / 0)
       ("prelu", slope):        t = t if t >= 0 else t * slope[c]
+      ("clip", lo, hi):        t = lo[c] if t < lo[c] else t, then hi[c] if t > hi[c] else t
+                               (None = no bound; ReLU is ("clip", 0, None); NaN stays NaN)
+      ("add",):                t = t + residual   (the residual add where it comes)
 
     Parameters are numbers or arrays of shape (c,) or (1,).  Returns float32 of x's shape
-    (written into ``out`` when given; ``out`` may be x or residual itself).  The results
-    are those of numpy doing the same operations in float32."""
+    (written into ``out`` when given; ``out`` may be x, or residual itself when no step is
+    ("add",)).  The results are those of numpy doing the same operations in float32."""
     x, c, pixels = _channels_last(x)
     if residual is not None:
         residual = _arr("residual", residual, (np.float32,))
         if residual.shape != x.shape:
             raise ValueError("residual must have x's shape %s, got %s" % (x.shape, residual.shape))
-    arr, n, keep = _ew_steps(steps, c)
+    arr, n, keep, adds = _ew_steps(steps, c)
+    if adds and residual is None:
+        raise ValueError("an ('add',) step needs the residual")
     if out is None:
         out = np.empty(x.shape, dtype=np.float32)
     else:
@@ -971,6 +999,8 @@ def eltwise(x, steps=(), residual=None, out=None, ctx=None):
             raise ValueError("out must have shape %s, got %s" % (x.shape, out.shape))
         _same_or_disjoint("x", out, x)
         _same_or_disjoint("residual", out, residual)
+        if adds and np.may_share_memory(out, residual):
+            raise ValueError("out must not be the residual when a step is ('add',)")
     if x.size == 0:
         return out
     _call(ctx, "bnn_eltwise_f32", _buf("float", x), x.size,

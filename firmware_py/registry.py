@@ -200,12 +200,13 @@ class BConv2d:
 
     @staticmethod
     def build(b):
+        steps, r, xs = _output_steps(b)
         layer = b.keep(ops.BConv2d.from_bits(
             b.param("weights"), b.in_shape, stride=b.win["stride"], padding=b.win["padding"],
             pad_mode=b.attrs.get("pad_mode", "zero"), output=b.attrs["output"], mul=b.param("mul"),
-            add=b.param("add"), threshold=b.param("threshold"), flip=b.param("flip")))
-        k = b.xs[1] if len(b.xs) > 1 else None
-        return ops.bind(layer.run, b.x, k, ctx=b.ctx, out=b.y)
+            add=b.param("add"), threshold=b.param("threshold"), flip=b.param("flip"), steps=steps))
+        k = xs[1] if len(xs) > 1 else None
+        return ops.bind(layer.run, b.x, k, ctx=b.ctx, out=b.y, residual=r)
 
 
 @op("bdense", params={"weights": "uint32", "mul": "float32", "add": "float32"})
@@ -224,10 +225,13 @@ class BDense:
     @staticmethod
     def build(b):
         (n, f), wt = b.in_shape, b.param("weights")
+        steps, r, _ = _output_steps(b)
         layer = b.keep(ops.BConv2d.from_bits(wt[:, None, None, :], (n, 1, 1, f), output="float",
-                                             mul=b.param("mul"), add=b.param("add")))
+                                             mul=b.param("mul"), add=b.param("add"), steps=steps))
         x, y = b.x.reshape(n, 1, 1, b.x.shape[-1]), b.y.reshape(n, 1, 1, b.y.shape[-1])
-        return ops.bind(layer.run, x, ctx=b.ctx, out=y)
+        if r is not None:
+            r = r.reshape(y.shape)
+        return ops.bind(layer.run, x, ctx=b.ctx, out=y, residual=r)
 
 
 @op("xnor_scale", attrs=conv_window())
@@ -371,10 +375,44 @@ class Add:
         return ops.bind(ops.add, b.x, b.xs[1], ctx=b.ctx, out=b.y)
 
 
-def _chain_steps(chain, param):
-    """ops.eltwise steps of affine / prelu nodes (param(node, key) -> array)"""
-    return [("affine", param(n, "scale"), param(n, "bias")) if n["op"] == "affine" else ("prelu", param(n, "slope"))
-            for n in chain if n["op"] != "add"]
+# The per-channel elementwise ops the executor chains into one C pass (ops.eltwise), with a
+# two-input add (the residual's); a chain right after a float binary conv runs in its output
+# transform.
+CHAIN_OPS = ("affine", "prelu", "relu", "leaky_relu", "clip")
+
+
+def chain_step(node, param):
+    """the ops.eltwise step of one chainable node (CHAIN_OPS, or an add: ("add",));
+    param(node, key) -> array"""
+    op, attrs = node["op"], node.get("attrs", {})
+    if op == "affine":
+        return ("affine", param(node, "scale"), param(node, "bias"))
+    if op == "prelu":
+        return ("prelu", param(node, "slope"))
+    if op == "leaky_relu":
+        return ("prelu", attrs["alpha"])
+    if op == "relu":
+        return ("clip", 0.0, None)
+    if op == "clip":
+        return ("clip", attrs.get("min"), attrs.get("max"))
+    if op == "add":
+        return ("add",)
+    raise ValueError("%s is not a chainable op" % op)
+
+
+def _output_steps(b):
+    """(steps, residual buffer or None, the node's own input buffers) of a binary conv with
+    an elementwise chain fused into its output (executor fusion: key _chain; the residual
+    is then its last input)"""
+    chain = b.node.get("_chain", ())
+    steps = [chain_step(n, b.node_param) for n in chain] or None
+    if any(n["op"] == "add" for n in chain):
+        return steps, b.xs[-1], b.xs[:-1]
+    return steps, None, b.xs
+
+
+def _chain_build(b):
+    return ops.bind(ops.eltwise, b.x, [chain_step(b.node, b.node_param)], ctx=b.ctx, out=b.y)
 
 
 @op("affine", params={"scale": "float32", "bias": "float32"})
@@ -388,9 +426,7 @@ class Affine:
         v.param("bias", (shape[-1],))
         return "float", shape
 
-    @staticmethod
-    def build(b):
-        return ops.bind(ops.eltwise, b.x, _chain_steps([b.node], b.node_param), ctx=b.ctx, out=b.y)
+    build = staticmethod(_chain_build)
 
 
 @op("prelu", params={"slope": "float32"})
@@ -418,12 +454,6 @@ def _unary(fn):
     return Unary
 
 
-def _relu(b):
-    """max(x, 0)"""
-    x, y = b.x, b.y
-    return lambda: np.maximum(x, np.float32(0), out=y)
-
-
 def _sigmoid(b):
     """1 / (1 + exp(-x))"""
     x, y, half = b.x, b.y, np.float32(0.5)
@@ -438,26 +468,12 @@ def _sigmoid(b):
 
 def _leaky_relu(b):
     """x if x >= 0 else alpha * x"""
-    x, y, alpha = b.x, b.y, np.float32(b.attrs["alpha"])
-    pick = np.maximum if alpha <= 1 else np.minimum  # max(x, a x) for a <= 1
-
-    def run():
-        np.multiply(x, alpha, out=y)
-        pick(x, y, out=y)
-    return run
+    return _chain_build(b)
 
 
-def _clip(b):
-    x, y, attrs = b.x, b.y, b.attrs
-    lo = np.float32(attrs["min"]) if "min" in attrs else None
-    hi = np.float32(attrs["max"]) if "max" in attrs else None
-    if lo is None and hi is None:
-        return lambda: np.copyto(y, x)
-    if hi is None:
-        return lambda: np.maximum(x, lo, out=y)
-    if lo is None:
-        return lambda: np.minimum(x, hi, out=y)
-    return lambda: np.clip(x, lo, hi, out=y)
+def _relu(b):
+    """max(x, 0) (x > 0 ? x : 0, so relu(-0) = +0; NaN stays NaN)"""
+    return _chain_build(b)
 
 
 op("relu")(_unary(_relu))
@@ -467,7 +483,7 @@ op("leaky_relu", attrs={"alpha": (Number(), True)})(_unary(_leaky_relu))
 
 @op("clip", attrs={"min": (Number(), False), "max": (Number(), False)})
 class Clip:
-    """min(max(x, min), max); either bound may be absent"""
+    """min(max(x, min), max); either bound may be absent (NaN stays NaN)"""
 
     @staticmethod
     def check(v):
@@ -477,7 +493,7 @@ class Clip:
             v.fail("%s: attrs.min %r > attrs.max %r", v.where, float(lo), float(hi))
         return "float", shape
 
-    build = staticmethod(_clip)
+    build = staticmethod(_chain_build)
 
 
 @op("softmax", attrs={"log": (Flag(), False)})
@@ -668,9 +684,11 @@ class Flatten:
 
 # ---- fused steps (made by the executor at load, never in a file) -----------------------------------
 def build_eltwise(b, chain):
-    """an add and/or affine / prelu chain as one C pass (executor fusion)"""
-    r = b.xs[1] if chain[0]["op"] == "add" else None
-    return ops.bind(ops.eltwise, b.x, _chain_steps(chain, b.node_param), residual=r, ctx=b.ctx, out=b.y)
+    """a chain of CHAIN_OPS nodes and at most one add as one C pass (executor fusion; the
+    residual is the node's second input)"""
+    r = b.xs[1] if len(b.xs) > 1 else None
+    return ops.bind(ops.eltwise, b.x, [chain_step(n, b.node_param) for n in chain], residual=r, ctx=b.ctx,
+                    out=b.y)
 
 
 def build_bitpack_affine(b, chain):

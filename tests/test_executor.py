@@ -533,7 +533,9 @@ def test_fusion_bireal_block(tmp_path):
     m = g.load(tmp_path, num_threads=2)
     m0 = fp.load(str(tmp_path / "m.bnn"), num_threads=1, fuse=False)
     ops_fused = [p["op"] for p in m.profile([np.zeros((n, c, h, w), np.float32)] * 2, repeat=1)]
-    assert ops_fused == ["eltwise", "eltwise", "bitpack_affine", "bconv2d", "eltwise", "eltwise"], ops_fused
+    # the chain after the bconv2d (add, prelu, affine: q) runs in its output transform
+    assert ops_fused == ["eltwise", "eltwise", "bitpack_affine", "bconv2d", "eltwise"], ops_fused
+    assert [st["name"] for st in m.profile([np.zeros((n, c, h, w), np.float32)] * 2, repeat=1)][3] == "n6_bconv2d +3"
     x = (rng.standard_normal((n, c, h, w)) * 2).astype(np.float32)
     s = rng.standard_normal((n, c, h, w)).astype(np.float32)
     x.reshape(-1)[::13] = np.float32(0.0)
@@ -548,6 +550,72 @@ def test_fusion_bireal_block(tmp_path):
         t2 = np.where(t1 >= 0, t1, t1 * sl)
     assert _same_bits(got[2], nchw(t2))
     assert np.isfinite(got[0]).any() and np.isfinite(got[1]).any()
+
+
+def test_fusion_into_binary_conv_output(tmp_path):
+    """QuickNet's block (binary conv -> ReLU -> BatchNorm -> shortcut add -> ReLU), a block
+    whose add has the conv second, a conv with XNOR-Net's K input, a leaky ReLU / clip chain
+    and a binary dense head: each chain after a float binary conv runs in the conv's output
+    transform (one step), with the same bits as the unfused model; a conv output read twice
+    is not fused."""
+    rng = np.random.default_rng(5)
+    n, c, h, w = 1, 40, 6, 5
+    shp = (n, h, w, c)
+    same = win_attrs((3, 3), (1, 1), (1, 1, 1, 1))
+
+    def conv_params():
+        return {"weights": ref_pack(pm1((c, 3, 3, c), rng) < 0), "mul": (rng.random(c) * 0.1).astype(np.float32),
+                "add": rng.standard_normal(c).astype(np.float32)}
+
+    def bn():
+        return {"scale": rng.standard_normal(c).astype(np.float32), "bias": rng.standard_normal(c).astype(np.float32)}
+
+    g = G()
+    g.input("x", (n, c, h, w))
+    g.node("bitpack", ["x"], "xb", "bits", shp, {"threshold": 0.0})
+    # QuickNet: conv, relu, bn, add(shortcut), then the next block's sign and shortcut read it
+    g.node("bconv2d", ["xb"], "c1", "float", shp, dict(same, pad_mode="one", output="float"), conv_params())
+    g.node("relu", ["c1"], "r1", "float", shp)
+    g.node("affine", ["r1"], "b1", "float", shp, params=bn())
+    g.node("add", ["b1", "x"], "y1", "float", shp)
+    g.node("bitpack", ["y1"], "y1b", "bits", shp, {"threshold": 0.0})
+    # the conv is the add's second input; then the stage's closing relu
+    g.node("bconv2d", ["y1b"], "c2", "float", shp, dict(same, pad_mode="zero", output="float"), conv_params())
+    g.node("add", ["y1", "c2"], "y2", "float", shp)
+    g.node("relu", ["y2"], "y3", "float", shp)
+    # XNOR-Net's K input; leaky relu and a clip
+    g.node("xnor_scale", ["y3"], "k", "float", (n, h, w), same)
+    g.node("bitpack", ["y3"], "y3b", "bits", shp, {"threshold": 0.0})
+    g.node("bconv2d", ["y3b", "k"], "c3", "float", shp, dict(same, pad_mode="zero", output="float"), conv_params())
+    g.node("leaky_relu", ["c3"], "l3", "float", shp, {"alpha": 0.1})
+    g.node("clip", ["l3"], "y4", "float", shp, {"min": -1.5, "max": 2.0})
+    # a conv output read twice (add(c, c)) stays unfused
+    g.node("bitpack", ["y4"], "y4b", "bits", shp, {"threshold": 0.0})
+    g.node("bconv2d", ["y4b"], "c4", "float", shp, dict(same, pad_mode="zero", output="float"), conv_params())
+    g.node("add", ["c4", "c4"], "y5", "float", shp)
+    # binary dense head with a residual-free chain
+    g.node("flatten", ["y5"], "f", "float", (n, h * w * c))
+    g.node("bitpack", ["f"], "fb", "bits", (n, h * w * c), {"threshold": 0.0})
+    g.node("bdense", ["fb"], "d", "float", (n, 10), params={
+        "weights": ref_pack(pm1((10, h * w * c), rng) < 0), "mul": np.full(10, 0.01, np.float32)})
+    g.node("relu", ["d"], "out", "float", (n, 10))
+    g.output("out")
+    g.output("y4")
+    m = g.load(tmp_path, num_threads=2)
+    m0 = fp.load(str(tmp_path / "m.bnn"), num_threads=1, fuse=False)
+    x = np.zeros((n, c, h, w), np.float32)
+    prof = m.profile(x, repeat=1)
+    names = {nd["outputs"][0]: nd["name"] for nd in g.nodes}
+    assert [(p["op"], p["name"]) for p in prof if p["op"] in ("bconv2d", "bdense", "add", "eltwise")] == [
+        ("bconv2d", names["c1"] + " +3"), ("bconv2d", names["c2"] + " +2"), ("bconv2d", names["c3"] + " +2"),
+        ("bconv2d", names["c4"]), ("add", names["y5"]), ("bdense", names["d"] + " +1")], [
+        (p["op"], p["name"]) for p in prof]
+    for seed in range(3):
+        x = (np.random.default_rng(seed).standard_normal((n, c, h, w)) * 2).astype(np.float32)
+        x.reshape(-1)[::11] = np.float32(0.0)
+        got, ref = m.run(x), m0.run(x)
+        assert all(_same_bits(a, b) for a, b in zip(got, ref))
+        assert np.isfinite(got[0]).all() and (got[0] >= 0).all() and got[1].min() >= -1.5 and got[1].max() <= 2.0
 
 
 def test_residual_add(tmp_path):

@@ -480,6 +480,45 @@ def test_bconv2d_paths_threads_identical(case, ctx_cache):
             np.testing.assert_array_equal(yf.view(np.uint32), first_f.view(np.uint32), err_msg=msg)
 
 
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (1, 2, 4, 7, 9, 10, 11, 12)], ids=_conv_id)
+def test_bconv2d_output_steps(case, ctx_cache):
+    """steps fused into the float output (QuickNet's ReLU, BatchNorm, shortcut add; a
+    PReLU): the same bits as the float output followed by ops.eltwise, on every path and
+    thread count, with and without K"""
+    n, h, w, c, o, k, s, p = case
+    rng, xf, wf, x_pm, w_pm, pads = _conv_setup(case, 6)
+    kh, kw = _pair(k)
+    mul, add, sc, b, sl = (rng.standard_normal(o).astype(np.float32) for _ in range(5))
+    shape = (n, h, w, c)
+    plain = fp.BConv2d(wf, shape, stride=s, padding=p, output="float", mul=mul, add=add)
+    bits = fp.bitpack(xf)
+    K = fp.xnor_scale(xf, (kh, kw), s, p)
+    r = _specials(rng, plain.out_shape)
+    for steps in ([("clip", 0.0, None), ("affine", sc, b), ("add",)], [("prelu", sl), ("clip", -1.0, sl)],
+                  [("add",), ("clip", 0.0, 6.0)]):
+        res = r if any(st[0] == "add" for st in steps) else None
+        fused = fp.BConv2d(wf, shape, stride=s, padding=p, output="float", mul=mul, add=add, steps=steps)
+        for k_scale in (None, K):
+            want = fp.eltwise(plain.run(bits, k_scale=k_scale), steps, residual=res)
+            for path, t in contexts():
+                got = fused.run(bits, k_scale=k_scale, residual=res, ctx=get_ctx(ctx_cache, path, t))
+                assert _same(got, want), "steps %s path %s threads %d K %s" % (
+                    [st[0] for st in steps], path, t, k_scale is not None)
+    with pytest.raises(ValueError, match="residual is required"):
+        fused.run(bits)
+    with pytest.raises(ValueError, match="residual is not used"):
+        plain.run(bits, residual=r)
+    with pytest.raises(ValueError, match="residual must have shape"):
+        fused.run(bits, residual=r[..., :-1].copy())
+    y = np.empty_like(r)
+    with pytest.raises(ValueError, match="overlap"):
+        fused.run(bits, residual=y, out=y)
+    with pytest.raises(ValueError, match="only used with output='float'"):
+        fp.BConv2d(wf, shape, stride=s, padding=p, output="int32", steps=[("clip", 0.0, None)])
+    with pytest.raises(ValueError, match="step 0"):
+        fp.BConv2d(wf, shape, stride=s, padding=p, output="float", steps=[("relu",)])
+
+
 def test_bconv2d_weight_dtypes_and_close():
     rng = np.random.default_rng(9)
     wf = rng.standard_normal((4, 3, 3, 3))
@@ -718,9 +757,20 @@ def _np_chain(x, steps, residual=None):
 
 
 def _np_chain_(x, steps, residual):
-    t = x + residual if residual is not None else x.copy()
+    adds = any(st[0] == "add" for st in steps)
+    t = x + residual if residual is not None and not adds else x.copy()
+
+    def f32(v):
+        return np.float32(v) if np.ndim(v) == 0 else np.asarray(v, np.float32)
     for st in steps:
-        if st[0] == "affine":
+        if st[0] == "add":
+            t = t + residual
+        elif st[0] == "clip":  # NaN kept; the bound where t equals it (relu(-0) = +0)
+            if st[1] is not None:
+                t = np.where((t > f32(st[1])) | np.isnan(t), t, f32(st[1]))
+            if st[2] is not None:
+                t = np.where((t < f32(st[2])) | np.isnan(t), t, f32(st[2]))
+        elif st[0] == "affine":
             if st[1] is not None:
                 t = np.multiply(t, np.float32(st[1]) if np.ndim(st[1]) == 0 else np.asarray(st[1], np.float32))
             if st[2] is not None:
@@ -749,6 +799,10 @@ def test_eltwise_matches_numpy(c, ctx_cache):
         ([("prelu", np.float32(0.25))], r),
         ([("affine", sc, None), ("affine", 2.0, 0.5)], None),
         ([], r),
+        ([("clip", 0.0, None)], None),  # ReLU
+        ([("clip", -b * 0 - 1, sc * 0 + 2)], r),  # per-channel bounds, r first
+        ([("clip", None, 6.0), ("affine", sc, b), ("add",), ("clip", 0, None)], r),  # QuickNet: the add mid-chain
+        ([("add",), ("prelu", sl), ("add",)], r),
     ]
     for steps, res in chains:
         want = _np_chain(x, steps, res)
@@ -807,6 +861,9 @@ def test_bad_input_eltwise_bitpack_affine():
         ("prelu", "steps"),
         ([("affine", np.array(["a"] * 4), None)], "scale"),
         ([("affine", None, None)] * 17, "at most 16"),
+        ([("clip", 0.0)], "clip"),
+        ([("add", x)], "add"),
+        ([("add",)], "needs the residual"),
     ]
     for steps, msg in bad_steps:
         with pytest.raises(ValueError, match=msg):
@@ -822,6 +879,9 @@ def test_bad_input_eltwise_bitpack_affine():
         fp.eltwise(buf[4:].reshape(2, 3, 4), [], out=buf[:24].reshape(2, 3, 4))
     with pytest.raises(ValueError, match="out must be residual itself or not overlap it"):
         fp.eltwise(x, [], residual=buf[4:].reshape(2, 3, 4), out=buf[:24].reshape(2, 3, 4))
+    r = np.ones((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="not be the residual"):
+        fp.eltwise(x, [("add",)], residual=r, out=r)
     with pytest.raises(ValueError, match="x.*dtype"):
         fp.eltwise(x.astype(np.float64), [])
     with pytest.raises(ValueError, match="x.*C-contiguous"):

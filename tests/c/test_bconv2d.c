@@ -110,6 +110,15 @@ static void run_case(bnn_ctx **ctxs, int nctx, const conv_case *cc) {
         flip[o] = (uint8_t)(check_rand_u64() & 1);
     }
     for (size_t i = 0; i < pix; i++) ks[i] = check_rand_float(0.1f, 2.0f);
+    float *lo = malloc(cc->oc * 4), *sc = malloc(cc->oc * 4), *bi = malloc(cc->oc * 4), *sl = malloc(cc->oc * 4);
+    float *res = malloc(pix * cc->oc * 4);
+    for (int o = 0; o < cc->oc; o++) {
+        lo[o] = check_rand_float(-2, 2);
+        sc[o] = check_rand_float(-2, 2);
+        bi[o] = check_rand_float(-2, 2);
+        sl[o] = check_rand_float(-1, 1);
+    }
+    for (size_t i = 0; i < pix * cc->oc; i++) res[i] = check_rand_float(-5, 5);
     for (int pad_one = 0; pad_one < 2; pad_one++) {
         int32_t *want = malloc(pix * cc->oc * 4);
         for (int n = 0; n < cc->n; n++)
@@ -117,9 +126,9 @@ static void run_case(bnn_ctx **ctxs, int nctx, const conv_case *cc) {
                 for (int ox = 0; ox < ow; ox++)
                     for (int o = 0; o < cc->oc; o++)
                         want[(((size_t)n * oh + oy) * ow + ox) * cc->oc + o] = naive_dot(x, w, &win, pad_one, n, oy, ox, o);
-        bnn_output o_int = {BNN_OUT_INT32, NULL, NULL, NULL, NULL};
-        bnn_output o_flt = {BNN_OUT_FLOAT, mul, add, NULL, NULL};
-        bnn_output o_bit = {BNN_OUT_BITS, NULL, NULL, thr, flip};
+        bnn_output o_int = {BNN_OUT_INT32, NULL, NULL, NULL, NULL, NULL, 0};
+        bnn_output o_flt = {BNN_OUT_FLOAT, mul, add, NULL, NULL, NULL, 0};
+        bnn_output o_bit = {BNN_OUT_BITS, NULL, NULL, thr, flip, NULL, 0};
         bnn_bconv2d *li, *lf, *lb;
         int pm = pad_one ? BNN_PAD_ONE : BNN_PAD_ZERO;
         CHECK(bnn_bconv2d_create(&li, &win, pm, wb, wn / cc->c * words, &o_int) == BNN_OK, "create");
@@ -154,23 +163,64 @@ static void run_case(bnn_ctx **ctxs, int nctx, const conv_case *cc) {
                   ci, bnn_path_name(bnn_ctx_path(ctx)), bnn_ctx_num_threads(ctx), cc->n, cc->h, cc->w, cc->c, cc->oc,
                   cc->k, cc->s, cc->pad_same, cc->asym, pad_one, bad_i, bad_f, bad_k, bad_b);
         }
+        /* output steps (ReLU-like clip, BN affine, the residual add, PReLU) in the same pass:
+         * the same bits as the float output followed by bnn_eltwise_f32 */
+        bnn_ew_step steps[4] = {{BNN_EW_CLIP, lo, NULL}, {BNN_EW_AFFINE, sc, bi}, {BNN_EW_ADD, NULL, NULL},
+                                {BNN_EW_PRELU, sl, NULL}};
+        bnn_output o_st = {BNN_OUT_FLOAT, mul, add, NULL, NULL, steps, 4};
+        bnn_bconv2d *ls;
+        CHECK(bnn_bconv2d_create(&ls, &win, pm, wb, wn / cc->c * words, &o_st) == BNN_OK, "create with steps");
+        float *ref = malloc(pix * cc->oc * 4), *ys = malloc(pix * cc->oc * 4);
+        CHECK(bnn_bconv2d_run(ctxs[0], lf, xb, xn / cc->c * words, ks, pix, ref, pix * cc->oc) == BNN_OK, "run");
+        CHECK(bnn_eltwise_f32(ctxs[0], ref, pix * cc->oc, res, pix * cc->oc, (int32_t)pix, cc->oc, steps, 4,
+                              (size_t)cc->oc, ref, pix * cc->oc) == BNN_OK, "eltwise");
+        for (int ci = 0; ci < nctx; ci++) {
+            CHECK(bnn_bconv2d_run_residual(ctxs[ci], ls, xb, xn / cc->c * words, ks, pix, res, pix * cc->oc, ys,
+                                           pix * cc->oc) == BNN_OK, "run with steps");
+            CHECK(memcmp(ys, ref, pix * cc->oc * 4) == 0, "ctx %d (path %s, %d threads) n%d %dx%dx%d->%d k%d s%d: "
+                  "output steps differ from bconv2d + eltwise", ci, bnn_path_name(bnn_ctx_path(ctxs[ci])),
+                  bnn_ctx_num_threads(ctxs[ci]), cc->n, cc->h, cc->w, cc->c, cc->oc, cc->k, cc->s);
+        }
+        CHECK(bnn_bconv2d_run(ctxs[0], ls, xb, xn / cc->c * words, ks, pix, ys, pix * cc->oc) == BNN_E_NULL,
+              "steps with an add need the residual");
+        CHECK(bnn_bconv2d_run_residual(ctxs[0], lf, xb, xn / cc->c * words, ks, pix, res, pix * cc->oc, ys,
+                                       pix * cc->oc) == BNN_E_SHAPE, "a residual without an add step");
+        CHECK(bnn_bconv2d_run_residual(ctxs[0], ls, xb, xn / cc->c * words, ks, pix, res, pix * cc->oc - 1, ys,
+                                       pix * cc->oc) == BNN_E_SIZE, "short residual");
+        bnn_bconv2d_destroy(ls);
+        free(ref); free(ys);
         bnn_bconv2d_destroy(li); bnn_bconv2d_destroy(lf); bnn_bconv2d_destroy(lb);
         free(yi); free(yf); free(yk); free(yb); free(want);
     }
     free(x); free(w); free(xb); free(wb); free(mul); free(add); free(ks); free(thr); free(flip);
+    free(lo); free(sc); free(bi); free(sl); free(res);
 }
 
 static void test_bad_input(bnn_ctx *ctx) {
     bnn_window win = {1, 8, 8, 40, 20, 3, 3, 1, 1, 1, 1, 1, 1};
     uint32_t w[20 * 9 * 2] = {0}, x[8 * 8 * 2] = {0};
     int32_t y[8 * 8 * 20];
-    bnn_output oi = {BNN_OUT_INT32, NULL, NULL, NULL, NULL};
+    bnn_output oi = {BNN_OUT_INT32, NULL, NULL, NULL, NULL, NULL, 0};
     bnn_bconv2d *L = NULL;
     CHECK(bnn_bconv2d_create(&L, &win, BNN_PAD_ZERO, w, 20 * 9 * 2 - 1, &oi) == BNN_E_SIZE && L == NULL, "short w");
     CHECK(bnn_bconv2d_create(&L, &win, 7, w, 20 * 9 * 2, &oi) == BNN_E_SHAPE, "pad mode");
     CHECK(bnn_bconv2d_create(NULL, &win, BNN_PAD_ZERO, w, 20 * 9 * 2, &oi) == BNN_E_NULL, "null out");
-    bnn_output ob = {BNN_OUT_BITS, NULL, NULL, NULL, NULL};
+    bnn_output ob = {BNN_OUT_BITS, NULL, NULL, NULL, NULL, NULL, 0};
     CHECK(bnn_bconv2d_create(&L, &win, BNN_PAD_ZERO, w, 20 * 9 * 2, &ob) == BNN_E_NULL, "bits without thresholds");
+    float par[20] = {0};
+    bnn_ew_step st_ok[1] = {{BNN_EW_CLIP, par, NULL}}, st_bad[1] = {{9, par, NULL}}, st_prelu[1] = {{BNN_EW_PRELU, NULL, NULL}};
+    bnn_output os = {BNN_OUT_INT32, NULL, NULL, NULL, NULL, st_ok, 1};
+    CHECK(bnn_bconv2d_create(&L, &win, BNN_PAD_ZERO, w, 20 * 9 * 2, &os) == BNN_E_SHAPE, "steps on int32 output");
+    os.out_mode = BNN_OUT_FLOAT;
+    os.n_steps = BNN_EW_MAX_STEPS + 1;
+    CHECK(bnn_bconv2d_create(&L, &win, BNN_PAD_ZERO, w, 20 * 9 * 2, &os) == BNN_E_SHAPE, "too many steps");
+    os.n_steps = 1;
+    os.steps = NULL;
+    CHECK(bnn_bconv2d_create(&L, &win, BNN_PAD_ZERO, w, 20 * 9 * 2, &os) == BNN_E_NULL, "steps NULL");
+    os.steps = st_bad;
+    CHECK(bnn_bconv2d_create(&L, &win, BNN_PAD_ZERO, w, 20 * 9 * 2, &os) == BNN_E_SHAPE, "unknown step");
+    os.steps = st_prelu;
+    CHECK(bnn_bconv2d_create(&L, &win, BNN_PAD_ZERO, w, 20 * 9 * 2, &os) == BNN_E_NULL, "prelu without slope");
     bnn_window bad = win;
     bad.kernel_h = 0;
     CHECK(bnn_bconv2d_create(&L, &bad, BNN_PAD_ZERO, w, 20 * 9 * 2, &oi) == BNN_E_SHAPE, "kernel 0");

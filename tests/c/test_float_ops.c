@@ -561,12 +561,19 @@ static int ew_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
 
 static float ew_ref(const ew_state *st, size_t i) {
     int32_t ch = (int32_t)(i % (size_t)st->c);
-    float t = st->r ? st->x[i] + st->r[i] : st->x[i];
+    int adds = 0;
+    for (int32_t s = 0; s < st->n_steps; s++) adds += st->steps[s].op == BNN_EW_ADD;
+    float t = st->r && !adds ? st->x[i] + st->r[i] : st->x[i];
     for (int32_t s = 0; s < st->n_steps; s++) {
         const bnn_ew_step *q = &st->steps[s];
         if (q->op == BNN_EW_PRELU) {
             float m = t * q->a[ch];
             t = t >= 0.0f ? t : m;
+        } else if (q->op == BNN_EW_ADD) {
+            t = t + st->r[i];
+        } else if (q->op == BNN_EW_CLIP) {
+            if (q->a && !isnan(t)) t = t > q->a[ch] ? t : q->a[ch];
+            if (q->b && !isnan(t)) t = t < q->b[ch] ? t : q->b[ch];
         } else {
             float m = q->a ? t * q->a[ch] : t;
             t = q->b ? m + q->b[ch] : m;
@@ -585,17 +592,19 @@ static void test_eltwise(void) {
         bnn_ew_step steps[5];
         float *params = falloc((size_t)c * 10);
         frand_special(params, (size_t)c * 10);
+        int with_r = iter % 3 != 0, adds = 0;
         for (int32_t s = 0; s < n_steps; s++) {
-            int kind = check_rand_int(0, 4);
+            int kind = check_rand_int(0, with_r ? 8 : 7);
             float *a = params + (size_t)c * 2 * s, *b = a + c;
-            steps[s].op = kind == 0 ? BNN_EW_PRELU : BNN_EW_AFFINE;
-            steps[s].a = kind == 0 || kind == 1 || kind == 2 ? a : NULL;
-            steps[s].b = kind == 1 || kind == 3 ? b : NULL;
+            steps[s].op = kind == 0 ? BNN_EW_PRELU : kind <= 3 ? BNN_EW_AFFINE : kind <= 7 ? BNN_EW_CLIP : BNN_EW_ADD;
+            steps[s].a = kind == 0 || kind == 1 || kind == 2 || kind == 4 || kind == 5 ? a : NULL;
+            steps[s].b = kind == 1 || kind == 3 || kind == 5 || kind == 6 ? b : NULL;
+            adds += kind == 8;
         }
         float *x = falloc(n), *r = falloc(n), *z = falloc(n);
         frand_special(x, n);
         frand_special(r, n);
-        ew_state st = {x, iter % 3 ? r : NULL, pixels, c, n_steps, steps};
+        ew_state st = {x, with_r ? r : NULL, pixels, c, n_steps, steps};
         nan_equal = 1;
         float *y = run_variants(ew_op, &st, n, sizeof(float), "eltwise");
         nan_equal = 0;
@@ -612,7 +621,10 @@ static void test_eltwise(void) {
         bad = 0;
         for (size_t i = 0; i < n; i++) bad += !same_float(z[i], y[i]);
         CHECK(bad == 0, "eltwise in place (x) differs");
-        if (st.r) {
+        if (st.r && adds) {
+            CHECK(bnn_eltwise_f32(ctxs[1], x, n, r, n, pixels, c, steps, n_steps, (size_t)c, r, n) == BNN_E_SHAPE,
+                  "eltwise in place (r) with an add step is refused");
+        } else if (st.r) {
             memcpy(z, r, n * sizeof *z);
             CHECK(bnn_eltwise_f32(ctxs[1], x, n, z, n, pixels, c, steps, n_steps, (size_t)c, z, n) == BNN_OK,
                   "eltwise in place (r)");
@@ -651,6 +663,8 @@ static void test_eltwise(void) {
     CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, st, 2, 20, y, 39) == BNN_E_SIZE, "ew y short");
     CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 2, 20, st, 2, 19, y, 40) == BNN_E_SIZE, "ew params short");
     CHECK(bnn_eltwise_f32(ctx, x, 40, r, 40, 0x7fffffff, 0x7fffffff, st, 2, 20, y, 40) != BNN_OK, "ew huge");
+    bnn_ew_step add_step[1] = {{BNN_EW_ADD, NULL, NULL}};
+    CHECK(bnn_eltwise_f32(ctx, x, 40, NULL, 0, 2, 20, add_step, 1, 20, y, 40) == BNN_E_NULL, "ew add without r");
     CHECK(all_sent(y, 44), "eltwise wrote on error");
     CHECK(bnn_eltwise_f32(ctx, x, 40, NULL, 0, 2, 20, NULL, 0, 0, y, 40) == BNN_OK, "ew copy");
     CHECK(memcmp(x, y, sizeof x) == 0 && all_sent(y + 40, 4), "ew copy: y = x, nothing past y_len");

@@ -50,6 +50,10 @@ void bnn_bconv2d_destroy(bnn_bconv2d *L) {
     free((void *)L->out.add);
     free((void *)L->out.threshold);
     free((void *)L->out.flip);
+    for (int32_t s = 0; s < L->out.n_steps; s++) {
+        free((void *)L->out.steps[s].a);
+        free((void *)L->out.steps[s].b);
+    }
     free(L);
 }
 
@@ -64,6 +68,13 @@ int bnn_bconv2d_create(bnn_bconv2d **out, const bnn_window *win, int32_t pad_mod
     if (pad_mode != BNN_PAD_ZERO && pad_mode != BNN_PAD_ONE) return BNN_E_SHAPE;
     if (output->out_mode == BNN_OUT_BITS && !output->threshold) return BNN_E_NULL;
     if (output->out_mode < BNN_OUT_INT32 || output->out_mode > BNN_OUT_BITS) return BNN_E_SHAPE;
+    if (output->n_steps) { /* output steps: float outputs only */
+        if (output->out_mode != BNN_OUT_FLOAT || output->n_steps < 0 || output->n_steps > BNN_EW_MAX_STEPS)
+            return BNN_E_SHAPE;
+        if (!output->steps) return BNN_E_NULL;
+        int st = bnn_ew_steps_check(output->steps, output->n_steps, 1);
+        if (st) return st;
+    }
     const int32_t cw = (int32_t)bnn_packed_words(win->in_c), oc = win->out_c;
     const int64_t kk = (int64_t)win->kernel_h * win->kernel_w, K = kk * cw;
     size_t need_w = bnn_elems4(oc, kk, cw, 1);
@@ -120,6 +131,25 @@ int bnn_bconv2d_create(bnn_bconv2d **out, const bnn_window *win, int32_t pad_mod
             mul[o] = output->mul ? output->mul[o] : 1.0f;
             add[o] = output->add ? output->add[o] : 0.0f;
         }
+        for (int32_t s = 0; s < output->n_steps; s++) { /* copies of the parameter arrays */
+            const bnn_ew_step *src = &output->steps[s];
+            bnn_ew_step *dst = &L->out.steps[s];
+            L->out.n_steps = s + 1; /* so that destroy frees what was copied */
+            dst->op = src->op;
+            const float *in[2] = {src->a, src->b};
+            float *cp[2] = {NULL, NULL};
+            for (int k = 0; k < 2; k++) {
+                if (!in[k]) continue;
+                cp[k] = malloc((size_t)oc * sizeof(float));
+                if (!cp[k]) {
+                    free(cp[0]);
+                    goto nomem;
+                }
+                memcpy(cp[k], in[k], (size_t)oc * sizeof(float));
+            }
+            dst->a = cp[0];
+            dst->b = cp[1];
+        }
     } else if (L->out.mode == BNN_OUT_BITS) {
         int32_t *thr = malloc((size_t)oc * sizeof(int32_t));
         uint8_t *flip = malloc((size_t)oc);
@@ -143,7 +173,7 @@ typedef struct {
     const bnn_bconv2d *L;
     const uint32_t *xp; /* padded (or original) input */
     int32_t hp, wp;     /* its height and width */
-    const float *k_scale;
+    const float *k_scale, *r;
     void *y;
     bnn_bconv2d_kernel kern;
     int32_t nchunks;
@@ -187,21 +217,32 @@ static void run_task(void *p, int64_t begin, int64_t end) {
                 size_t pix = ((size_t)n * L->out_h + oy) * L->out_w + ox0 + pp;
                 bnn_output_transform(&L->out, d, nc, o0, oc, pix, a->k_scale, a->y);
             }
+            if (L->out.n_steps)
+                bnn_output_steps(&L->out, np, nc, o0, oc, ((size_t)n * L->out_h + oy) * L->out_w + ox0, a->r, a->y);
         }
     }
 }
 
 int bnn_bconv2d_run(bnn_ctx *ctx, const bnn_bconv2d *L, const uint32_t *x, size_t x_len, const float *k_scale,
                     size_t k_len, void *y, size_t y_len) {
+    return bnn_bconv2d_run_residual(ctx, L, x, x_len, k_scale, k_len, NULL, 0, y, y_len);
+}
+
+int bnn_bconv2d_run_residual(bnn_ctx *ctx, const bnn_bconv2d *L, const uint32_t *x, size_t x_len,
+                             const float *k_scale, size_t k_len, const float *r, size_t r_len, void *y,
+                             size_t y_len) {
     if (!ctx || !L || !x || !y) return BNN_E_NULL;
-    if (x_len < L->in_len || y_len < L->out_len) return BNN_E_SIZE;
+    int adds = bnn_ew_steps_add(L->out.steps, L->out.n_steps);
+    if (adds && !r) return BNN_E_NULL;
+    if (r && !adds) return BNN_E_SHAPE;
+    if (x_len < L->in_len || y_len < L->out_len || (r && r_len < L->out_len)) return BNN_E_SIZE;
     if (k_scale) {
         if (L->out.mode != BNN_OUT_FLOAT) return BNN_E_SHAPE;
         if (k_len < L->pix_len) return BNN_E_SIZE;
     }
     const bnn_window *w = &L->win;
     const int32_t cw = L->cw;
-    run_args a = {L, x, w->in_h, w->in_w, k_scale, y, select_kernel(&ctx->cpu, ctx->path),
+    run_args a = {L, x, w->in_h, w->in_w, k_scale, r, y, select_kernel(&ctx->cpu, ctx->path),
                   (L->ocb + BNN_CHUNK_BLOCKS - 1) / BNN_CHUNK_BLOCKS};
     if (w->pad_top || w->pad_left || w->pad_bottom || w->pad_right) {
         int32_t hp = w->in_h + w->pad_top + w->pad_bottom, wp = w->in_w + w->pad_left + w->pad_right;

@@ -2,7 +2,8 @@
  *   AVX-512F + VPOPCNTDQ: one zmm = one input word for 16 output channels;
  *     per 512 binary MACs: VPXORD (activation broadcast from memory) + VPOPCNTD + VPADDD;
  *     tile 8 pixels x 2 blocks = 16 accumulators.
- *   AVX2: nibble-table popcount (VPSHUFB), 16-bit pair sums (VPMADDUBSW), widened at the end. */
+ *   AVX2: nibble-table popcount (VPSHUFB), summed in 8-bit lanes for up to 31 input words,
+ *     then widened to 32 bits (VPMADDUBSW, VPMADDWD). */
 #ifndef BNN_BCONV2D_KERNELS_X86_H
 #define BNN_BCONV2D_KERNELS_X86_H
 #include "../core/internal.h"
@@ -79,13 +80,16 @@ BNN_AVX512_FN void bconv2d_avx512(const bnn_bconv_geom *g, const uint32_t *x, co
 #define BNN_AVX2 __attribute__((target("avx2"), always_inline)) static inline
 #define BNN_AVX2_FN __attribute__((target("avx2"))) static
 
-/* 16-bit lanes gain at most 16 per step: flush to 32 bits well before 65535. */
-#define BNN_AVX2_FLUSH 2048
+/* Per step (one input word, 8 output channels per vector) the nibble counts lo + hi <= 8
+ * per byte are summed in 8-bit lanes: at most 31 steps (248 <= 255), then flushed. */
+#define BNN_AVX2_FLUSH 31
 
-/* acc (16-bit lanes) into tot (32-bit lanes), for every accumulator of a P-pixel tile */
+/* acc (8-bit lanes) into tot (32-bit lanes: byte pairs summed by VPMADDUBSW, then 16-bit
+ * pairs by VPMADDWD), for every accumulator of a P-pixel tile */
 #define BNN_AVX2_WIDEN(P)                                                                      \
     BNN_UNROLLED(p, P) BNN_UNROLLED(v, 2) {                                                    \
-        tot[p][v] = _mm256_add_epi32(tot[p][v], _mm256_madd_epi16(acc[p][v], ones16));         \
+        tot[p][v] = _mm256_add_epi32(                                                          \
+            tot[p][v], _mm256_madd_epi16(_mm256_maddubs_epi16(acc[p][v], ones8), ones16));      \
         acc[p][v] = _mm256_setzero_si256();                                                    \
     }
 
@@ -105,7 +109,7 @@ BNN_AVX512_FN void bconv2d_avx512(const bnn_bconv_geom *g, const uint32_t *x, co
                 const uint32_t *xr = x + ky * g->row_stride + kx * g->cw;                      \
                 const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
                 for (int c = 0; c < g->cw; c++) {                                              \
-                    if (++steps == BNN_AVX2_FLUSH) {                                           \
+                    if (++steps > BNN_AVX2_FLUSH) {                                            \
                         BNN_AVX2_WIDEN(P)                                                      \
                         steps = 1;                                                             \
                     }                                                                          \
@@ -118,16 +122,14 @@ BNN_AVX512_FN void bconv2d_avx512(const bnn_bconv_geom *g, const uint32_t *x, co
                             __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(t, m4));    \
                             __m256i hi = _mm256_shuffle_epi8(                                  \
                                 lut, _mm256_and_si256(_mm256_srli_epi16(t, 4), m4));           \
-                            acc[p][v] = _mm256_add_epi16(                                      \
-                                acc[p][v], _mm256_maddubs_epi16(_mm256_add_epi8(lo, hi), ones8)); \
+                            acc[p][v] = _mm256_add_epi8(acc[p][v], _mm256_add_epi8(lo, hi));   \
                         }                                                                      \
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
-        BNN_UNROLLED(p, P) BNN_UNROLLED(v, 2) {                                                \
-            tot[p][v] = _mm256_add_epi32(tot[p][v], _mm256_madd_epi16(acc[p][v], ones16));     \
+        BNN_AVX2_WIDEN(P)                                                                      \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(v, 2)                                                  \
             _mm256_storeu_si256((__m256i *)(pop + p * BNN_BCONV_POP_STRIDE + 8 * v), tot[p][v]); \
-        }                                                                                      \
     }
 
 BNN_DEF_TILE256(4)

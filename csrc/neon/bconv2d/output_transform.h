@@ -1,7 +1,8 @@
 /* Output transforms of a binary convolution, applied to the integer dot products d of one
  * pixel and a run of output channels [o0, o0 + nc):
  *   INT32: y = d
- *   FLOAT: y = ((float)d * mul[o]) * K[pixel] + add[o]   (float32, in this order; no K: * 1)
+ *   FLOAT: y = ((float)d * mul[o]) * K[pixel] + add[o]   (float32, in this order; no K: * 1),
+ *          then bnn_output_steps over the run
  *   BITS:  bit = flip[o] ? d > threshold[o] : d < threshold[o]  (bit 1 = -1), packed 32 per
  *          word for the next binary layer; o0 is a multiple of 32 and the channels past
  *          out_c stay 0. */
@@ -9,12 +10,15 @@
 #define BNN_BCONV2D_OUTPUT_TRANSFORM_H
 #include <stdint.h>
 #include "../include/bnn.h"
+#include "../eltwise/steps.h"
 
 typedef struct {
     int32_t mode;
     const float *mul, *add;
     const int32_t *threshold;
     const uint8_t *flip;
+    int32_t n_steps;                       /* FLOAT: output steps, their arrays [out_c] */
+    bnn_ew_step steps[BNN_EW_MAX_STEPS];
 } bnn_out_params;
 
 static inline void bnn_output_transform(const bnn_out_params *op, const int32_t *d, int nc, int32_t o0,
@@ -54,5 +58,15 @@ static inline void bnn_output_transform(const bnn_out_params *op, const int32_t 
             yo[j0 / 32] = word;
         }
     }
+}
+/* FLOAT's output steps (eltwise/steps.h: what bnn_eltwise_f32 would do to these floats,
+ * the same bits) over the channels [o0, o0 + nc) of npix consecutive output pixels from
+ * pix on, after bnn_output_transform wrote them; r: the residual (float NHWC like y) when a
+ * step is BNN_EW_ADD, else NULL. */
+static inline void bnn_output_steps(const bnn_out_params *op, int npix, int nc, int32_t o0, int32_t out_c,
+                                    size_t pix, const float *r, void *y) {
+    float *yo = (float *)y + pix * (size_t)out_c + o0;
+    const float *ro = r ? r + pix * (size_t)out_c + o0 : NULL;
+    EW_STEPS(op->steps, op->n_steps, yo, ro, npix, nc, out_c, o0)
 }
 #endif

@@ -20,10 +20,9 @@ int bnn_eltwise_f32(bnn_ctx *ctx, const float *x, size_t x_len, const float *r, 
                     int32_t c, const bnn_ew_step *steps, int32_t n_steps, size_t param_len, float *y, size_t y_len) {
     if (!ctx || !x || !y || (n_steps > 0 && !steps)) return BNN_E_NULL;
     if (pixels < 0 || c < 1 || n_steps < 0 || n_steps > BNN_EW_MAX_STEPS) return BNN_E_SHAPE;
-    for (int32_t s = 0; s < n_steps; s++) {
-        if (steps[s].op != BNN_EW_AFFINE && steps[s].op != BNN_EW_PRELU) return BNN_E_SHAPE;
-        if (steps[s].op == BNN_EW_PRELU && !steps[s].a) return BNN_E_NULL;
-    }
+    int st = bnn_ew_steps_check(steps, n_steps, r != NULL);
+    if (st) return st;
+    if (r && r == y && bnn_ew_steps_add(steps, n_steps)) return BNN_E_SHAPE; /* y = x overwrites r */
     size_t n;
     if (!bnn_mul_ok((size_t)pixels, (size_t)c, &n)) return BNN_E_SHAPE;
     if (x_len < n || y_len < n || (r && r_len < n)) return BNN_E_SIZE;
@@ -36,6 +35,7 @@ int bnn_eltwise_f32(bnn_ctx *ctx, const float *x, size_t x_len, const float *r, 
     j.y = y;
     j.c = c;
     j.n_steps = n_steps;
+    j.r_first = r && !bnn_ew_steps_add(steps, n_steps);
     if (n_steps > 0) memcpy(j.steps, steps, (size_t)n_steps * sizeof *steps);
     /* >= 16k floats per grain: the work per float is a few operations */
     int64_t grain = 1 + 16384 / c;

@@ -126,7 +126,11 @@ BNN_API int bnn_window_out(const bnn_window *win, int32_t *out_h, int32_t *out_w
  * Output (out_mode), per output channel o and integer dot product d:
  *   BNN_OUT_INT32: y = d (int32 NHWC; for tests);
  *   BNN_OUT_FLOAT: y = d * mul[o] * K[pixel] + add[o]  (float NHWC; K optional, see
- *                  bnn_xnor_scale; without K: y = d * mul[o] + add[o]);
+ *                  bnn_xnor_scale; without K: y = d * mul[o] + add[o]), then the
+ *                  output steps, if any, as bnn_eltwise_f32 would apply them to y (the
+ *                  same bits; its BNN_EW_ADD adds the residual of
+ *                  bnn_bconv2d_run_residual): the ReLU / BatchNorm / shortcut add after a
+ *                  binary conv in the same pass, while the outputs are in registers;
  *   BNN_OUT_BITS:  packed NHWC bits for the next binary layer, floats never written:
  *                  flip[o] == 0: bit = (d < threshold[o])   (-1 when below)
  *                  flip[o] != 0: bit = (d > threshold[o])   (a negative BN gamma)
@@ -135,11 +139,14 @@ BNN_API int bnn_window_out(const bnn_window *win, int32_t *out_h, int32_t *out_w
 enum bnn_pad_mode { BNN_PAD_ZERO = 0, BNN_PAD_ONE = 1 };
 enum bnn_out_mode { BNN_OUT_INT32 = 0, BNN_OUT_FLOAT = 1, BNN_OUT_BITS = 2 };
 
+typedef struct bnn_ew_step bnn_ew_step; /* see bnn_eltwise_f32 below */
 typedef struct {
     int32_t out_mode;           /* enum bnn_out_mode */
     const float *mul, *add;     /* BNN_OUT_FLOAT: [out_c] each (NULL mul = 1, NULL add = 0) */
     const int32_t *threshold;   /* BNN_OUT_BITS: [out_c] */
     const uint8_t *flip;        /* BNN_OUT_BITS: [out_c] (NULL = all 0) */
+    const bnn_ew_step *steps;   /* BNN_OUT_FLOAT: 0 .. BNN_EW_MAX_STEPS output steps, each */
+    int32_t n_steps;            /*   parameter array given [out_c] floats (zeroed: none) */
 } bnn_output;
 
 typedef struct bnn_bconv2d bnn_bconv2d;
@@ -155,6 +162,14 @@ BNN_API int bnn_bconv2d_run(bnn_ctx *ctx, const bnn_bconv2d *layer,
                             const uint32_t *x, size_t x_len,
                             const float *k_scale, size_t k_len,
                             void *y, size_t y_len);
+/* The same with a residual r: float [n][out_h][out_w][out_c], what the layer's BNN_EW_ADD
+ * output steps add (BNN_E_NULL without r when there is one; BNN_E_SHAPE with r when there
+ * is none).  y must not overlap r. */
+BNN_API int bnn_bconv2d_run_residual(bnn_ctx *ctx, const bnn_bconv2d *layer,
+                                     const uint32_t *x, size_t x_len,
+                                     const float *k_scale, size_t k_len,
+                                     const float *r, size_t r_len,
+                                     void *y, size_t y_len);
 
 /* XNOR-Net input scaling K = A * k: A[n][h][w] = mean over channels of |x| (float NHWC
  * [n][in_h][in_w][in_c]), k = a kernel_h x kernel_w box filter of 1/(kernel_h*kernel_w)
@@ -199,25 +214,31 @@ BNN_API int bnn_add_f32(bnn_ctx *ctx, const float *a, size_t a_len, const float 
                         float *y, size_t y_len, size_t n);
 
 /* Per-channel elementwise chain (Bi-Real / ReActNet blocks: residual add, RPReLU = Sub,
- * PRelu, Add per channel; BN-style affines), one pass over float [pixels][c]:
- *   t = x[p][ch], plus r[p][ch] when r is not NULL (the residual add t = x + r);
+ * PRelu, Add per channel; BN-style affines; ReLU / Clip), one pass over float [pixels][c]:
+ *   t = x[p][ch], plus r[p][ch] when r is not NULL and no step is BNN_EW_ADD (the
+ *   residual add t = x + r first);
  *   then each step in order:
  *     BNN_EW_AFFINE: t = t * a[ch] + b[ch]  -- the product rounded to float, then the sum
  *                    (never a fused multiply-add: as separate Mul and Add nodes);
  *                    a NULL: t + b[ch]; b NULL: t * a[ch]; both NULL: t
  *     BNN_EW_PRELU:  t = t >= 0 ? t : t * a[ch]   (a required; NaN stays NaN)
+ *     BNN_EW_CLIP:   t = t > a[ch] ? t : a[ch], then t = t < b[ch] ? t : b[ch]: the bound
+ *                    where t equals it (ReLU(-0) = +0), but NaN stays NaN; a NULL: no
+ *                    lower bound, b NULL: no upper (ReLU: a = 0, b NULL)
+ *     BNN_EW_ADD:    t = t + r[p][ch]   (r required)
  *   y[p][ch] = t.
- * Each step array given holds param_len >= c floats.  y may be x or r (the same pointer;
- * partial overlaps are not supported).  0 .. BNN_EW_MAX_STEPS steps (0: a copy or the
+ * Each step array given holds param_len >= c floats.  y may be x, or r when no step is
+ * BNN_EW_ADD (the same pointer; partial overlaps are not supported; y == r with a
+ * BNN_EW_ADD step: BNN_E_SHAPE).  0 .. BNN_EW_MAX_STEPS steps (0: a copy or the
  * add).  IEEE single-precision operations in this order: bit-identical on every path and
  * thread count (armv7 NEON is not used: it flushes denormals), except that which NaN comes
  * out of a NaN + NaN may differ. */
-enum bnn_ew_op { BNN_EW_AFFINE = 1, BNN_EW_PRELU = 2 };
+enum bnn_ew_op { BNN_EW_AFFINE = 1, BNN_EW_PRELU = 2, BNN_EW_CLIP = 3, BNN_EW_ADD = 4 };
 #define BNN_EW_MAX_STEPS 16
-typedef struct {
+struct bnn_ew_step {
     int32_t op;         /* enum bnn_ew_op */
     const float *a, *b; /* per-channel parameters (see above) */
-} bnn_ew_step;
+};
 BNN_API int bnn_eltwise_f32(bnn_ctx *ctx, const float *x, size_t x_len, const float *r, size_t r_len,
                             int32_t pixels, int32_t c, const bnn_ew_step *steps, int32_t n_steps,
                             size_t param_len, float *y, size_t y_len);
