@@ -19,14 +19,18 @@ NHWC; ``bits`` values unpacked to +-1 float32).  The arrays returned are fresh c
 they stay valid after later runs.
 
 Fusion (``fuse=True``, the default): at load, runs of adjacent per-channel elementwise
-nodes -- an ``add`` and/or ``affine`` / ``prelu`` nodes, each intermediate value read only
-by the next node and not a graph output -- become one C pass (ops.eltwise: Bi-Real's
-residual add + ReActNet's RPReLU), and an ``affine`` read only by a ``bitpack`` becomes
-one packing pass (ops.bitpack_affine: RSign).  The C code does the same float32
-operations in the same order as the unfused nodes, so the outputs are the same bits
-(``fuse=False`` runs every node on its own, for comparison).  The profile then lists the
-fused step once (op ``eltwise`` / ``bitpack_affine``, named after its first node, "+N"
-when it covers N more).
+nodes -- ``affine`` / ``prelu`` / ``relu`` / ``leaky_relu`` / ``clip`` and at most one
+two-input ``add``, each intermediate value read only by the next node and not a graph
+output -- become one C pass (ops.eltwise: Bi-Real's residual add + ReActNet's RPReLU); a
+run that reads the float output of a binary conv (``bconv2d`` / ``bdense``) that nothing
+else reads runs in that conv's output transform instead (the conv moved to the run's place)
+(ops.BConv2d steps: QuickNet's ReLU, BatchNorm and shortcut add cost no pass of their
+own); and an ``affine`` read only by a ``bitpack`` becomes one packing pass
+(ops.bitpack_affine: RSign).  The C code does the same float32 operations in the same
+order as the unfused nodes, so the outputs are the same bits (``fuse=False`` runs every
+node on its own, for comparison).  The profile then lists the fused step once (op
+``eltwise`` / ``bitpack_affine`` / the conv's, named after its first node, "+N" when it
+covers N more).
 
 Threads: a Model owns one ops.Context (``num_threads`` workers) and its buffers; runs of
 one Model are serialised by a lock (a Model is meant to be used by one thread at a time;
@@ -80,9 +84,9 @@ def _fuse(nodes, keep):
     """Groups runs of adjacent per-channel elementwise nodes (registry.CHAIN_OPS and at most
     one two-input add; see the module docstring) into one internal node: ``eltwise`` (key
     ``_chain``: the original nodes; inputs: the chain's input and the add's other input), or,
-    when the run reads the float output of the binary conv just before it and nothing else
-    does, that conv itself (``_chain``: its output steps; the residual appended to its
-    inputs); and an ``affine`` read only by a ``bitpack`` into ``bitpack_affine`` (``_chain``:
+    when the run reads the float output of a binary conv that nothing else reads, that conv
+    itself, moved to the run's place (``_chain``: its output steps; the residual appended
+    to its inputs); and an ``affine`` read only by a ``bitpack`` into ``bitpack_affine`` (``_chain``:
     [affine, bitpack]).  keep: the graph outputs."""
     uses = collections.Counter(nm for n in nodes for nm in n["inputs"])
 
@@ -101,6 +105,7 @@ def _fuse(nodes, keep):
         return b if a == value and b != value else a if b == value and a != value else None
 
     out, i = [], 0
+    made = {}  # float binary conv output read by one node only -> its index in out
     while i < len(nodes):
         n = nodes[i]
         if packs(i):
@@ -109,13 +114,16 @@ def _fuse(nodes, keep):
             i += 2
             continue
         if not chainable(n):
+            if n["op"] in _BINARY_FLOAT_OUT and n.get("attrs", {}).get("output", "float") == "float" \
+                    and private(n["outputs"][0]):
+                made[n["outputs"][0]] = len(out)
             out.append(n)
             i += 1
             continue
-        prev = out[-1] if out else None
-        conv = (prev if prev is not None and prev["op"] in _BINARY_FLOAT_OUT and "_chain" not in prev
-                and prev.get("attrs", {}).get("output", "float") == "float" and private(prev["outputs"][0])
-                and prev["outputs"][0] in n["inputs"] else None)
+        # the float binary conv whose output only this chain reads, made before it (moved
+        # here: nothing in between reads its output, and its own inputs are older)
+        k = next((made[v] for v in n["inputs"] if v in made), None)
+        conv = out[k] if k is not None else None
         x = conv["outputs"][0] if conv else n["inputs"][0]
         res = None
         if n["op"] == "add":
@@ -137,15 +145,16 @@ def _fuse(nodes, keep):
         name = n["name"] + (" +%d" % (len(chain) - 1) if len(chain) > 1 else "")
         extra = [res] if res is not None else []
         if conv:
-            out[-1] = dict(conv, name=conv["name"] + " +%d" % len(chain), inputs=list(conv["inputs"]) + extra,
-                           outputs=list(chain[-1]["outputs"]), _chain=chain)
+            out[k] = None
+            out.append(dict(conv, name=conv["name"] + " +%d" % len(chain), inputs=list(conv["inputs"]) + extra,
+                            outputs=list(chain[-1]["outputs"]), _chain=chain))
         elif len(chain) > 1 or n["op"] != "add":
             out.append({"op": "eltwise", "name": name, "inputs": [x] + extra,
                         "outputs": list(chain[-1]["outputs"]), "_chain": chain})
         else:
             out.append(n)
         i = j
-    return out
+    return [n for n in out if n is not None]
 
 
 def _parts(node):

@@ -554,10 +554,10 @@ def test_fusion_bireal_block(tmp_path):
 
 def test_fusion_into_binary_conv_output(tmp_path):
     """QuickNet's block (binary conv -> ReLU -> BatchNorm -> shortcut add -> ReLU), a block
-    whose add has the conv second, a conv with XNOR-Net's K input, a leaky ReLU / clip chain
-    and a binary dense head: each chain after a float binary conv runs in the conv's output
-    transform (one step), with the same bits as the unfused model; a conv output read twice
-    is not fused."""
+    whose add has the conv second, a conv with XNOR-Net's K input, a leaky ReLU / clip chain,
+    a shortcut made between the conv and its add, and a binary dense head: each chain after
+    a float binary conv runs in the conv's output transform (one step), with the same bits
+    as the unfused model; a conv output read twice is not fused."""
     rng = np.random.default_rng(5)
     n, c, h, w = 1, 40, 6, 5
     shp = (n, h, w, c)
@@ -592,7 +592,14 @@ def test_fusion_into_binary_conv_output(tmp_path):
     # a conv output read twice (add(c, c)) stays unfused
     g.node("bitpack", ["y4"], "y4b", "bits", shp, {"threshold": 0.0})
     g.node("bconv2d", ["y4b"], "c4", "float", shp, dict(same, pad_mode="zero", output="float"), conv_params())
-    g.node("add", ["c4", "c4"], "y5", "float", shp)
+    g.node("add", ["c4", "c4"], "y5a", "float", shp)
+    # Bi-Real's downsampling block: the shortcut (a pool) is made between the conv and the
+    # add: the conv moves to the add
+    g.node("bconv2d", ["y4b"], "c5", "float", shp, dict(same, pad_mode="zero", output="float"), conv_params())
+    g.node("maxpool2d", ["y4"], "s5", "float", shp, win_attrs((1, 1), (1, 1), (0, 0, 0, 0)))
+    g.node("add", ["s5", "c5"], "y5b", "float", shp)
+    g.node("prelu", ["y5b"], "y5c", "float", shp, params={"slope": np.full(c, 0.2, np.float32)})
+    g.node("add", ["y5a", "y5c"], "y5", "float", shp)
     # binary dense head with a residual-free chain
     g.node("flatten", ["y5"], "f", "float", (n, h * w * c))
     g.node("bitpack", ["f"], "fb", "bits", (n, h * w * c), {"threshold": 0.0})
@@ -608,7 +615,8 @@ def test_fusion_into_binary_conv_output(tmp_path):
     names = {nd["outputs"][0]: nd["name"] for nd in g.nodes}
     assert [(p["op"], p["name"]) for p in prof if p["op"] in ("bconv2d", "bdense", "add", "eltwise")] == [
         ("bconv2d", names["c1"] + " +3"), ("bconv2d", names["c2"] + " +2"), ("bconv2d", names["c3"] + " +2"),
-        ("bconv2d", names["c4"]), ("add", names["y5"]), ("bdense", names["d"] + " +1")], [
+        ("bconv2d", names["c4"]), ("add", names["y5a"]), ("bconv2d", names["c5"] + " +2"), ("add", names["y5"]),
+        ("bdense", names["d"] + " +1")], [
         (p["op"], p["name"]) for p in prof]
     for seed in range(3):
         x = (np.random.default_rng(seed).standard_normal((n, c, h, w)) * 2).astype(np.float32)
