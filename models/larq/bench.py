@@ -106,15 +106,21 @@ def bench_model(name, d, threads, rounds, lce, out_dir):
             for k in keys[r % len(keys):] + keys[:r % len(keys)]:
                 times[k].append(engines[k]())
         med = {k: round(float(np.median(v)), 3) for k, v in times.items()}
-        lce_best = min(med["lce_default"], med["lce_indirect_bgemm"])
+        best = min(("lce_default", "lce_indirect_bgemm"), key=lambda k: med[k])
+        lce_best = med[best]
+        # the ratio within each round (the engines ran back to back), its median: steadier than
+        # the ratio of medians when the machine's speed changes between rounds
+        per_round = [b / a for a, b in zip(times["ours"], times[best])]
         out.append({"model": name, "input": list(shape), "threads": t, "rounds": rounds, "ms_median": med,
                     "speedup_vs_lce_best": round(lce_best / med["ours"], 2),
+                    "speedup_vs_lce_best_round_median": round(float(np.median(per_round)), 2),
                     "speedup_vs_onnxruntime": round(med["onnxruntime_fp32"] / med["ours"], 2),
                     "binary_mac_fraction": round(bmacs / max(1, bmacs + fmacs), 4), "path": model._ctx.path})
         model.close()
         print("%-18s %d thread(s): ours %8.2f ms  LCE default %8.2f  LCE indirect %8.2f  onnxruntime %8.2f  "
-              "-> %.2fx LCE's best" % (name, t, med["ours"], med["lce_default"], med["lce_indirect_bgemm"],
-                                       med["onnxruntime_fp32"], lce_best / med["ours"]), flush=True)
+              "-> %.2fx LCE's best (per round: %.2fx)" % (
+                  name, t, med["ours"], med["lce_default"], med["lce_indirect_bgemm"], med["onnxruntime_fp32"],
+                  lce_best / med["ours"], float(np.median(per_round))), flush=True)
     return out
 
 
