@@ -35,9 +35,18 @@ that library chose.  Each count is the difference of two runs that differ only i
 number of frames (1 + N vs 1, N = ICOUNT_FRAMES), divided by N, so start-up, imports and
 model loading cancel.  Start-up is not quite repeatable (libraries poll the clock: under
 qemu-arm importing OpenCV varies by ~2M instructions a run, under qemu-aarch64 by
-thousands): ``noise_per_frame`` is the difference of two identical runs divided by N.  The
-fp twin is not counted (no onnxruntime in that userland).  A missing userland, qemu or
-library stops the benchmark before anything is timed, with the command to run.
+thousands): ``noise_per_frame`` is the difference of two identical runs divided by N.
+
+On aarch64 the fp twin is counted too, for ``net`` (the network alone on the same
+letterboxed input size as ours), in onnxruntime's official PyPI wheel (models/ort_icount.py:
+pinned version and sha256, downloaded once into models/.cache/ort-aarch64/), 1 thread,
+sequential, the same difference of runs: ``fp_twin_onnxruntime`` and
+``net_ratio_onnxruntime_over_ours``.  aarch64 counts run on the emulated core of
+``--icount-cpu`` (qemu -cpu; default cortex-a72, the Pi 4's), ours and onnxruntime alike:
+under qemu's default ``max`` core onnxruntime would take SVE/SME kernels that no Pi has.
+armhf runs on qemu-arm's default core, and its fp twin is not counted (onnxruntime
+publishes no armv7 wheel).  A missing userland, qemu, library or wheel download stops the
+benchmark before anything is timed, with the command to run.
 """
 from __future__ import annotations
 
@@ -181,8 +190,9 @@ def _icount_rootfs(arch):
     return rootfs
 
 
-def icount(arch, bnn, frames=ICOUNT_FRAMES):
-    """guest instructions per frame of ``bnn`` on ``arch`` (see the module docstring)"""
+def icount(arch, bnn, frames=ICOUNT_FRAMES, cpu=None):
+    """guest instructions per frame of ``bnn`` on ``arch`` (see the module docstring); ``cpu``:
+    the core qemu emulates (-cpu), its default when None"""
     from firmware_py.bench import CROSS, guest_instructions, icount_plugin
 
     rootfs, plugin = _icount_rootfs(arch), icount_plugin()
@@ -196,21 +206,37 @@ def icount(arch, bnn, frames=ICOUNT_FRAMES):
             return guest_instructions(
                 arch, rootfs / "usr" / "bin" / "python3", plugin,
                 ["-S", "-B", "-c", _GUEST, ROOT, os.path.abspath(bnn), n_net, n_detect, info],
-                qemu_args=["-L", rootfs, "-E", f"LD_LIBRARY_PATH={blas}", "-E", "PYTHONHASHSEED=0",
-                           "-E", "OPENBLAS_NUM_THREADS=1"])
+                qemu_args=[*(["-cpu", cpu] if cpu else []), "-L", rootfs, "-E", f"LD_LIBRARY_PATH={blas}",
+                           "-E", "PYTHONHASHSEED=0", "-E", "OPENBLAS_NUM_THREADS=1"])
 
         base = total(1, 1)
         with open(info) as f:
             res = json.load(f)
         res["library"] = os.path.relpath(res["library"], ROOT)
-        res.update(threads=1, frames=frames,
+        res.update(qemu_cpu=cpu or "default", threads=1, frames=frames,
                    net={"instructions_per_frame": round((total(1 + frames, 1) - base) / frames)},
                    detect={"instructions_per_frame": round((total(1, 1 + frames) - base) / frames)},
                    noise_per_frame=round(abs(total(1, 1) - base) / frames))  # two identical runs
     return res
 
 
-def bench(bnn, onnx_path, seconds=3.0, untrained=False, threads=None, config=None, icount_archs=()):
+def icount_fp_twin(onnx_path, input_size, frames=ICOUNT_FRAMES, cpu=None):
+    """onnxruntime's guest instructions per frame for ``net`` of the fp twin on aarch64: the
+    network alone on a letterboxed 640x480 frame of ``input_size`` (h, w), 1 thread"""
+    from firmware_py.detect import letterbox
+
+    from . import ort_icount
+
+    frame = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
+    x, _ = letterbox(frame, tuple(input_size))
+    r = ort_icount.count(onnx_path, x, frames, cpu or ort_icount.DEFAULT_CPU, noise=True)
+    return {"onnxruntime": r["onnxruntime"], "wheel": r["wheel"], "qemu_cpu": r["qemu_cpu"], "threads": 1,
+            "frames": frames, "input": list(x.shape), "net": {"instructions_per_frame": r["instructions_per_frame"]},
+            "noise_per_frame": r["noise_per_frame"]}
+
+
+def bench(bnn, onnx_path, seconds=3.0, untrained=False, threads=None, config=None, icount_archs=(),
+          icount_cpu=None):
     from firmware_py.detect import Detector
 
     frame = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
@@ -247,9 +273,18 @@ def bench(bnn, onnx_path, seconds=3.0, untrained=False, threads=None, config=Non
         res["threads"][str(nt)] = row
         ours.runner.model.close()
     if icount_archs:
-        res["icount"] = {arch: icount(arch, bnn) for arch in icount_archs}
-        res["icount"]["fp_twin"] = ("not counted: the ARM userland has no onnxruntime "
-                                    "(Debian bookworm does not package it)")
+        from . import ort_icount
+
+        res["icount"] = {}
+        for arch in icount_archs:
+            cpu = (icount_cpu or ort_icount.DEFAULT_CPU) if arch == "aarch64" else None
+            r = res["icount"][arch] = icount(arch, bnn, cpu=cpu)
+            if arch == "aarch64":
+                fp = r["fp_twin_onnxruntime"] = icount_fp_twin(onnx_path, r["input"], cpu=cpu)
+                r["net_ratio_onnxruntime_over_ours"] = round(
+                    fp["net"]["instructions_per_frame"] / r["net"]["instructions_per_frame"], 2)
+            else:
+                r["fp_twin_onnxruntime"] = "not counted: onnxruntime publishes no armv7 wheel"
     print(json.dumps(res, indent=1), flush=True)
     return res
 
@@ -266,6 +301,8 @@ def main(argv=None):
     ap.add_argument("--threads", default="", help="comma-separated thread counts (default 1 and all)")
     ap.add_argument("--icount", default="", metavar="ARCHS",
                     help="also count ARM guest instructions per frame under qemu: aarch64 and/or armhf")
+    ap.add_argument("--icount-cpu", default="cortex-a72", choices=["cortex-a53", "cortex-a72", "cortex-a76"],
+                    help="the aarch64 core qemu emulates for --icount (Pi 3 / Pi 4 / Pi 5)")
     a = ap.parse_args(argv)
     threads = [int(t) for t in a.threads.split(",")] if a.threads else None
     archs = [v for v in a.icount.split(",") if v]
@@ -276,7 +313,11 @@ def main(argv=None):
     if archs:
         from firmware_py.bench import icount_plugin
 
+        from . import ort_icount
+
         icount_plugin()  # builds build/tools/libicount.so once
+        if "aarch64" in archs:
+            ort_icount.check("aarch64", a.icount_cpu)  # the onnxruntime wheel, downloaded once
     overrides = {}
     if a.downsample:
         overrides["downsample"] = a.downsample
@@ -291,7 +332,7 @@ def main(argv=None):
             untrained = True
             cfg = D.default_config("binary", a.imgsz, **overrides)
             config = {k: cfg[k] for k in ("imgsz", "widths", "depths", "neck", "arch", "downsample")}
-        return bench(bnn, onnx_path, a.seconds, untrained, threads, config, archs)
+        return bench(bnn, onnx_path, a.seconds, untrained, threads, config, archs, a.icount_cpu)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,16 @@ TensorFlow) and times its own ``predict`` calls.  Rounds are interleaved (each r
 one inference of every engine, in a rotating order) and the table shows medians; the JSON
 holds every median and the ratios.
 
-``--icount aarch64`` adds our guest instructions per inference (1 thread) under qemu-user
-with ../shared/tools/arm-icount, in the Debian arm64 userland (models/bench_detector.py's
-set-up: ./build.sh aarch64, ../shared/tools/arm-rootfs): the difference of a run of 2
-inferences and a run of 1.  LCE publishes no aarch64 wheel on PyPI and the userland has no
-onnxruntime, so theirs are not counted.
+``--icount aarch64`` adds guest instructions per inference (1 thread) under qemu-user with
+../shared/tools/arm-icount, in the Debian arm64 userland (models/bench_detector.py's set-up:
+./build.sh aarch64, ../shared/tools/arm-rootfs), each the difference of a run of 2
+inferences and a run of 1: ours, and onnxruntime fp32 on the same ONNX export and input
+(its official PyPI aarch64 wheel, pinned in models/ort_icount.py and downloaded once into
+models/.cache/ort-aarch64/; 1 thread, sequential), with the ratio onnxruntime / ours.  Both
+run on the emulated core of ``--icount-cpu`` (default cortex-a72, the Pi 4's; qemu's default
+``max`` core would give onnxruntime SVE/SME kernels that no Pi has).  LCE is not counted: it
+publishes no aarch64 wheel on PyPI.  ``--icount-only`` skips the timing (no LCE worker, no
+TensorFlow venv): it converts the exports and counts.
 """
 from __future__ import annotations
 
@@ -139,8 +144,9 @@ print("path", m._ctx.path, file=sys.stderr)
 """
 
 
-def icount(arch, bnn):
-    """our guest instructions per inference of ``bnn`` on ``arch`` (1 thread)"""
+def icount(arch, bnn, cpu=None):
+    """our guest instructions per inference of ``bnn`` on ``arch`` (1 thread; ``cpu``: qemu's -cpu,
+    its default when None)"""
     from firmware_py.bench import CROSS, guest_instructions, icount_plugin
     from models.bench_detector import ROOT, _icount_rootfs
 
@@ -150,9 +156,23 @@ def icount(arch, bnn):
     def total(n):
         return guest_instructions(arch, rootfs / "usr" / "bin" / "python3", plugin,
                                   ["-S", "-B", "-c", _GUEST, ROOT, os.path.abspath(bnn), n],
-                                  qemu_args=["-L", rootfs, "-E", f"LD_LIBRARY_PATH={blas}", "-E", "PYTHONHASHSEED=0",
+                                  qemu_args=[*(["-cpu", cpu] if cpu else []), "-L", rootfs, "-E",
+                                             f"LD_LIBRARY_PATH={blas}", "-E", "PYTHONHASHSEED=0",
                                              "-E", "OPENBLAS_NUM_THREADS=1"])
     return total(2) - total(1)
+
+
+def icount_onnxruntime(onnx_path, bnn, cpu):
+    """onnxruntime's guest instructions per inference of ``onnx_path`` on aarch64 (1 thread), on
+    the input ours gets in ``icount`` (the converted model's input shape, the same seed)"""
+    import firmware_py
+    from models import ort_icount
+
+    m = firmware_py.load(str(bnn), num_threads=1)
+    shape = m.inputs[0].shape
+    m.close()
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return ort_icount.count(onnx_path, x, frames=1, cpu=cpu)["instructions_per_frame"]
 
 
 def main(argv=None):
@@ -163,39 +183,67 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--tf-python", default="/work/venvs/tf/bin/python", help="the TensorFlow venv's python")
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--icount", choices=["aarch64"], help="also count our guest instructions per inference")
+    ap.add_argument("--icount", choices=["aarch64"],
+                    help="also count guest instructions per inference (ours and onnxruntime)")
+    ap.add_argument("--icount-cpu", default="cortex-a72", choices=["cortex-a53", "cortex-a72", "cortex-a76"],
+                    help="the aarch64 core qemu emulates for --icount (Pi 3 / Pi 4 / Pi 5)")
+    ap.add_argument("--icount-only", action="store_true", help="with --icount: convert and count, time nothing")
     a = ap.parse_args(argv)
+    if a.icount_only and not a.icount:
+        ap.error("--icount-only needs --icount")
     d = Path(a.dir)
     threads = [int(t) for t in a.threads.split(",")]
-    lce = LCE(a.tf_python)
+    if a.icount:  # before anything slow: a missing prerequisite stops with what to run
+        from firmware_py.bench import icount_plugin
+        from models import ort_icount
+
+        ort_icount.check(a.icount, a.icount_cpu)
+        icount_plugin()
+    lce = None if a.icount_only else LCE(a.tf_python)
     results, errors = [], {}
     out_dir = d / "bnn"
     out_dir.mkdir(exist_ok=True)
     try:
         for name in a.models.split(","):
             try:
-                results += bench_model(name, d, threads, a.rounds, lce, out_dir)
+                if a.icount_only:
+                    from firmware_py.convert import convert
+
+                    convert(str(d / (name + ".onnx")), str(out_dir / (name + ".bnn")))
+                else:
+                    results += bench_model(name, d, threads, a.rounds, lce, out_dir)
             except ValueError as e:  # ConvertError: reported, the others still run
                 errors[name] = str(e)
                 print("%s: %s" % (name, e), flush=True)
     finally:
-        lce.close()
-    icounts = {}
+        if lce is not None:
+            lce.close()
+    icounts, ort_counts = {}, {}
     for name in (a.models.split(",") if a.icount else []):
         if name not in errors:
-            icounts[name] = icount(a.icount, out_dir / (name + ".bnn"))
-            print("%-18s %s: %s guest instructions per inference (ours, 1 thread)"
-                  % (name, a.icount, f"{icounts[name]:,}"), flush=True)
-    doc = {"what": "larq-zoo models (random weights, calibrated BatchNorm): this runtime vs Larq Compute Engine "
-                   "(default and indirect BGEMM kernels) vs onnxruntime fp32; medians of interleaved rounds, ms "
-                   "per inference (one image)",
+            icounts[name] = icount(a.icount, out_dir / (name + ".bnn"), a.icount_cpu)
+            ort_counts[name] = icount_onnxruntime(d / (name + ".onnx"), out_dir / (name + ".bnn"), a.icount_cpu)
+            print("%-18s %s (%s): %s guest instructions per inference (ours, 1 thread), onnxruntime fp32 %s: %.2fx"
+                  % (name, a.icount, a.icount_cpu, f"{icounts[name]:,}", f"{ort_counts[name]:,}",
+                     ort_counts[name] / icounts[name]), flush=True)
+    what = ("aarch64 guest instructions per inference (one image), this runtime vs onnxruntime fp32; nothing timed "
+            "(--icount-only)" if a.icount_only else
+            "this runtime vs Larq Compute Engine (default and indirect BGEMM kernels) vs onnxruntime fp32; medians of "
+            "interleaved rounds, ms per inference (one image)")
+    doc = {"what": "larq-zoo models (random weights, calibrated BatchNorm): " + what,
            "command": "python -m models.larq.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
            "results": results, "not_converted": errors}
     if icounts:
-        doc["icount"] = {"arch": a.icount, "threads": 1, "ours_instructions_per_inference": icounts,
-                         "lce": "not counted: no aarch64 wheel of larq-compute-engine on PyPI",
-                         "onnxruntime": "not counted: the arm64 userland has no onnxruntime"}
+        from models import ort_icount
+
+        doc["icount"] = {"arch": a.icount, "qemu_cpu": a.icount_cpu, "threads": 1,
+                         "ours_instructions_per_inference": icounts,
+                         "onnxruntime_fp32_instructions_per_inference": ort_counts,
+                         "onnxruntime_over_ours": {k: round(ort_counts[k] / v, 2) for k, v in icounts.items()},
+                         "onnxruntime": "%s (PyPI wheel %s), 1 thread, sequential" % (ort_icount.ORT_VERSION,
+                                                                                      ort_icount.ORT_WHEEL),
+                         "lce": "not counted: no aarch64 wheel of larq-compute-engine on PyPI"}
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
