@@ -926,6 +926,7 @@ def _chan_param(name, v, c):
     return np.array(np.broadcast_to(a.astype(np.float32), (c,)), dtype=np.float32)
 
 
+EW_MAX_STEPS = _native.BNN_EW_MAX_STEPS  # steps of one eltwise call / BConv2d output
 _EW_KINDS = {"affine": _native.BNN_EW_AFFINE, "prelu": _native.BNN_EW_PRELU, "clip": _native.BNN_EW_CLIP,
              "add": _native.BNN_EW_ADD}
 _EW_FORMS = "('affine', scale, bias), ('prelu', slope), ('clip', lo, hi) or ('add',)"

@@ -626,6 +626,28 @@ def test_fusion_into_binary_conv_output(tmp_path):
         assert np.isfinite(got[0]).all() and (got[0] >= 0).all() and got[1].min() >= -1.5 and got[1].max() <= 2.0
 
 
+def test_long_chain_is_split_into_passes_of_at_most_16_steps(tmp_path):
+    rng = np.random.default_rng(9)
+    n, c, h, w = 1, 5, 3, 4
+    shp = (n, h, w, c)
+    g = G()
+    g.input("x", (n, c, h, w))
+    prev = "x"
+    for i in range(40):
+        if i % 2:
+            g.node("relu", [prev], "v%d" % i, "float", shp)
+        else:
+            g.node("affine", [prev], "v%d" % i, "float", shp, params={
+                "scale": rng.uniform(0.5, 1.5, c).astype(np.float32), "bias": rng.standard_normal(c).astype(np.float32)})
+        prev = "v%d" % i
+    g.output(prev)
+    m = g.load(tmp_path)
+    m0 = fp.load(str(tmp_path / "m.bnn"), num_threads=1, fuse=False)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    assert [p["op"] for p in m.profile(x, repeat=1)] == ["eltwise"] * 3  # 16 + 16 + 8
+    assert _same_bits(m.run(x), m0.run(x))
+
+
 def test_residual_add(tmp_path):
     rng = np.random.default_rng(3)
     n, c, h, w = 1, 8, 6, 6
