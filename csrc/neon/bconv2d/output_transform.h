@@ -67,6 +67,6 @@ static inline void bnn_output_steps(const bnn_out_params *op, int npix, int nc, 
                                     size_t pix, const float *r, void *y) {
     float *yo = (float *)y + pix * (size_t)out_c + o0;
     const float *ro = r ? r + pix * (size_t)out_c + o0 : NULL;
-    EW_STEPS(op->steps, op->n_steps, yo, ro, npix, nc, out_c, o0)
+    bnn_ew_steps(op->steps, op->n_steps, yo, ro, npix, nc, (size_t)out_c, o0);
 }
 #endif

@@ -1,6 +1,6 @@
 /* Portable elementwise-chain kernel: plain C, defines the semantics (see kernel.h).  The
  * loops are what the compilers vectorise; kernels_x86.h compiles the same C for AVX2 and
- * AVX-512, and bconv2d's output transform runs the same steps (EW_STEPS) on its outputs. */
+ * AVX-512, and bconv2d's output transform runs the same steps (steps.h) on its outputs. */
 #ifndef BNN_ELTWISE_REFERENCE_H
 #define BNN_ELTWISE_REFERENCE_H
 #include <string.h>
@@ -19,7 +19,7 @@
         } else if (y != x) {                                                                        \
             memcpy(y, x, n * sizeof *y);                                                            \
         }                                                                                           \
-        EW_STEPS(j->steps, j->n_steps, y, r, np, c, c, 0)                                              \
+        bnn_ew_steps(j->steps, j->n_steps, y, r, np, c, (size_t)c, 0);                                              \
     }
 
 /* The body of a kernel (void *arg, int64_t begin, int64_t end): pixels [begin, end) in
