@@ -46,32 +46,32 @@ static inline uint32x4_t bnn_ld1r_post(const uint32_t **p) {
         }                                                                                      \
         int steps = 0;                                                                         \
         const ptrdiff_t ps = g->pix_stride;                                                    \
-        for (int ky = 0; ky < g->kh; ky++)                                                     \
-            for (int kx = 0; kx < g->kw; kx++) {                                               \
-                const uint32_t *xr[P];                                                         \
-                BNN_UNROLLED(p, P) xr[p] = x + ky * g->row_stride + kx * g->cw + p * ps;       \
-                const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
-                for (int c0 = 0; c0 < g->cw;) {                                                \
-                    int n = g->cw - c0 < BNN_NEON_FLUSH - steps ? g->cw - c0 : BNN_NEON_FLUSH - steps; \
-                    for (int c = 0; c < n; c++) {                                              \
-                        uint32x4_t wv[4];                                                      \
-                        BNN_UNROLLED(v, 4) wv[v] = vld1q_u32(wk + 4 * v);                      \
-                        wk += 16;                                                              \
-                        BNN_UNROLLED(p, P) {                                                   \
-                            uint32x4_t a = bnn_ld1r_post(&xr[p]);                              \
-                            BNN_UNROLLED(v, 4)                                                 \
-                                acc[p][v] = vpadalq_u8(                                        \
-                                    acc[p][v], vcntq_u8(vreinterpretq_u8_u32(veorq_u32(a, wv[v])))); \
-                        }                                                                      \
-                    }                                                                          \
-                    c0 += n;                                                                   \
-                    steps += n;                                                                \
-                    if (steps == BNN_NEON_FLUSH) {                                             \
-                        BNN_NEON_WIDEN(P)                                                      \
-                        steps = 0;                                                             \
+        const int row_words = g->kw * g->cw; /* a kernel row's taps: one contiguous run */     \
+        for (int ky = 0; ky < g->kh; ky++) {                                                   \
+            const uint32_t *xr[P];                                                             \
+            BNN_UNROLLED(p, P) xr[p] = x + ky * g->row_stride + p * ps;                        \
+            const uint32_t *wk = w + (size_t)ky * row_words * 16;                              \
+            for (int c0 = 0; c0 < row_words;) {                                                \
+                int n = row_words - c0 < BNN_NEON_FLUSH - steps ? row_words - c0 : BNN_NEON_FLUSH - steps; \
+                for (int c = 0; c < n; c++) {                                                  \
+                    uint32x4_t wv[4];                                                          \
+                    BNN_UNROLLED(v, 4) wv[v] = vld1q_u32(wk + 4 * v);                          \
+                    wk += 16;                                                                  \
+                    BNN_UNROLLED(p, P) {                                                       \
+                        uint32x4_t a = bnn_ld1r_post(&xr[p]);                                  \
+                        BNN_UNROLLED(v, 4)                                                     \
+                            acc[p][v] = vpadalq_u8(                                            \
+                                acc[p][v], vcntq_u8(vreinterpretq_u8_u32(veorq_u32(a, wv[v])))); \
                     }                                                                          \
                 }                                                                              \
+                c0 += n;                                                                       \
+                steps += n;                                                                    \
+                if (steps == BNN_NEON_FLUSH) {                                                 \
+                    BNN_NEON_WIDEN(P)                                                          \
+                    steps = 0;                                                                 \
+                }                                                                              \
             }                                                                                  \
+        }                                                                                      \
         BNN_UNROLLED(p, P) BNN_UNROLLED(v, 4) {                                                \
             tot[p][v] = vpadalq_u16(tot[p][v], acc[p][v]);                                     \
             vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(tot[p][v])); \
@@ -143,25 +143,25 @@ BNN_INLINE void bnn_tile_neon_a53_4(const bnn_bconv_geom *g, const uint32_t *x, 
         tot[p][v] = vdupq_n_u32(0);
     }
     int steps = 0;
-    for (int ky = 0; ky < g->kh; ky++)
-        for (int kx = 0; kx < g->kw; kx++) {
-            const uint32_t *xr[4];
-            BNN_UNROLLED(p, 4) xr[p] = x + ky * g->row_stride + kx * g->cw + p * g->pix_stride;
-            const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;
-            for (int c0 = 0; c0 < g->cw;) {
-                int n = g->cw - c0 < BNN_NEON_FLUSH - steps ? g->cw - c0 : BNN_NEON_FLUSH - steps;
-                bnn_a53_words(acc, xr, &wk, n); /* n >= 1 */
-                c0 += n;
-                steps += n;
-                if (steps == BNN_NEON_FLUSH) {
-                    BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
-                        tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);
-                        acc[p].val[v] = vdupq_n_u16(0);
-                    }
-                    steps = 0;
+    const int row_words = g->kw * g->cw; /* a kernel row's taps: one contiguous run */
+    for (int ky = 0; ky < g->kh; ky++) {
+        const uint32_t *xr[4];
+        BNN_UNROLLED(p, 4) xr[p] = x + ky * g->row_stride + p * g->pix_stride;
+        const uint32_t *wk = w + (size_t)ky * row_words * 16;
+        for (int c0 = 0; c0 < row_words;) {
+            int n = row_words - c0 < BNN_NEON_FLUSH - steps ? row_words - c0 : BNN_NEON_FLUSH - steps;
+            bnn_a53_words(acc, xr, &wk, n); /* n >= 1 */
+            c0 += n;
+            steps += n;
+            if (steps == BNN_NEON_FLUSH) {
+                BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
+                    tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);
+                    acc[p].val[v] = vdupq_n_u16(0);
                 }
+                steps = 0;
             }
         }
+    }
     BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
         tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);
         vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(tot[p][v]));

@@ -104,29 +104,29 @@ BNN_AVX512_FN void bconv2d_avx512(const bnn_bconv_geom *g, const uint32_t *x, co
         BNN_UNROLLED(p, P) BNN_UNROLLED(v, 2) acc[p][v] = tot[p][v] = _mm256_setzero_si256();  \
         int steps = 0;                                                                         \
         const ptrdiff_t ps = g->pix_stride;                                                    \
-        for (int ky = 0; ky < g->kh; ky++)                                                     \
-            for (int kx = 0; kx < g->kw; kx++) {                                               \
-                const uint32_t *xr = x + ky * g->row_stride + kx * g->cw;                      \
-                const uint32_t *wk = w + (size_t)(ky * g->kw + kx) * g->cw * 16;               \
-                for (int c = 0; c < g->cw; c++) {                                              \
-                    if (++steps > BNN_AVX2_FLUSH) {                                            \
-                        BNN_AVX2_WIDEN(P)                                                      \
-                        steps = 1;                                                             \
-                    }                                                                          \
-                    __m256i wv0 = _mm256_loadu_si256((const __m256i *)(wk + 16 * c));           \
-                    __m256i wv1 = _mm256_loadu_si256((const __m256i *)(wk + 16 * c + 8));       \
-                    BNN_UNROLLED(p, P) {                                                       \
-                        __m256i a = _mm256_set1_epi32((int)xr[p * ps + c]);                    \
-                        BNN_UNROLLED(v, 2) {                                                   \
-                            __m256i t = _mm256_xor_si256(a, v ? wv1 : wv0);                    \
-                            __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(t, m4));    \
-                            __m256i hi = _mm256_shuffle_epi8(                                  \
-                                lut, _mm256_and_si256(_mm256_srli_epi16(t, 4), m4));           \
-                            acc[p][v] = _mm256_add_epi8(acc[p][v], _mm256_add_epi8(lo, hi));   \
-                        }                                                                      \
+        const int row_words = g->kw * g->cw; /* a kernel row's taps: one contiguous run */     \
+        for (int ky = 0; ky < g->kh; ky++) {                                                   \
+            const uint32_t *xr = x + ky * g->row_stride;                                       \
+            const uint32_t *wk = w + (size_t)ky * row_words * 16;                              \
+            for (int c = 0; c < row_words; c++) {                                              \
+                if (++steps > BNN_AVX2_FLUSH) {                                                \
+                    BNN_AVX2_WIDEN(P)                                                          \
+                    steps = 1;                                                                 \
+                }                                                                              \
+                __m256i wv0 = _mm256_loadu_si256((const __m256i *)(wk + 16 * c));               \
+                __m256i wv1 = _mm256_loadu_si256((const __m256i *)(wk + 16 * c + 8));           \
+                BNN_UNROLLED(p, P) {                                                           \
+                    __m256i a = _mm256_set1_epi32((int)xr[p * ps + c]);                        \
+                    BNN_UNROLLED(v, 2) {                                                       \
+                        __m256i t = _mm256_xor_si256(a, v ? wv1 : wv0);                        \
+                        __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(t, m4));        \
+                        __m256i hi = _mm256_shuffle_epi8(                                      \
+                            lut, _mm256_and_si256(_mm256_srli_epi16(t, 4), m4));               \
+                        acc[p][v] = _mm256_add_epi8(acc[p][v], _mm256_add_epi8(lo, hi));       \
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
+        }                                                                                      \
         BNN_AVX2_WIDEN(P)                                                                      \
         BNN_UNROLLED(p, P) BNN_UNROLLED(v, 2)                                                  \
             _mm256_storeu_si256((__m256i *)(pop + p * BNN_BCONV_POP_STRIDE + 8 * v), tot[p][v]); \
