@@ -8,8 +8,9 @@
 #include <stdint.h>
 #include "kernel.h"
 
-/* One row of cols floats per step, every pointer to its own memory (restrict: what lets the
- * compilers vectorise the selects of PReLU and clip instead of branching per element). */
+/* One row of cols floats per step, every pointer to its own memory (restrict and build.sh's
+ * -fno-trapping-math: what lets the compilers compute both sides of the selects of PReLU and
+ * clip and vectorise them instead of branching per element). */
 BNN_INLINE void bnn_ew_affine_row(float *restrict y, const float *restrict a, const float *restrict b,
                                   int32_t n) {
     if (a && b) {
