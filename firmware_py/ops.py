@@ -977,8 +977,9 @@ def eltwise(x, steps=(), residual=None, out=None, ctx=None):
       ("affine", scale, bias): t = t * scale[c] + bias[c]   (the product rounded to float32,
                                then the sum: as separate Mul and Add nodes; None = 1 / 0)
       ("prelu", slope):        t = t if t >= 0 else t * slope[c]
-      ("clip", lo, hi):        t = lo[c] if t < lo[c] else t, then hi[c] if t > hi[c] else t
-                               (None = no bound; ReLU is ("clip", 0, None); NaN stays NaN)
+      ("clip", lo, hi):        t = t if t > lo[c] else lo[c], then t if t < hi[c] else hi[c]
+                               (None = no bound; NaN stays NaN; a bound equal to t wins, so
+                               ReLU, ("clip", 0, None), gives +0 for -0)
       ("add",):                t = t + residual   (the residual add where it comes)
 
     Parameters are numbers or arrays of shape (c,) or (1,).  Returns float32 of x's shape
