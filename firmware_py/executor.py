@@ -78,7 +78,6 @@ def load(path, num_threads=None, fuse=True, memory_limit=None):
 
 
 _BINARY_FLOAT_OUT = ("bconv2d", "bdense")  # their float outputs take a fused chain
-_MAX_STEPS = ops.EW_MAX_STEPS  # the most steps one C pass takes: longer runs are split
 
 
 def _fuse(nodes, keep):
@@ -132,7 +131,8 @@ def _fuse(nodes, keep):
             if res is None:  # add(y, y) of the conv's output
                 conv, x, res = None, n["inputs"][0], n["inputs"][1]
         chain, j = [n], i + 1
-        while j < len(nodes) and len(chain) < _MAX_STEPS and chainable(nodes[j]) and not packs(j) \
+        # at most ops.EW_MAX_STEPS steps: one C pass takes no more (longer runs are split)
+        while j < len(nodes) and len(chain) < ops.EW_MAX_STEPS and chainable(nodes[j]) and not packs(j) \
                 and private(chain[-1]["outputs"][0]) and chain[-1]["outputs"][0] in nodes[j]["inputs"]:
             if nodes[j]["op"] == "add":
                 other = residual(nodes[j], chain[-1]["outputs"][0])

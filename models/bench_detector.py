@@ -174,7 +174,7 @@ def _stats(ts):
             "min_ms": round(min(ts) * 1e3, 3), "calls": len(ts)}
 
 
-def _icount_rootfs(arch):
+def icount_rootfs(arch):
     """the ARM userland for ``arch``; exits with the command to run when something is missing"""
     from firmware_py.bench import CROSS
 
@@ -190,24 +190,31 @@ def _icount_rootfs(arch):
     return rootfs
 
 
-def icount(arch, bnn, frames=ICOUNT_FRAMES, cpu=None):
-    """guest instructions per frame of ``bnn`` on ``arch`` (see the module docstring); ``cpu``:
+def guest_python(arch, args, cpu=None, sysroot=None) -> int:
+    """the guest instructions of one run of the ARM userland's ``python3 -S -B -c args...``
+    under qemu-user with ../shared/tools/arm-icount: ``-L`` the userland (or ``sysroot``, a
+    view of it), its OpenBLAS on LD_LIBRARY_PATH with one thread, a fixed hash seed; ``cpu``:
     the core qemu emulates (-cpu), its default when None"""
     from firmware_py.bench import CROSS, guest_instructions, icount_plugin
 
-    rootfs, plugin = _icount_rootfs(arch), icount_plugin()
+    rootfs = icount_rootfs(arch)
     # libblas.so.3 is an absolute symlink into /etc/alternatives, which -L does not follow;
     # a host path, as qemu-arm's -L does not redirect statx (what ld.so checks dirs with)
     blas = rootfs / "usr" / "lib" / Path(CROSS[arch][3]).name / "openblas-pthread"
+    return guest_instructions(
+        arch, rootfs / "usr" / "bin" / "python3", icount_plugin(), ["-S", "-B", "-c", *args],
+        qemu_args=[*(["-cpu", cpu] if cpu else []), "-L", sysroot or rootfs, "-E", f"LD_LIBRARY_PATH={blas}",
+                   "-E", "PYTHONHASHSEED=0", "-E", "OPENBLAS_NUM_THREADS=1"])
+
+
+def icount(arch, bnn, frames=ICOUNT_FRAMES, cpu=None):
+    """guest instructions per frame of ``bnn`` on ``arch`` (see the module docstring); ``cpu``:
+    the core qemu emulates (-cpu), its default when None"""
     with tempfile.TemporaryDirectory() as tmp:
         info = os.path.join(tmp, "info.json")
 
         def total(n_net, n_detect):
-            return guest_instructions(
-                arch, rootfs / "usr" / "bin" / "python3", plugin,
-                ["-S", "-B", "-c", _GUEST, ROOT, os.path.abspath(bnn), n_net, n_detect, info],
-                qemu_args=[*(["-cpu", cpu] if cpu else []), "-L", rootfs, "-E", f"LD_LIBRARY_PATH={blas}",
-                           "-E", "PYTHONHASHSEED=0", "-E", "OPENBLAS_NUM_THREADS=1"])
+            return guest_python(arch, [_GUEST, ROOT, os.path.abspath(bnn), n_net, n_detect, info], cpu)
 
         base = total(1, 1)
         with open(info) as f:
@@ -309,7 +316,7 @@ def main(argv=None):
     for arch in archs:  # before anything slow: a missing prerequisite stops with what to run
         if arch not in ROOTFS_ARCH:
             ap.error(f"--icount: {arch!r} is not one of {', '.join(ROOTFS_ARCH)}")
-        _icount_rootfs(arch)
+        icount_rootfs(arch)
     if archs:
         from firmware_py.bench import icount_plugin
 

@@ -164,13 +164,13 @@ print("onnxruntime", ort.__version__, file=sys.stderr)
 def check(arch="aarch64", cpu=DEFAULT_CPU):
     """what ``count`` needs, before anything slow: exits with the command to run when something
     is missing; downloads and unpacks the wheel on first use"""
-    from models.bench_detector import _icount_rootfs
+    from models.bench_detector import icount_rootfs
 
     if arch != "aarch64":
         sys.exit(f"onnxruntime is counted on aarch64 only (PyPI has no {arch} wheel of it)")
     if cpu not in CPUS:
         sys.exit(f"--icount-cpu {cpu!r}: one of {', '.join(CPUS)}")
-    _icount_rootfs(arch)
+    icount_rootfs(arch)
     try:
         return ort_site()
     except RuntimeError as e:
@@ -182,24 +182,16 @@ def count(onnx_path, x, frames=1, cpu=DEFAULT_CPU, noise=False, arch="aarch64") 
     model's input), 1 thread, on aarch64 under qemu-user ``-cpu cpu``: the difference of runs
     with 1 + ``frames`` and 1 inference, divided by ``frames``; ``noise``: also the difference of
     two identical runs, divided by ``frames``"""
-    from firmware_py.bench import CROSS, guest_instructions, icount_plugin
+    from models.bench_detector import guest_python, icount_rootfs
 
     site = check(arch, cpu)
-    from models.bench_detector import _icount_rootfs
-
-    rootfs, plugin = _icount_rootfs(arch), icount_plugin()
-    blas = rootfs / "usr" / "lib" / Path(CROSS[arch][3]).name / "openblas-pthread"  # see bench_detector.icount
     with tempfile.TemporaryDirectory() as tmp:
-        view = rootfs_view(rootfs, cpu, tmp)
+        view = rootfs_view(icount_rootfs(arch), cpu, tmp)
         x_path = os.path.join(tmp, "x.npy")
         np.save(x_path, np.ascontiguousarray(x, dtype=np.float32))
 
         def total(n):
-            return guest_instructions(
-                arch, rootfs / "usr" / "bin" / "python3", plugin,
-                ["-S", "-B", "-c", _GUEST, site, os.path.abspath(onnx_path), x_path, n],
-                qemu_args=["-cpu", cpu, "-L", view, "-E", f"LD_LIBRARY_PATH={blas}", "-E", "PYTHONHASHSEED=0",
-                           "-E", "OPENBLAS_NUM_THREADS=1"])
+            return guest_python(arch, [_GUEST, site, os.path.abspath(onnx_path), x_path, n], cpu, sysroot=view)
 
         base = total(1)
         res = {"onnxruntime": ORT_VERSION, "wheel": ORT_WHEEL, "qemu_cpu": cpu, "threads": 1, "frames": frames,

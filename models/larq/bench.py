@@ -147,18 +147,10 @@ print("path", m._ctx.path, file=sys.stderr)
 def icount(arch, bnn, cpu=None):
     """our guest instructions per inference of ``bnn`` on ``arch`` (1 thread; ``cpu``: qemu's -cpu,
     its default when None)"""
-    from firmware_py.bench import CROSS, guest_instructions, icount_plugin
-    from models.bench_detector import ROOT, _icount_rootfs
-
-    rootfs, plugin = _icount_rootfs(arch), icount_plugin()
-    blas = rootfs / "usr" / "lib" / Path(CROSS[arch][3]).name / "openblas-pthread"
+    from models.bench_detector import ROOT, guest_python
 
     def total(n):
-        return guest_instructions(arch, rootfs / "usr" / "bin" / "python3", plugin,
-                                  ["-S", "-B", "-c", _GUEST, ROOT, os.path.abspath(bnn), n],
-                                  qemu_args=[*(["-cpu", cpu] if cpu else []), "-L", rootfs, "-E",
-                                             f"LD_LIBRARY_PATH={blas}", "-E", "PYTHONHASHSEED=0",
-                                             "-E", "OPENBLAS_NUM_THREADS=1"])
+        return guest_python(arch, [_GUEST, ROOT, os.path.abspath(bnn), n], cpu)
     return total(2) - total(1)
 
 
