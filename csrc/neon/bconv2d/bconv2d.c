@@ -181,47 +181,62 @@ typedef struct {
 
 #define BNN_CHUNK_BLOCKS BNN_BCONV_BMAX /* 64 output channels per task */
 
-static void run_task(void *p, int64_t begin, int64_t end) {
-    const run_args *a = p;
-    const bnn_bconv2d *L = a->L;
-    const bnn_window *w = &L->win;
-    const int32_t oc = w->out_c, cw = L->cw;
-    const int32_t nfull = w->kernel_h * w->kernel_w * w->in_c;
-    bnn_bconv_geom g = {(ptrdiff_t)w->stride_w * cw, (ptrdiff_t)a->wp * cw, (ptrdiff_t)L->kwords * 16,
-                        w->kernel_h, w->kernel_w, cw};
-    int32_t pop[BNN_BCONV_PMAX * BNN_BCONV_POP_STRIDE];
-    int32_t d[BNN_BCONV_POP_STRIDE];
-    for (int64_t item = begin; item < end; item++) {
-        int32_t chunk = (int32_t)(item % a->nchunks);
-        int64_t row = item / a->nchunks;
-        int32_t n = (int32_t)(row / L->out_h), oy = (int32_t)(row % L->out_h);
-        int32_t b0 = chunk * BNN_CHUNK_BLOCKS;
-        int nb = L->ocb - b0 < BNN_CHUNK_BLOCKS ? L->ocb - b0 : BNN_CHUNK_BLOCKS;
-        int32_t o0 = b0 * 16;
-        int nc = oc - o0 < 16 * nb ? oc - o0 : 16 * nb;
-        int32_t ky0, ky1;
-        bnn_valid_range(oy * w->stride_h, w->kernel_h, w->pad_top, w->in_h, &ky0, &ky1);
-        const uint32_t *xrow = a->xp + ((size_t)n * a->hp + (size_t)oy * w->stride_h) * a->wp * cw;
-        const uint32_t *wb = L->wblk + (size_t)b0 * L->kwords * 16;
-        for (int32_t ox0 = 0; ox0 < L->out_w; ox0 += BNN_BCONV_PMAX) {
-            int np = L->out_w - ox0 < BNN_BCONV_PMAX ? L->out_w - ox0 : BNN_BCONV_PMAX;
-            a->kern(&g, xrow + (size_t)ox0 * w->stride_w * cw, wb, nb, np, pop);
-            for (int pp = 0; pp < np; pp++) {
-                const int32_t *pc = pop + pp * BNN_BCONV_POP_STRIDE;
-                for (int j = 0; j < nc; j++) d[j] = nfull - 2 * pc[j];
-                if (L->pad_mode == BNN_PAD_ZERO) {
-                    int32_t kx0, kx1;
-                    bnn_valid_range((ox0 + pp) * w->stride_w, w->kernel_w, w->pad_left, w->in_w, &kx0, &kx1);
-                    bnn_zero_padding_correct(d, nc, L->wsum, oc, o0, w->kernel_h, w->kernel_w, ky0, ky1, kx0, kx1);
-                }
-                size_t pix = ((size_t)n * L->out_h + oy) * L->out_w + ox0 + pp;
-                bnn_output_transform(&L->out, d, nc, o0, oc, pix, a->k_scale, a->y);
-            }
-            if (L->out.n_steps)
-                bnn_output_steps(&L->out, np, nc, o0, oc, ((size_t)n * L->out_h + oy) * L->out_w + ox0, a->r, a->y);
-        }
+/* The task (void *p, int64_t begin, int64_t end): items [begin, end) = (output row, chunk of
+ * 64 output channels) pairs; per tile of up to BNN_BCONV_PMAX pixels the kernel's counts,
+ * then the epilogue: d = nfull - 2 * pop, the zero-padding correction, the output transform
+ * and the output steps.  The body is a macro, compiled per path like the kernels (on x86
+ * the compilers vectorise the epilogue for AVX2 / AVX-512F instead of SSE2; the same IEEE
+ * operations in the same order, so the same bits). */
+#define RUN_TASK_BODY                                                                                                    \
+    {                                                                                                                    \
+        const run_args *a = p;                                                                                           \
+        const bnn_bconv2d *L = a->L;                                                                                     \
+        const bnn_window *w = &L->win;                                                                                   \
+        const int32_t oc = w->out_c, cw = L->cw;                                                                         \
+        const int32_t nfull = w->kernel_h * w->kernel_w * w->in_c;                                                       \
+        bnn_bconv_geom g = {(ptrdiff_t)w->stride_w * cw, (ptrdiff_t)a->wp * cw, (ptrdiff_t)L->kwords * 16,               \
+                            w->kernel_h, w->kernel_w, cw};                                                               \
+        int32_t pop[BNN_BCONV_PMAX * BNN_BCONV_POP_STRIDE];                                                              \
+        int32_t d[BNN_BCONV_POP_STRIDE];                                                                                 \
+        for (int64_t item = begin; item < end; item++) {                                                                 \
+            int32_t chunk = (int32_t)(item % a->nchunks);                                                                \
+            int64_t row = item / a->nchunks;                                                                             \
+            int32_t n = (int32_t)(row / L->out_h), oy = (int32_t)(row % L->out_h);                                       \
+            int32_t b0 = chunk * BNN_CHUNK_BLOCKS;                                                                       \
+            int nb = L->ocb - b0 < BNN_CHUNK_BLOCKS ? L->ocb - b0 : BNN_CHUNK_BLOCKS;                                    \
+            int32_t o0 = b0 * 16;                                                                                        \
+            int nc = oc - o0 < 16 * nb ? oc - o0 : 16 * nb;                                                              \
+            int32_t ky0, ky1;                                                                                            \
+            bnn_valid_range(oy * w->stride_h, w->kernel_h, w->pad_top, w->in_h, &ky0, &ky1);                             \
+            const uint32_t *xrow = a->xp + ((size_t)n * a->hp + (size_t)oy * w->stride_h) * a->wp * cw;                  \
+            const uint32_t *wb = L->wblk + (size_t)b0 * L->kwords * 16;                                                  \
+            for (int32_t ox0 = 0; ox0 < L->out_w; ox0 += BNN_BCONV_PMAX) {                                               \
+                int np = L->out_w - ox0 < BNN_BCONV_PMAX ? L->out_w - ox0 : BNN_BCONV_PMAX;                              \
+                a->kern(&g, xrow + (size_t)ox0 * w->stride_w * cw, wb, nb, np, pop);                                     \
+                for (int pp = 0; pp < np; pp++) {                                                                        \
+                    const int32_t *pc = pop + pp * BNN_BCONV_POP_STRIDE;                                                 \
+                    for (int j = 0; j < nc; j++) d[j] = nfull - 2 * pc[j];                                               \
+                    if (L->pad_mode == BNN_PAD_ZERO) {                                                                   \
+                        int32_t kx0, kx1;                                                                                \
+                        bnn_valid_range((ox0 + pp) * w->stride_w, w->kernel_w, w->pad_left, w->in_w, &kx0, &kx1);        \
+                        bnn_zero_padding_correct(d, nc, L->wsum, oc, o0, w->kernel_h, w->kernel_w, ky0, ky1, kx0, kx1);  \
+                    }                                                                                                    \
+                    size_t pix = ((size_t)n * L->out_h + oy) * L->out_w + ox0 + pp;                                      \
+                    bnn_output_transform(&L->out, d, nc, o0, oc, pix, a->k_scale, a->y);                                 \
+                }                                                                                                        \
+                if (L->out.n_steps)                                                                                      \
+                    bnn_output_steps(&L->out, np, nc, o0, oc, ((size_t)n * L->out_h + oy) * L->out_w + ox0, a->r, a->y); \
+            }                                                                                                            \
+        }                                                                                                                \
     }
-}
+
+static void run_task_portable(void *p, int64_t begin, int64_t end) RUN_TASK_BODY
+#if defined(BNN_X86)
+BNN_DEF_X86_KERNELS(run_task, (void *p, int64_t begin, int64_t end), RUN_TASK_BODY)
+#endif
+/* aarch64 vectorises the epilogue with NEON anyway (its baseline); armv7 keeps it on VFP:
+ * NEON's float flushes denormals to zero, which would change results */
+#define run_task_neon run_task_portable
 
 int bnn_bconv2d_run(bnn_ctx *ctx, const bnn_bconv2d *L, const uint32_t *x, size_t x_len, const float *k_scale,
                     size_t k_len, void *y, size_t y_len) {
@@ -260,6 +275,6 @@ int bnn_bconv2d_run_residual(bnn_ctx *ctx, const bnn_bconv2d *L, const uint32_t 
         a.wp = wp;
     }
     int64_t items = (int64_t)w->n * L->out_h * a.nchunks;
-    bnn_parallel_for(ctx, items, 1, run_task, &a);
+    bnn_parallel_for(ctx, items, 1, BNN_KERNEL_FOR_PATH(run_task, ctx->path), &a);
     return BNN_OK;
 }

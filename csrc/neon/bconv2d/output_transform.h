@@ -9,7 +9,7 @@
 #ifndef BNN_BCONV2D_OUTPUT_TRANSFORM_H
 #define BNN_BCONV2D_OUTPUT_TRANSFORM_H
 #include <stdint.h>
-#include "../include/bnn.h"
+#include "../core/internal.h" /* BNN_INLINE */
 #include "../eltwise/steps.h"
 
 typedef struct {
@@ -21,7 +21,7 @@ typedef struct {
     bnn_ew_step steps[BNN_EW_MAX_STEPS];
 } bnn_out_params;
 
-static inline void bnn_output_transform(const bnn_out_params *op, const int32_t *d, int nc, int32_t o0,
+BNN_INLINE void bnn_output_transform(const bnn_out_params *op, const int32_t *d, int nc, int32_t o0,
                                         int32_t out_c, size_t pix, const float *k_scale, void *y) {
     if (op->mode == BNN_OUT_INT32) {
         int32_t *yo = (int32_t *)y + pix * (size_t)out_c + o0;
@@ -63,7 +63,7 @@ static inline void bnn_output_transform(const bnn_out_params *op, const int32_t 
  * the same bits) over the channels [o0, o0 + nc) of npix consecutive output pixels from
  * pix on, after bnn_output_transform wrote them; r: the residual (float NHWC like y) when a
  * step is BNN_EW_ADD, else NULL. */
-static inline void bnn_output_steps(const bnn_out_params *op, int npix, int nc, int32_t o0, int32_t out_c,
+BNN_INLINE void bnn_output_steps(const bnn_out_params *op, int npix, int nc, int32_t o0, int32_t out_c,
                                     size_t pix, const float *r, void *y) {
     float *yo = (float *)y + pix * (size_t)out_c + o0;
     const float *ro = r ? r + pix * (size_t)out_c + o0 : NULL;

@@ -8,10 +8,11 @@
 #ifndef BNN_BCONV2D_ZERO_PADDING_CORRECTION_H
 #define BNN_BCONV2D_ZERO_PADDING_CORRECTION_H
 #include <stdint.h>
+#include "../core/internal.h" /* BNN_INLINE */
 
 /* Valid kernel index range [*k0, *k1) for an output coordinate whose window starts at
  * padded coordinate `start`, for an input of `size` with `pad_before` padding. */
-static inline void bnn_valid_range(int32_t start, int32_t k, int32_t pad_before, int32_t size, int32_t *k0,
+BNN_INLINE void bnn_valid_range(int32_t start, int32_t k, int32_t pad_before, int32_t size, int32_t *k0,
                                    int32_t *k1) {
     int32_t lo = pad_before - start, hi = pad_before + size - start;
     *k0 = lo > 0 ? lo : 0;
@@ -21,7 +22,7 @@ static inline void bnn_valid_range(int32_t start, int32_t k, int32_t pad_before,
 
 /* d[j] -= sum of wsum[(ky * kw + kx) * out_c + o0 + j] over the positions outside
  * [ky0, ky1) x [kx0, kx1). */
-static inline void bnn_zero_padding_correct(int32_t *d, int nc, const int32_t *wsum, int32_t out_c, int32_t o0,
+BNN_INLINE void bnn_zero_padding_correct(int32_t *d, int nc, const int32_t *wsum, int32_t out_c, int32_t o0,
                                             int32_t kh, int32_t kw, int32_t ky0, int32_t ky1, int32_t kx0,
                                             int32_t kx1) {
     if (ky0 == 0 && ky1 == kh && kx0 == 0 && kx1 == kw) return;
