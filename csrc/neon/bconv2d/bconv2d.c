@@ -24,6 +24,8 @@ struct bnn_bconv2d {
     size_t in_len, out_len, pix_len;
 };
 
+#define BNN_CHUNK_BLOCKS BNN_BCONV_BMAX /* 64 output channels per task */
+
 static bnn_bconv2d_kernel select_kernel(const bnn_cpu *cpu, int path) {
 #if defined(__aarch64__)
     if (path == BNN_PATH_NEON && cpu->inorder) return bconv2d_neon_a53; /* the in-order schedule */
@@ -131,7 +133,11 @@ int bnn_bconv2d_create(bnn_bconv2d **out, const bnn_window *win, int32_t pad_mod
             mul[o] = output->mul ? output->mul[o] : 1.0f;
             add[o] = output->add ? output->add[o] : 0.0f;
         }
-        for (int32_t s = 0; s < output->n_steps; s++) { /* copies of the parameter arrays */
+        /* copies of the parameter arrays; repeated for a kernel call's pixels when one chunk
+         * holds every channel (see bnn_output_steps) */
+        L->out.step_pix = oc <= 16 * BNN_CHUNK_BLOCKS ? BNN_BCONV_PMAX : 1;
+        const size_t plen = (size_t)L->out.step_pix * oc;
+        for (int32_t s = 0; s < output->n_steps; s++) {
             const bnn_ew_step *src = &output->steps[s];
             bnn_ew_step *dst = &L->out.steps[s];
             L->out.n_steps = s + 1; /* so that destroy frees what was copied */
@@ -140,12 +146,12 @@ int bnn_bconv2d_create(bnn_bconv2d **out, const bnn_window *win, int32_t pad_mod
             float *cp[2] = {NULL, NULL};
             for (int k = 0; k < 2; k++) {
                 if (!in[k]) continue;
-                cp[k] = malloc((size_t)oc * sizeof(float));
+                cp[k] = malloc(plen * sizeof(float));
                 if (!cp[k]) {
                     free(cp[0]);
                     goto nomem;
                 }
-                memcpy(cp[k], in[k], (size_t)oc * sizeof(float));
+                for (size_t i = 0; i < plen; i += (size_t)oc) memcpy(cp[k] + i, in[k], (size_t)oc * sizeof(float));
             }
             dst->a = cp[0];
             dst->b = cp[1];
@@ -178,8 +184,6 @@ typedef struct {
     bnn_bconv2d_kernel kern;
     int32_t nchunks;
 } run_args;
-
-#define BNN_CHUNK_BLOCKS BNN_BCONV_BMAX /* 64 output channels per task */
 
 /* The task (void *p, int64_t begin, int64_t end): items [begin, end) = (output row, chunk of
  * 64 output channels) pairs; per tile of up to BNN_BCONV_PMAX pixels the kernel's counts,

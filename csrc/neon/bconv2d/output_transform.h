@@ -17,7 +17,8 @@ typedef struct {
     const float *mul, *add;
     const int32_t *threshold;
     const uint8_t *flip;
-    int32_t n_steps;                       /* FLOAT: output steps, their arrays [out_c] */
+    int32_t n_steps;                       /* FLOAT: output steps, their arrays [step_pix][out_c]: */
+    int32_t step_pix;                      /* out_c's parameters repeated for step_pix pixels */
     bnn_ew_step steps[BNN_EW_MAX_STEPS];
 } bnn_out_params;
 
@@ -62,11 +63,17 @@ BNN_INLINE void bnn_output_transform(const bnn_out_params *op, const int32_t *d,
 /* FLOAT's output steps (eltwise/steps.h: what bnn_eltwise_f32 would do to these floats,
  * the same bits) over the channels [o0, o0 + nc) of npix consecutive output pixels from
  * pix on, after bnn_output_transform wrote them; r: the residual (float NHWC like y) when a
- * step is BNN_EW_ADD, else NULL. */
+ * step is BNN_EW_ADD, else NULL.  When the run covers every channel (nc == out_c) and the
+ * parameters are repeated for npix pixels, the pixels are one contiguous row of npix * nc
+ * floats: one pass per step instead of one per pixel (narrow layers: a row of 16-64 floats
+ * is mostly loop overhead). */
 BNN_INLINE void bnn_output_steps(const bnn_out_params *op, int npix, int nc, int32_t o0, int32_t out_c,
-                                    size_t pix, const float *r, void *y) {
+                                 size_t pix, const float *r, void *y) {
     float *yo = (float *)y + pix * (size_t)out_c + o0;
     const float *ro = r ? r + pix * (size_t)out_c + o0 : NULL;
-    bnn_ew_steps(op->steps, op->n_steps, yo, ro, npix, nc, (size_t)out_c, o0);
+    if (nc == out_c && npix <= op->step_pix)
+        bnn_ew_steps(op->steps, op->n_steps, yo, ro, 1, npix * nc, (size_t)npix * nc, 0);
+    else
+        bnn_ew_steps(op->steps, op->n_steps, yo, ro, npix, nc, (size_t)out_c, o0);
 }
 #endif
