@@ -42,6 +42,7 @@ __all__ = [
     "global_avgpool",
     "FConv2d",
     "add",
+    "concat",
     "eltwise",
     "affine",
     "prelu",
@@ -911,6 +912,32 @@ def add(a, b, out=None, ctx=None):
         return out
     _call(ctx, "bnn_add_f32", _buf("float", a), a.size, _buf("float", b), b.size, _buf("float", out, True),
           out.size, a.size)
+    return out
+
+
+def concat(xs, out=None, ctx=None):
+    """Concatenates float32 arrays along the last axis (NHWC tensors on the channels), in C:
+    the values copied bit for bit, as numpy.concatenate(xs, axis=-1)."""
+    if isinstance(xs, np.ndarray) or not isinstance(xs, (list, tuple)):
+        raise ValueError("xs must be a list or tuple of arrays, got %s" % type(xs).__name__)
+    if not 1 <= len(xs) <= _C["BNN_CONCAT_MAX_INPUTS"]:
+        raise ValueError("concat takes 1 to %d arrays, got %d" % (_C["BNN_CONCAT_MAX_INPUTS"], len(xs)))
+    xs = [_arr("xs[%d]" % i, a, (np.float32,), min_ndim=1) for i, a in enumerate(xs)]
+    lead = xs[0].shape[:-1]
+    for i, a in enumerate(xs):
+        if a.shape[:-1] != lead:
+            raise ValueError("xs[%d] has shape %s: every array must have the leading shape %s of xs[0]"
+                             % (i, a.shape, lead))
+    shape = lead + (sum(a.shape[-1] for a in xs),)
+    out = _out(out, shape, np.float32, *xs)
+    if out.size == 0:
+        return out
+    bufs = [_buf("float", a) for a in xs]
+    ptrs = ffi.new("float *[]", bufs)
+    lens = ffi.new("size_t[]", [a.size for a in xs])
+    cs = ffi.new("int32_t[]", [a.shape[-1] for a in xs])
+    _call(ctx, "bnn_concat_f32", len(xs), ptrs, lens, cs, int(np.prod(lead, dtype=np.int64)),
+          _buf("float", out, True), out.size, keep=(bufs, ptrs, lens, cs))
     return out
 
 

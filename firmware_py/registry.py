@@ -562,7 +562,7 @@ class Quant:
 
 
 # ---- layout -----------------------------------------------------------------------------------------
-@op("concat", inputs=(1, 1 << 16), attrs={"axis": (Int(0, 3), False)})
+@op("concat", inputs=(1, CONSTANTS["BNN_CONCAT_MAX_INPUTS"]), attrs={"axis": (Int(0, 3), False)})
 class Concat:
     """concatenation along the channels (axis 3 of NHWC, 1 of NC)"""
 
@@ -583,8 +583,7 @@ class Concat:
 
     @staticmethod
     def build(b):
-        xs, y, axis = b.xs, b.y, int(b.attrs["axis"])
-        return lambda: np.concatenate(xs, axis=axis, out=y)
+        return ops.bind(ops.concat, list(b.xs), out=b.y, ctx=b.ctx)
 
 
 @op("resize_nearest", attrs={"scale": (Pair(1, MAX_RESIZE), True)})

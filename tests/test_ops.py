@@ -740,6 +740,38 @@ def test_add():
     np.testing.assert_array_equal(fp.add(x, x), x + x)
 
 
+# ---- concat ------------------------------------------------------------------------------------------
+def test_concat_matches_numpy():
+    rng = np.random.default_rng(43)
+    for shapes in ([(1, 48, 48, 16)] * 2, [(2, 3, 5, 1), (2, 3, 5, 70), (2, 3, 5, 0), (2, 3, 5, 9)],
+                   [(4, 7)], [(3, 1000), (3, 24)], [(2, 1, 1, 5)] * 300):
+        xs = [_specials(rng, s) if np.prod(s) else np.zeros(s, np.float32) for s in shapes]
+        want = np.concatenate(xs, axis=-1)
+        got = fp.concat(xs)
+        assert got.shape == want.shape
+        assert got.tobytes() == want.tobytes()  # bit for bit, NaN payloads included
+        out = np.full(want.shape, 7.0, np.float32)
+        assert fp.concat(tuple(xs), out=out) is out and out.tobytes() == want.tobytes()
+    empty = np.zeros((0, 5, 5, 3), np.float32)
+    assert fp.concat([empty, empty]).shape == (0, 5, 5, 6)
+
+
+def test_concat_refuses_bad_input_and_leaves_out_alone():
+    a = np.ones((2, 4, 4, 3), np.float32)
+    out = np.full((2, 4, 4, 6), 5.0, np.float32)
+    for xs, msg in (([a, a.astype(np.float64)], "float32"), ([a, a[:1]], "leading shape"),
+                    ([a, a[..., ::2]], "C-contiguous"), (a, "list or tuple"), ([], "1 to"),
+                    ([a, np.float32(1)], "numpy.ndarray")):
+        with pytest.raises(ValueError, match=msg):
+            fp.concat(xs, out=out)
+    with pytest.raises(ValueError, match="must have shape"):
+        fp.concat([a, a], out=np.empty((2, 4, 4, 5), np.float32))
+    inside = out.reshape(-1)[96:].reshape(a.shape)  # a view of out's second half
+    with pytest.raises(ValueError, match="overlap"):
+        fp.concat([a, inside], out=out)
+    assert (out == 5.0).all()
+
+
 # ---- per-channel elementwise chains, packing after an affine -------------------------------------
 def _specials(rng, shape):
     x = (rng.standard_normal(shape) * 2).astype(np.float32)

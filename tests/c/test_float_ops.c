@@ -407,6 +407,49 @@ static void test_add(void) {
     }
 }
 
+/* ---- concat ----------------------------------------------------------------------------- */
+typedef struct {
+    int32_t n_in;
+    const float *const *x;
+    const size_t *x_len;
+    const int32_t *c;
+    int64_t rows;
+} concat_state;
+
+static int concat_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
+    const concat_state *st = s;
+    return bnn_concat_f32(ctx, st->n_in, st->x, st->x_len, st->c, st->rows, y, y_len);
+}
+
+/* random channel counts (0 included: an empty input) and row counts, against the copy
+ * loop written out; every path and thread count the same bits */
+static void test_concat(void) {
+    for (int t = 0; t < 40; t++) {
+        int32_t n_in = check_rand_int(1, 6), cs[6], cy = 0;
+        int64_t rows = t == 0 ? 0 : check_rand_int(1, t < 30 ? 50 : 5000);
+        const float *xs[6];
+        size_t lens[6];
+        float *own[6];
+        for (int k = 0; k < n_in; k++) {
+            cs[k] = check_rand_int(0, 4) ? check_rand_int(1, t % 3 ? 70 : 9) : 0;
+            cy += cs[k];
+            lens[k] = (size_t)rows * cs[k];
+            own[k] = falloc(lens[k]);
+            frand(own[k], lens[k]);
+            xs[k] = own[k];
+        }
+        size_t ny = (size_t)rows * cy;
+        concat_state st = {n_in, xs, lens, cs, rows};
+        float *y = run_variants(concat_op, &st, ny, sizeof(float), "concat");
+        int bad = 0;
+        for (int64_t r = 0; r < rows; r++)
+            for (int k = 0, off = 0; k < n_in; off += cs[k], k++)
+                bad += memcmp(y + r * cy + off, xs[k] + r * cs[k], (size_t)cs[k] * sizeof(float)) != 0;
+        CHECK(bad == 0, "concat %d inputs, %lld rows: %d mismatching runs", n_in, (long long)rows, bad);
+        for (int k = 0; k < n_in; k++) free(own[k]);
+        free(y);
+    }
+}
 
 /* ---- special float values mixed into the random data ------------------------------------ */
 static float special_float(void) {
@@ -789,6 +832,33 @@ static void test_bad_args(void) {
     CHECK(bnn_add_f32(ctx, a, 10, b, 10, s, 9, 10) == BNN_E_SIZE, "add y short");
     CHECK(all_sent(s, 12), "add wrote on error");
     CHECK(bnn_add_f32(ctx, a, 10, b, 10, s, 12, 10) == BNN_OK && all_sent(s + 10, 2), "add wrote past n");
+
+    /* concat: two inputs of 5 rows x 2 / 3 channels -> 5 x 5 */
+    float cy[27];
+    const float *cx[2] = {a, b}, *cx_null[2] = {a, NULL};
+    size_t cl[2] = {10, 15}, cl_short[2] = {10, 14};
+    int32_t cc[2] = {2, 3}, cc_neg[2] = {2, -1};
+    ffill(cy, 27, SENT);
+    float b15[15];
+    frand(b15, 15);
+    cx[1] = b15;
+    CHECK(bnn_concat_f32(NULL, 2, cx, cl, cc, 5, cy, 25) == BNN_E_NULL, "concat ctx NULL");
+    CHECK(bnn_concat_f32(ctx, 2, NULL, cl, cc, 5, cy, 25) == BNN_E_NULL, "concat x NULL");
+    CHECK(bnn_concat_f32(ctx, 2, cx_null, cl, cc, 5, cy, 25) == BNN_E_NULL, "concat x[1] NULL");
+    CHECK(bnn_concat_f32(ctx, 2, cx, NULL, cc, 5, cy, 25) == BNN_E_NULL, "concat x_len NULL");
+    CHECK(bnn_concat_f32(ctx, 2, cx, cl, NULL, 5, cy, 25) == BNN_E_NULL, "concat c NULL");
+    CHECK(bnn_concat_f32(ctx, 2, cx, cl, cc, 5, NULL, 25) == BNN_E_NULL, "concat y NULL");
+    CHECK(bnn_concat_f32(ctx, 0, cx, cl, cc, 5, cy, 25) == BNN_E_SHAPE, "concat no input");
+    CHECK(bnn_concat_f32(ctx, BNN_CONCAT_MAX_INPUTS + 1, cx, cl, cc, 5, cy, 25) == BNN_E_SHAPE,
+          "concat too many inputs");
+    CHECK(bnn_concat_f32(ctx, 2, cx, cl, cc_neg, 5, cy, 25) == BNN_E_SHAPE, "concat negative c");
+    CHECK(bnn_concat_f32(ctx, 2, cx, cl, cc, -1, cy, 25) == BNN_E_SHAPE, "concat negative rows");
+    CHECK(bnn_concat_f32(ctx, 2, cx, cl_short, cc, 5, cy, 25) == BNN_E_SIZE, "concat x[1] short");
+    CHECK(bnn_concat_f32(ctx, 2, cx, cl, cc, 5, cy, 24) == BNN_E_SIZE, "concat y short");
+    const float *cx_over[2] = {a, cy + 20};
+    CHECK(bnn_concat_f32(ctx, 2, cx_over, cl, cc, 5, cy, 25) == BNN_E_SHAPE, "concat y overlaps an input");
+    CHECK(all_sent(cy, 27), "concat wrote on error");
+    CHECK(bnn_concat_f32(ctx, 2, cx, cl, cc, 5, cy, 27) == BNN_OK && all_sent(cy + 25, 2), "concat wrote past y");
 }
 
 int main(void) {
@@ -804,6 +874,7 @@ int main(void) {
     printf("\n");
     test_bad_args();
     test_add();
+    test_concat();
     test_bitpack_paths();
     test_unpack();
     test_eltwise();

@@ -36,8 +36,9 @@ typedef void (*bnn_task_fn)(void *arg, int64_t begin, int64_t end);
  *                   kernel needs beyond what its path guarantees (the AVX2 float
  *                   convolution: FMA).
  * The context's path is always one its CPU runs (ctx.c).  A new ISA path adds its case to
- * BNN_KERNEL_FOR_PATH and a kernels_<isa>.h to every op.  eltwise/add.c and
- * bconv2d/xnor_scale.c have no per-ISA kernels: plain C, nothing to select. */
+ * BNN_KERNEL_FOR_PATH and a kernels_<isa>.h to every op.  eltwise/add.c,
+ * bconv2d/xnor_scale.c and concat/concat.c have no per-ISA kernels: plain C, nothing to
+ * select. */
 #if defined(BNN_X86)
 #define BNN_KERNEL_FOR_PATH(op, path) \
     ((path) == BNN_PATH_AVX512 ? op##_avx512 : (path) == BNN_PATH_AVX2 ? op##_avx2 : op##_portable)

@@ -213,6 +213,14 @@ BNN_API int bnn_avgpool2d(bnn_ctx *ctx, const bnn_window *win, int32_t count_inc
 BNN_API int bnn_add_f32(bnn_ctx *ctx, const float *a, size_t a_len, const float *b, size_t b_len,
                         float *y, size_t y_len, size_t n);
 
+/* Concatenation along the last axis: n_in (1 .. BNN_CONCAT_MAX_INPUTS) float arrays
+ * x[k] = [rows][c[k]] (x_len[k] >= rows * c[k]) into y = [rows][c[0] + ... + c[n_in - 1]]
+ * (NHWC tensors on the channel axis: rows = N * H * W), the values copied bit for bit; y
+ * must not overlap an input (BNN_E_SHAPE). */
+#define BNN_CONCAT_MAX_INPUTS 65536
+BNN_API int bnn_concat_f32(bnn_ctx *ctx, int32_t n_in, const float *const *x, const size_t *x_len,
+                           const int32_t *c, int64_t rows, float *y, size_t y_len);
+
 /* Per-channel elementwise chain (Bi-Real / ReActNet blocks: residual add, RPReLU = Sub,
  * PRelu, Add per channel; BN-style affines; ReLU / Clip), one pass over float [pixels][c]:
  *   t = x[p][ch], plus r[p][ch] when r is not NULL and no step is BNN_EW_ADD (the
