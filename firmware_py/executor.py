@@ -39,6 +39,7 @@ load one Model per thread to run in parallel).  Different Models are independent
 
 import bisect
 import collections
+import platform
 import statistics
 import tempfile
 import threading
@@ -299,6 +300,11 @@ def _words(c):
     return (int(c) + 31) // 32
 
 
+# x86-64 libraries keep a second, nibble-split copy of a binary conv's blocked weights (2x
+# their size) for the AVX2 kernel, which also reads its input nibble-split (bconv2d/kernel.h)
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
 def _node_extra(node, values, tensor_bytes):
     """(bytes the C layer of a node keeps -- its own blocked copy of the weights --,
     scratch bytes while it runs) for one executed node; the sizes follow
@@ -322,7 +328,11 @@ def _node_extra(node, values, tensor_bytes):
             kh = kw = 1
             c, oc = in_shape[-1], out_shape[-1]
         k = kh * kw * _words(c)
-        layer = (int(oc) + 15) // 16 * 16 * k * 4 + kh * kw * int(oc) * 4 + 16 * int(oc)
+        blocked = (int(oc) + 15) // 16 * 16 * k * 4
+        layer = blocked * (3 if _X86 else 1) + kh * kw * int(oc) * 4 + 16 * int(oc)
+        if _X86 and op == "bconv2d":  # the AVX2 kernel's nibble-split input copy, padded or not
+            pt, pl, pb, pr = attrs["pads"]
+            scratch = n * (h + pt + pb) * (w + pl + pr) * _words(c) * 8
     elif op in ("fconv2d", "dense"):
         layer = sum(tensor_bytes.get(t, 0) for t in params.values())
         groups = int(attrs.get("groups", 1))

@@ -19,6 +19,8 @@ struct bnn_bconv2d {
     int32_t pad_mode, out_h, out_w, cw, ocb;
     int64_t kwords;       /* K = kh * kw * cw */
     uint32_t *wblk;       /* [ocb][K][16] */
+    uint32_t *wnib;       /* x86: the AVX2 kernel's weights, [ocb][2K][16]: word k's low and high
+                           * nibbles (bnn_nibbles), at 2k and 2k + 1; else NULL */
     int32_t *wsum;        /* [kh * kw][out_c] */
     bnn_out_params out;   /* arrays owned by the layer */
     size_t in_len, out_len, pix_len;
@@ -34,6 +36,16 @@ static bnn_bconv2d_kernel select_kernel(const bnn_cpu *cpu, int path) {
     return BNN_KERNEL_FOR_PATH(bconv2d, path);
 }
 
+/* Whether a kernel reads nibble-split operands (kernel.h): x86's AVX2 kernel. */
+static int kernel_splits_nibbles(bnn_bconv2d_kernel k) {
+#if defined(BNN_X86)
+    return k == bconv2d_avx2;
+#else
+    (void)k;
+    return 0;
+#endif
+}
+
 /* For the C tests (internal.h): which kernel a context's bconv2d runs. */
 const char *bnn_bconv2d_kernel_name(const bnn_ctx *ctx) {
     bnn_bconv2d_kernel k = select_kernel(&ctx->cpu, ctx->path);
@@ -47,6 +59,7 @@ const char *bnn_bconv2d_kernel_name(const bnn_ctx *ctx) {
 void bnn_bconv2d_destroy(bnn_bconv2d *L) {
     if (!L) return;
     bnn_aligned_free(L->wblk);
+    bnn_aligned_free(L->wnib);
     free(L->wsum);
     free((void *)L->out.mul);
     free((void *)L->out.add);
@@ -123,6 +136,16 @@ int bnn_bconv2d_create(bnn_bconv2d **out, const bnn_window *win, int32_t pad_mod
             L->wsum[pos * oc + o] = win->in_c - 2 * pc;
         }
     }
+#if defined(BNN_X86)
+    L->wnib = bnn_aligned_alloc(blk_len * 2);
+    if (!L->wnib) goto nomem;
+    for (size_t i = 0; i < blk_len / 4 / 16; i++) /* each word k of each block: 16 channels */
+        for (int j = 0; j < 16; j++) {
+            uint32_t v = L->wblk[i * 16 + j];
+            L->wnib[(2 * i) * 16 + j] = bnn_nibbles_lo(v);
+            L->wnib[(2 * i + 1) * 16 + j] = bnn_nibbles_hi(v);
+        }
+#endif
 
     if (L->out.mode == BNN_OUT_FLOAT) {
         float *mul = malloc((size_t)oc * sizeof(float)), *add = malloc((size_t)oc * sizeof(float));
@@ -177,7 +200,9 @@ size_t bnn_bconv2d_output_len(const bnn_bconv2d *L) { return L ? L->out_len : 0;
 
 typedef struct {
     const bnn_bconv2d *L;
-    const uint32_t *xp; /* padded (or original) input */
+    const uint32_t *xp; /* padded (or original) input; nibble-split when split */
+    const uint32_t *w;  /* the weights the kernel reads: wblk, or wnib when split */
+    int32_t split;      /* 2: operands nibble-split (kernel.h), every word two; else 1 */
     int32_t hp, wp;     /* its height and width */
     const float *k_scale, *r;
     void *y;
@@ -196,9 +221,9 @@ typedef struct {
         const run_args *a = p;                                                                                           \
         const bnn_bconv2d *L = a->L;                                                                                     \
         const bnn_window *w = &L->win;                                                                                   \
-        const int32_t oc = w->out_c, cw = L->cw;                                                                         \
+        const int32_t oc = w->out_c, cw = L->cw * a->split; /* words per input pixel, as the kernel reads them */ \
         const int32_t nfull = w->kernel_h * w->kernel_w * w->in_c;                                                       \
-        bnn_bconv_geom g = {(ptrdiff_t)w->stride_w * cw, (ptrdiff_t)a->wp * cw, (ptrdiff_t)L->kwords * 16,               \
+        bnn_bconv_geom g = {(ptrdiff_t)w->stride_w * cw, (ptrdiff_t)a->wp * cw, (ptrdiff_t)L->kwords * a->split * 16,    \
                             w->kernel_h, w->kernel_w, cw};                                                               \
         int32_t pop[BNN_BCONV_PMAX * BNN_BCONV_POP_STRIDE];                                                              \
         int32_t d[BNN_BCONV_POP_STRIDE];                                                                                 \
@@ -213,7 +238,7 @@ typedef struct {
             int32_t ky0, ky1;                                                                                            \
             bnn_valid_range(oy * w->stride_h, w->kernel_h, w->pad_top, w->in_h, &ky0, &ky1);                             \
             const uint32_t *xrow = a->xp + ((size_t)n * a->hp + (size_t)oy * w->stride_h) * a->wp * cw;                  \
-            const uint32_t *wb = L->wblk + (size_t)b0 * L->kwords * 16;                                                  \
+            const uint32_t *wb = a->w + (size_t)b0 * g.wblock_stride;                                                    \
             for (int32_t ox0 = 0; ox0 < L->out_w; ox0 += BNN_BCONV_PMAX) {                                               \
                 int np = L->out_w - ox0 < BNN_BCONV_PMAX ? L->out_w - ox0 : BNN_BCONV_PMAX;                              \
                 a->kern(&g, xrow + (size_t)ox0 * w->stride_w * cw, wb, nb, np, pop);                                     \
@@ -261,19 +286,32 @@ int bnn_bconv2d_run_residual(bnn_ctx *ctx, const bnn_bconv2d *L, const uint32_t 
     }
     const bnn_window *w = &L->win;
     const int32_t cw = L->cw;
-    run_args a = {L, x, w->in_h, w->in_w, k_scale, r, y, select_kernel(&ctx->cpu, ctx->path),
+    bnn_bconv2d_kernel kern = select_kernel(&ctx->cpu, ctx->path);
+    const int32_t split = kernel_splits_nibbles(kern) ? 2 : 1;
+    run_args a = {L, x, split == 2 ? L->wnib : L->wblk, split, w->in_h, w->in_w, k_scale, r, y, kern,
                   (L->ocb + BNN_CHUNK_BLOCKS - 1) / BNN_CHUNK_BLOCKS};
-    if (w->pad_top || w->pad_left || w->pad_bottom || w->pad_right) {
+    const int padded = w->pad_top || w->pad_left || w->pad_bottom || w->pad_right;
+    if (padded || split == 2) { /* a copy: padded with bit 0 = +1 (the correction makes it 0
+                                 * for BNN_PAD_ZERO), and / or nibble-split */
         int32_t hp = w->in_h + w->pad_top + w->pad_bottom, wp = w->in_w + w->pad_left + w->pad_right;
-        size_t len = bnn_elems4(w->n, hp, wp, cw);
+        size_t len = bnn_elems4(w->n, hp, wp, (int64_t)cw * split);
         if (!len || len > SIZE_MAX / 4) return BNN_E_SHAPE;
         uint32_t *xp = bnn_scratch(ctx, len * 4);
         if (!xp) return BNN_E_NOMEM;
-        memset(xp, 0, len * 4); /* bit 0 = +1; the correction makes it 0 for BNN_PAD_ZERO */
+        if (padded) memset(xp, 0, len * 4);
         for (int32_t n = 0; n < w->n; n++)
-            for (int32_t yy = 0; yy < w->in_h; yy++)
-                memcpy(xp + (((size_t)n * hp + yy + w->pad_top) * wp + w->pad_left) * cw,
-                       x + (((size_t)n * w->in_h + yy) * w->in_w) * cw, (size_t)w->in_w * cw * 4);
+            for (int32_t yy = 0; yy < w->in_h; yy++) {
+                uint32_t *dst = xp + (((size_t)n * hp + yy + w->pad_top) * wp + w->pad_left) * cw * split;
+                const uint32_t *src = x + (((size_t)n * w->in_h + yy) * w->in_w) * cw;
+                if (split == 1) {
+                    memcpy(dst, src, (size_t)w->in_w * cw * 4);
+                    continue;
+                }
+                for (size_t i = 0; i < (size_t)w->in_w * cw; i++) {
+                    dst[2 * i] = bnn_nibbles_lo(src[i]);
+                    dst[2 * i + 1] = bnn_nibbles_hi(src[i]);
+                }
+            }
         a.xp = xp;
         a.hp = hp;
         a.wp = wp;

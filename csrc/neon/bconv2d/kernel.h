@@ -36,4 +36,13 @@ typedef struct {
 typedef void (*bnn_bconv2d_kernel)(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w,
                                    int nblocks, int npix, int32_t *pop);
 
+/* Nibble-split operands (x86 AVX2, whose popcount is a 16-entry table lookup per nibble):
+ * every word v of the input and of the blocked weights is stored as the two words
+ * bnn_nibbles_lo(v), bnn_nibbles_hi(v), side by side, so that the nibbles of x XOR w are
+ * lo(x) XOR lo(w) and hi(x) XOR hi(w), with no masking or shifting in the inner loop.  A
+ * kernel on split operands computes the same pop; its geometry counts split words
+ * (pix_stride, row_stride, wblock_stride and cw twice the plain ones). */
+static inline uint32_t bnn_nibbles_lo(uint32_t v) { return v & 0x0F0F0F0Fu; }
+static inline uint32_t bnn_nibbles_hi(uint32_t v) { return (v >> 4) & 0x0F0F0F0Fu; }
+
 #endif
