@@ -27,6 +27,7 @@ numpy only (no torch); Python 3.8+ / numpy 1.24 compatible.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -160,6 +161,15 @@ def head_from_metadata(meta: dict) -> dict:
             "input_size": input_size, "outputs": det.get("outputs")}
 
 
+@functools.lru_cache(maxsize=32)
+def _grid(ny, nx):
+    """(1, ny, nx, 2) float32 cell offsets (x, y) of a head map, made once per size (read-only)"""
+    gy, gx = np.meshgrid(np.arange(ny, dtype=np.float32), np.arange(nx, dtype=np.float32), indexing="ij")
+    g = np.stack((gx, gy), -1)[None]
+    g.flags.writeable = False
+    return g
+
+
 def decode(outputs, head):
     """raw head maps [(1, na*(5+nc), ny, nx) per stride] -> (N, 5 + nc) float32:
     xywh (input pixels), obj, cls probabilities"""
@@ -173,8 +183,7 @@ def decode(outputs, head):
         if c != na * no:
             raise ValueError("output has %d channels, expected %d anchors x %d" % (c, na, no))
         p = _sigmoid(o[0].reshape(na, no, ny, nx).transpose(0, 2, 3, 1))  # (na, ny, nx, no)
-        gy, gx = np.meshgrid(np.arange(ny, dtype=np.float32), np.arange(nx, dtype=np.float32), indexing="ij")
-        xy = (p[..., :2] * 2 - 0.5 + np.stack((gx, gy), -1)[None]) * np.float32(s)
+        xy = (p[..., :2] * 2 - 0.5 + _grid(ny, nx)) * np.float32(s)
         wh = (p[..., 2:4] * 2) ** 2 * anc[:, None, None, :]
         res.append(np.concatenate((xy, wh, p[..., 4:]), -1).reshape(-1, no))
     return np.concatenate(res, 0)
