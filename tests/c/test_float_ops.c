@@ -526,7 +526,7 @@ static int pack_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
 }
 
 static void test_bitpack_paths(void) {
-    static const int32_t cs[] = {1, 3, 8, 15, 16, 17, 31, 32, 33, 48, 64, 65, 100, 256, 257};
+    static const int32_t cs[] = {1, 3, 4, 8, 12, 15, 16, 17, 24, 28, 31, 32, 33, 44, 48, 64, 65, 100, 256, 257};
     static const int32_t ps[] = {0, 1, 7, 300};
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
         for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++)
