@@ -221,7 +221,7 @@ typedef struct {
         const run_args *a = p;                                                                                           \
         const bnn_bconv2d *L = a->L;                                                                                     \
         const bnn_window *w = &L->win;                                                                                   \
-        const int32_t oc = w->out_c, cw = L->cw * a->split; /* words per input pixel, as the kernel reads them */ \
+        const int32_t oc = w->out_c, cw = L->cw * a->split; /* words per input pixel, as the kernel reads */             \
         const int32_t nfull = w->kernel_h * w->kernel_w * w->in_c;                                                       \
         bnn_bconv_geom g = {(ptrdiff_t)w->stride_w * cw, (ptrdiff_t)a->wp * cw, (ptrdiff_t)L->kwords * a->split * 16,    \
                             w->kernel_h, w->kernel_w, cw};                                                               \
