@@ -320,19 +320,18 @@ def _node_extra(node, values, tensor_bytes):
         if op == "bconv2d":
             kh, kw = attrs["kernel"]
             h, w, c = in_shape[1:]
-            oc = out_shape[-1]
-            pt, pl, pb, pr = attrs["pads"]
-            if pt or pl or pb or pr:  # the padded input, in the context's scratch
-                scratch = n * (h + pt + pb) * (w + pl + pr) * _words(c) * 4
-        else:
-            kh = kw = 1
-            c, oc = in_shape[-1], out_shape[-1]
+            pads = attrs["pads"]
+        else:  # a 1x1 bconv2d on a 1x1 image
+            kh = kw = h = w = 1
+            c, pads = in_shape[-1], (0, 0, 0, 0)
+        oc = out_shape[-1]
+        pt, pl, pb, pr = pads
+        split = 2 if _X86 else 1  # words per input word the kernel reads (bconv2d/kernel.h)
+        if any(pads) or split == 2:  # the padded and / or nibble-split input, in the context's scratch
+            scratch = n * (h + pt + pb) * (w + pl + pr) * _words(c) * 4 * split
         k = kh * kw * _words(c)
         blocked = (int(oc) + 15) // 16 * 16 * k * 4
-        layer = blocked * (3 if _X86 else 1) + kh * kw * int(oc) * 4 + 16 * int(oc)
-        if _X86 and op == "bconv2d":  # the AVX2 kernel's nibble-split input copy, padded or not
-            pt, pl, pb, pr = attrs["pads"]
-            scratch = n * (h + pt + pb) * (w + pl + pr) * _words(c) * 8
+        layer = blocked * (3 if _X86 else 1) + kh * kw * int(oc) * 4 + 16 * int(oc)  # + the nibble copy (2x)
     elif op in ("fconv2d", "dense"):
         layer = sum(tensor_bytes.get(t, 0) for t in params.values())
         groups = int(attrs.get("groups", 1))
