@@ -525,6 +525,68 @@ static int pack_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
                                   y_len);
 }
 
+/* bits of y that differ from the IEEE operations computed here, in scalar C */
+static int pack_wrong_bits(const pack_state *st, const uint32_t *y) {
+    const int32_t c = st->c;
+    const size_t words = ((size_t)c + 31) / 32;
+    int bad = 0;
+    for (int32_t p = 0; p < st->pixels; p++)
+        for (size_t wd = 0; wd < words; wd++)
+            for (int bit = 0; bit < 32; bit++) {
+                int32_t ch = (int32_t)(wd * 32) + bit;
+                uint32_t want = 0;
+                if (ch < c) {
+                    float x = st->x[(size_t)p * c + ch];
+                    float m = st->scale ? x * st->scale[ch] : x;
+                    float t = st->bias ? m + st->bias[ch] : m;
+                    want = t < st->thr;
+                }
+                bad += ((y[(size_t)p * words + wd] >> bit) & 1u) != want;
+            }
+    return bad;
+}
+
+/* Tiny values: inputs, products and sums near and below FLT_MIN (armv7 NEON flushes them to
+ * zero; its kernel must notice and give the IEEE bits), and parameters or thresholds that
+ * are denormal or infinite. */
+static void test_bitpack_tiny(void) {
+    static const int32_t cs[] = {4, 12, 16, 31, 32, 36, 64, 100};
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
+        for (int mode = 1; mode < 5; mode++)      /* scale+bias, bias, scale, neither */
+            for (int odd = 0; odd < 4; odd++) { /* params normal; a denormal bias; an inf scale; thr denormal */
+                int32_t c = cs[ci], pixels = 60;
+                size_t n = (size_t)pixels * c, yl = (size_t)pixels * (((size_t)c + 31) / 32);
+                float *x = falloc(n), *sc = falloc(c), *bi = falloc(c);
+                for (int32_t ch = 0; ch < c; ch++) {
+                    sc[ch] = ldexpf(check_rand_float(0.5f, 2.0f), -check_rand_int(0, 30)) * (ch % 3 ? 1 : -1);
+                    bi[ch] = ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(100, 126));
+                }
+                for (size_t i = 0; i < n; i++) {
+                    int32_t ch = (int32_t)(i % (size_t)c);
+                    switch (check_rand_int(0, 3)) {
+                    case 0: x[i] = ldexpf(check_rand_float(-2.0f, 2.0f), -check_rand_int(96, 150)); break;
+                    case 1: /* x * scale close to -bias: a tiny sum */
+                        x[i] = -bi[ch] / sc[ch] * (1.0f + ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(10, 23)));
+                        break;
+                    case 2: x[i] = special_float(); break;
+                    default: x[i] = check_rand_float(-2.0f, 2.0f);
+                    }
+                }
+                if (odd == 1) bi[c / 2] = 1e-40f;
+                if (odd == 2) sc[c - 1] = -INFINITY;
+                float thr = odd == 3 ? -1e-41f : 0.0f;
+                const float *s_ = mode == 1 || mode == 3 ? sc : NULL, *b_ = mode == 1 || mode == 2 ? bi : NULL;
+                pack_state st = {x, s_, b_, pixels, c, thr, 1};
+                uint32_t *y = run_variants(pack_op, &st, yl, 4, "bitpack_affine tiny");
+                int bad = pack_wrong_bits(&st, y);
+                CHECK(bad == 0, "bitpack tiny mode %d odd %d c=%d: %d wrong bits", mode, odd, c, bad);
+                free(x);
+                free(sc);
+                free(bi);
+                free(y);
+            }
+}
+
 static void test_bitpack_paths(void) {
     static const int32_t cs[] = {1, 3, 4, 8, 12, 15, 16, 17, 24, 28, 31, 32, 33, 44, 48, 64, 65, 100, 256, 257};
     static const int32_t ps[] = {0, 1, 7, 300};
@@ -544,19 +606,7 @@ static void test_bitpack_paths(void) {
                 const float *s_ = mode == 1 || mode == 3 ? sc : NULL, *b_ = mode == 1 || mode == 2 ? bi : NULL;
                 pack_state st = {x, s_, b_, pixels, c, thr, mode != 0};
                 uint32_t *y = run_variants(pack_op, &st, yl, 4, mode ? "bitpack_affine" : "bitpack");
-                int bad = 0;
-                for (int32_t p = 0; p < pixels; p++)
-                    for (size_t wd = 0; wd < words; wd++)
-                        for (int bit = 0; bit < 32; bit++) {
-                            int32_t ch = (int32_t)(wd * 32) + bit;
-                            uint32_t want = 0;
-                            if (ch < c) {
-                                float m = s_ ? x[(size_t)p * c + ch] * s_[ch] : x[(size_t)p * c + ch];
-                                float t = b_ ? m + b_[ch] : m;
-                                want = t < thr;
-                            }
-                            bad += ((y[(size_t)p * words + wd] >> bit) & 1u) != want;
-                        }
+                int bad = pack_wrong_bits(&st, y);
                 CHECK(bad == 0, "bitpack mode %d c=%d pixels=%d: %d wrong bits", mode, c, pixels, bad);
                 free(x);
                 free(sc);
@@ -876,6 +926,7 @@ int main(void) {
     test_add();
     test_concat();
     test_bitpack_paths();
+    test_bitpack_tiny();
     test_unpack();
     test_eltwise();
     test_pools();
