@@ -6,7 +6,7 @@
  * ReActNet's RSign, sign(x - b), is one pass.  The float rows are packed by a kernel
  * (the pattern of every op, see core/internal.h): kernel.h is the contract, reference.h
  * the portable kernel (the semantics), kernels_x86.h (AVX2, AVX-512) and kernels_neon.h
- * (aarch64) the SIMD ones; select_kernel below picks one from the context's path.  Every
+ * (aarch64, armv7) the SIMD ones; select_kernel below picks one from the context's path.  Every
  * one computes the same IEEE products, sums and ordered compares, so the bits are
  * identical on every path.  Integer input is packed by the reference's PACK_WORD.
  * bnn_unpack_f32, the inverse, has its kernels in the same files (bnn_bitpack_kernel.unpack). */

@@ -1,7 +1,8 @@
 /* Portable float bit-packing kernel: plain C, defines the semantics (see kernel.h).  Used
- * on armv6 and armv7 (armv7 NEON flushes denormals to zero) and for the tail words of the
- * vector kernels; PACK_WORD also packs the integer inputs (bitpack.c) on every path.  The
- * portable unpack writes each float's bits (sign = the bit, then 1.0f). */
+ * on armv6, for the tail words of the vector kernels and for the words in which armv7's
+ * NEON kernel meets a tiny value (armv7 NEON flushes denormals to zero); PACK_WORD also
+ * packs the integer inputs (bitpack.c) on every path.  The portable unpack writes each
+ * float's bits (sign = the bit, then 1.0f). */
 #ifndef BNN_BITPACK_REFERENCE_H
 #define BNN_BITPACK_REFERENCE_H
 #include <string.h>
