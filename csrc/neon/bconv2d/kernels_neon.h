@@ -4,7 +4,8 @@
  * The 16-bit lanes gain at most 16 per word, so they are widened (UADDLP / UADALP) into
  * 32-bit totals every BNN_NEON_FLUSH words.
  * Tiles: aarch64 (32 q registers): 4 pixels x 16 channels = 16 accumulators;
- *        armv7 (16 q registers):   2 pixels x 16 channels = 8 accumulators.
+ *        armv7 (16 q registers):   2 pixels x 16 channels = 8 accumulators, its inner loop
+ *        in asm (below).
  * aarch64 in-order cores (Cortex-A53 ...) get bconv2d_neon_a53: the same tile with its inner
  * loop scheduled for in-order issue (below); bconv2d.c's select_kernel picks it. */
 #ifndef BNN_BCONV2D_KERNELS_NEON_H
@@ -78,6 +79,42 @@ static inline uint32x4_t bnn_ld1r_post(const uint32_t **p) {
         }                                                                                      \
     }
 
+/* A P-pixel tile whose inner loop (n >= 1 words of P pixels x 16 channels) is the asm
+ * function words(acc, xr, &wk, n), acc[p].val[v] as bnn_tile_neon_P's acc[p][v]. */
+#define BNN_DEF_TILE_WORDS(name, P, words)                                                     \
+    BNN_INLINE void name(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int32_t *pop) { \
+        uint16x8x4_t acc[P];                                                                   \
+        uint32x4_t tot[P][4];                                                                  \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(v, 4) {                                                \
+            acc[p].val[v] = vdupq_n_u16(0);                                                    \
+            tot[p][v] = vdupq_n_u32(0);                                                        \
+        }                                                                                      \
+        int steps = 0;                                                                         \
+        const int row_words = g->kw * g->cw; /* a kernel row's taps: one contiguous run */     \
+        for (int ky = 0; ky < g->kh; ky++) {                                                   \
+            const uint32_t *xr[P];                                                             \
+            BNN_UNROLLED(p, P) xr[p] = x + ky * g->row_stride + p * g->pix_stride;             \
+            const uint32_t *wk = w + (size_t)ky * row_words * 16;                              \
+            for (int c0 = 0; c0 < row_words;) {                                                \
+                int n = row_words - c0 < BNN_NEON_FLUSH - steps ? row_words - c0 : BNN_NEON_FLUSH - steps; \
+                words(acc, xr, &wk, n); /* n >= 1 */                                           \
+                c0 += n;                                                                       \
+                steps += n;                                                                    \
+                if (steps == BNN_NEON_FLUSH) {                                                 \
+                    BNN_UNROLLED(p, P) BNN_UNROLLED(v, 4) {                                    \
+                        tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);                     \
+                        acc[p].val[v] = vdupq_n_u16(0);                                        \
+                    }                                                                          \
+                    steps = 0;                                                                 \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+        BNN_UNROLLED(p, P) BNN_UNROLLED(v, 4) {                                                \
+            tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);                                 \
+            vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(tot[p][v])); \
+        }                                                                                      \
+    }
+
 #if defined(__aarch64__)
 #define BNN_NEON_P 4
 BNN_DEF_TILE_NEON(4)
@@ -135,42 +172,42 @@ BNN_INLINE void bnn_a53_words(uint16x8x4_t acc[4], const uint32_t **xr, const ui
     xr[0] = x0, xr[1] = x1, xr[2] = x2, xr[3] = x3, *wk = w;
 }
 
-BNN_INLINE void bnn_tile_neon_a53_4(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int32_t *pop) {
-    uint16x8x4_t acc[4]; /* acc[p].val[v]: as bnn_tile_neon_4's acc[p][v] */
-    uint32x4_t tot[4][4];
-    BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
-        acc[p].val[v] = vdupq_n_u16(0);
-        tot[p][v] = vdupq_n_u32(0);
-    }
-    int steps = 0;
-    const int row_words = g->kw * g->cw; /* a kernel row's taps: one contiguous run */
-    for (int ky = 0; ky < g->kh; ky++) {
-        const uint32_t *xr[4];
-        BNN_UNROLLED(p, 4) xr[p] = x + ky * g->row_stride + p * g->pix_stride;
-        const uint32_t *wk = w + (size_t)ky * row_words * 16;
-        for (int c0 = 0; c0 < row_words;) {
-            int n = row_words - c0 < BNN_NEON_FLUSH - steps ? row_words - c0 : BNN_NEON_FLUSH - steps;
-            bnn_a53_words(acc, xr, &wk, n); /* n >= 1 */
-            c0 += n;
-            steps += n;
-            if (steps == BNN_NEON_FLUSH) {
-                BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
-                    tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);
-                    acc[p].val[v] = vdupq_n_u16(0);
-                }
-                steps = 0;
-            }
-        }
-    }
-    BNN_UNROLLED(p, 4) BNN_UNROLLED(v, 4) {
-        tot[p][v] = vpadalq_u16(tot[p][v], acc[p].val[v]);
-        vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(tot[p][v]));
-    }
-}
+BNN_DEF_TILE_WORDS(bnn_tile_neon_a53_4, 4, bnn_a53_words)
 #else
+/* ---- armv7: the 2-pixel tile's inner loop in asm -----------------------------------------
+ * GCC's code for the intrinsics loop spends 47 instructions a trip (one word of 2 pixels x
+ * 16 channels), 7 of them register moves between the accumulators; this one spends 30:
+ * two broadcast loads, the 16 weights as two 4-register loads, and per half of the
+ * channels 4 chains EOR, CNT, UADALP (VEOR, VCNT.8, VPADAL.U8).  Activations q10, q11,
+ * weights q8, q9, temporaries q12-q15; the 8 accumulators are the operands (q0-q7). */
+BNN_INLINE void bnn_v7_words(uint16x8x4_t acc[2], const uint32_t **xr, const uint32_t **wk, int n) {
+    const uint32_t *x0 = xr[0], *x1 = xr[1], *w = *wk;
+    __asm__ volatile(
+        "1:\n\t"
+        "vld1.32 {d20[], d21[]}, [%[x0]]!\n\t"
+        "vld1.32 {d22[], d23[]}, [%[x1]]!\n\t"
+        "vld1.32 {d16-d19}, [%[w]]!\n\t"
+        "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"
+        "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"
+        "vpadal.u8 %q[a00], q12\n\tvpadal.u8 %q[a01], q13\n\tvpadal.u8 %q[a10], q14\n\tvpadal.u8 %q[a11], q15\n\t"
+        "vld1.32 {d16-d19}, [%[w]]!\n\t"
+        "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"
+        "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"
+        "vpadal.u8 %q[a02], q12\n\tvpadal.u8 %q[a03], q13\n\tvpadal.u8 %q[a12], q14\n\tvpadal.u8 %q[a13], q15\n\t"
+        "subs %[n], %[n], #1\n\t"
+        "bne 1b\n\t"
+        : [a00] "+w"(acc[0].val[0]), [a01] "+w"(acc[0].val[1]), [a02] "+w"(acc[0].val[2]),
+          [a03] "+w"(acc[0].val[3]), [a10] "+w"(acc[1].val[0]), [a11] "+w"(acc[1].val[1]),
+          [a12] "+w"(acc[1].val[2]), [a13] "+w"(acc[1].val[3]), [x0] "+r"(x0), [x1] "+r"(x1), [w] "+r"(w),
+          [n] "+r"(n)
+        :
+        : "d16", "d17", "d18", "d19", "d20", "d21", "d22", "d23", "d24", "d25", "d26", "d27", "d28", "d29", "d30",
+          "d31", "cc", "memory");
+    xr[0] = x0, xr[1] = x1, *wk = w;
+}
 #define BNN_NEON_P 2
-BNN_DEF_TILE_NEON(2)
-#define bnn_tile_neon_big bnn_tile_neon_2
+BNN_DEF_TILE_WORDS(bnn_tile_neon_v7_2, 2, bnn_v7_words)
+#define bnn_tile_neon_big bnn_tile_neon_v7_2
 #endif
 BNN_DEF_TILE_NEON(1)
 
