@@ -206,7 +206,53 @@ BNN_INLINE void bnn_v7_words(uint16x8x4_t acc[2], const uint32_t **xr, const uin
     xr[0] = x0, xr[1] = x1, *wk = w;
 }
 #define BNN_NEON_P 2
-BNN_DEF_TILE_WORDS(bnn_tile_neon_v7_2, 2, bnn_v7_words)
+BNN_DEF_TILE_WORDS(bnn_tile_neon_v7_2_widening, 2, bnn_v7_words)
+
+/* The whole patch (kh kernel rows of row_words words) in one asm loop nest, for patches of
+ * at most BNN_NEON_FLUSH words (no widening on the way: every layer of the shipped models):
+ * the C loop per kernel row of the tile above costs as much as the words of a 32-channel
+ * layer's row.  skip: the bytes from a row's end to the next row's start. */
+BNN_INLINE void bnn_tile_neon_v7_2(const bnn_bconv_geom *g, const uint32_t *x, const uint32_t *w, int32_t *pop) {
+    const int row_words = g->kw * g->cw;
+    if (g->kh * row_words > BNN_NEON_FLUSH) {
+        bnn_tile_neon_v7_2_widening(g, x, w, pop);
+        return;
+    }
+    uint16x8x4_t acc[2];
+    BNN_UNROLLED(p, 2) BNN_UNROLLED(v, 4) acc[p].val[v] = vdupq_n_u16(0);
+    const uint32_t *x0 = x, *x1 = x + g->pix_stride;
+    const int skip = (int)((g->row_stride - row_words) * (ptrdiff_t)sizeof(uint32_t));
+    int ky = g->kh, n = 0;
+    __asm__ volatile(
+        "2:\n\t"
+        "mov %[n], %[rw]\n\t"
+        "1:\n\t"
+        "vld1.32 {d20[], d21[]}, [%[x0]]!\n\t"
+        "vld1.32 {d22[], d23[]}, [%[x1]]!\n\t"
+        "vld1.32 {d16-d19}, [%[w]]!\n\t"
+        "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"
+        "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"
+        "vpadal.u8 %q[a00], q12\n\tvpadal.u8 %q[a01], q13\n\tvpadal.u8 %q[a10], q14\n\tvpadal.u8 %q[a11], q15\n\t"
+        "vld1.32 {d16-d19}, [%[w]]!\n\t"
+        "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"
+        "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"
+        "vpadal.u8 %q[a02], q12\n\tvpadal.u8 %q[a03], q13\n\tvpadal.u8 %q[a12], q14\n\tvpadal.u8 %q[a13], q15\n\t"
+        "subs %[n], %[n], #1\n\t"
+        "bne 1b\n\t"
+        "add %[x0], %[x0], %[skip]\n\t"
+        "add %[x1], %[x1], %[skip]\n\t"
+        "subs %[ky], %[ky], #1\n\t"
+        "bne 2b\n\t"
+        : [a00] "+w"(acc[0].val[0]), [a01] "+w"(acc[0].val[1]), [a02] "+w"(acc[0].val[2]),
+          [a03] "+w"(acc[0].val[3]), [a10] "+w"(acc[1].val[0]), [a11] "+w"(acc[1].val[1]),
+          [a12] "+w"(acc[1].val[2]), [a13] "+w"(acc[1].val[3]), [x0] "+r"(x0), [x1] "+r"(x1), [w] "+r"(w),
+          [n] "+r"(n), [ky] "+r"(ky)
+        : [rw] "r"(row_words), [skip] "r"(skip)
+        : "d16", "d17", "d18", "d19", "d20", "d21", "d22", "d23", "d24", "d25", "d26", "d27", "d28", "d29", "d30",
+          "d31", "cc", "memory");
+    BNN_UNROLLED(p, 2) BNN_UNROLLED(v, 4)
+        vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(vpaddlq_u16(acc[p].val[v])));
+}
 #define bnn_tile_neon_big bnn_tile_neon_v7_2
 #endif
 BNN_DEF_TILE_NEON(1)
