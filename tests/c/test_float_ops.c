@@ -546,6 +546,18 @@ static int pack_wrong_bits(const pack_state *st, const uint32_t *y) {
     return bad;
 }
 
+/* Packs x on every path and thread count (mode 0: bnn_bitpack_f32; 1: with scale and bias;
+ * 2: bias; 3: scale; 4: neither) and checks the bits against the IEEE operations. */
+static void check_pack(const float *x, const float *sc, const float *bi, int mode, int32_t pixels, int32_t c,
+                       float thr, const char *what) {
+    const float *s_ = mode == 1 || mode == 3 ? sc : NULL, *b_ = mode == 1 || mode == 2 ? bi : NULL;
+    pack_state st = {x, s_, b_, pixels, c, thr, mode != 0};
+    uint32_t *y = run_variants(pack_op, &st, (size_t)pixels * (((size_t)c + 31) / 32), 4, what);
+    int bad = pack_wrong_bits(&st, y);
+    CHECK(bad == 0, "%s mode %d c=%d pixels=%d thr=%g: %d wrong bits", what, mode, c, pixels, (double)thr, bad);
+    free(y);
+}
+
 /* Tiny values: inputs, products and sums near and below FLT_MIN (armv7 NEON flushes them to
  * zero; its kernel must notice and give the IEEE bits), and parameters or thresholds that
  * are denormal or infinite. */
@@ -555,7 +567,7 @@ static void test_bitpack_tiny(void) {
         for (int mode = 1; mode < 5; mode++)      /* scale+bias, bias, scale, neither */
             for (int odd = 0; odd < 4; odd++) { /* params normal; a denormal bias; an inf scale; thr denormal */
                 int32_t c = cs[ci], pixels = 60;
-                size_t n = (size_t)pixels * c, yl = (size_t)pixels * (((size_t)c + 31) / 32);
+                size_t n = (size_t)pixels * c;
                 float *x = falloc(n), *sc = falloc(c), *bi = falloc(c);
                 for (int32_t ch = 0; ch < c; ch++) {
                     sc[ch] = ldexpf(check_rand_float(0.5f, 2.0f), -check_rand_int(0, 30)) * (ch % 3 ? 1 : -1);
@@ -566,7 +578,8 @@ static void test_bitpack_tiny(void) {
                     switch (check_rand_int(0, 3)) {
                     case 0: x[i] = ldexpf(check_rand_float(-2.0f, 2.0f), -check_rand_int(96, 150)); break;
                     case 1: /* x * scale close to -bias: a tiny sum */
-                        x[i] = -bi[ch] / sc[ch] * (1.0f + ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(10, 23)));
+                        x[i] = -bi[ch] / sc[ch]
+                               * (1.0f + ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(10, 23)));
                         break;
                     case 2: x[i] = special_float(); break;
                     default: x[i] = check_rand_float(-2.0f, 2.0f);
@@ -574,16 +587,10 @@ static void test_bitpack_tiny(void) {
                 }
                 if (odd == 1) bi[c / 2] = 1e-40f;
                 if (odd == 2) sc[c - 1] = -INFINITY;
-                float thr = odd == 3 ? -1e-41f : 0.0f;
-                const float *s_ = mode == 1 || mode == 3 ? sc : NULL, *b_ = mode == 1 || mode == 2 ? bi : NULL;
-                pack_state st = {x, s_, b_, pixels, c, thr, 1};
-                uint32_t *y = run_variants(pack_op, &st, yl, 4, "bitpack_affine tiny");
-                int bad = pack_wrong_bits(&st, y);
-                CHECK(bad == 0, "bitpack tiny mode %d odd %d c=%d: %d wrong bits", mode, odd, c, bad);
+                check_pack(x, sc, bi, mode, pixels, c, odd == 3 ? -1e-41f : 0.0f, "bitpack_affine tiny");
                 free(x);
                 free(sc);
                 free(bi);
-                free(y);
             }
 }
 
@@ -594,7 +601,7 @@ static void test_bitpack_paths(void) {
         for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++)
             for (int mode = 0; mode < 5; mode++) { /* plain; affine: scale+bias, bias, scale, neither */
                 int32_t c = cs[ci], pixels = ps[pi];
-                size_t n = (size_t)pixels * c, words = ((size_t)c + 31) / 32, yl = (size_t)pixels * words;
+                size_t n = (size_t)pixels * c;
                 float *x = falloc(n), *sc = falloc(c), *bi = falloc(c);
                 frand_special(x, n);
                 frand(sc, c);
@@ -603,15 +610,10 @@ static void test_bitpack_paths(void) {
                     if (i % 7 == 3) sc[i] = -sc[i] * 4; /* a negative scale flips bits */
                 float thr = mode == 0 && (ci & 1) ? check_rand_float(-1, 1) : 0.0f;
                 if (pixels > 1) x[c] = thr; /* exactly at the threshold: +1 */
-                const float *s_ = mode == 1 || mode == 3 ? sc : NULL, *b_ = mode == 1 || mode == 2 ? bi : NULL;
-                pack_state st = {x, s_, b_, pixels, c, thr, mode != 0};
-                uint32_t *y = run_variants(pack_op, &st, yl, 4, mode ? "bitpack_affine" : "bitpack");
-                int bad = pack_wrong_bits(&st, y);
-                CHECK(bad == 0, "bitpack mode %d c=%d pixels=%d: %d wrong bits", mode, c, pixels, bad);
+                check_pack(x, sc, bi, mode, pixels, c, thr, mode ? "bitpack_affine" : "bitpack");
                 free(x);
                 free(sc);
                 free(bi);
-                free(y);
             }
     /* bad arguments: error, output untouched */
     bnn_ctx *ctx = ctxs[1];

@@ -179,30 +179,37 @@ BNN_DEF_TILE_WORDS(bnn_tile_neon_a53_4, 4, bnn_a53_words)
  * 16 channels), 7 of them register moves between the accumulators; this one spends 30:
  * two broadcast loads, the 16 weights as two 4-register loads, and per half of the
  * channels 4 chains EOR, CNT, UADALP (VEOR, VCNT.8, VPADAL.U8).  Activations q10, q11,
- * weights q8, q9, temporaries q12-q15; the 8 accumulators are the operands (q0-q7). */
+ * weights q8, q9, temporaries q12-q15; the 8 accumulators are the operands (q0-q7).
+ * BNN_V7_TRIP is one trip (asm text; operands x0, x1, w and BNN_V7_ACC_OPERANDS), shared by
+ * the two loops below. */
+#define BNN_V7_TRIP                                                                                                   \
+    "vld1.32 {d20[], d21[]}, [%[x0]]!\n\t"                                                                            \
+    "vld1.32 {d22[], d23[]}, [%[x1]]!\n\t"                                                                            \
+    "vld1.32 {d16-d19}, [%[w]]!\n\t"                                                                                  \
+    "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"                            \
+    "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"                                    \
+    "vpadal.u8 %q[a00], q12\n\tvpadal.u8 %q[a01], q13\n\tvpadal.u8 %q[a10], q14\n\tvpadal.u8 %q[a11], q15\n\t"        \
+    "vld1.32 {d16-d19}, [%[w]]!\n\t"                                                                                  \
+    "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"                            \
+    "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"                                    \
+    "vpadal.u8 %q[a02], q12\n\tvpadal.u8 %q[a03], q13\n\tvpadal.u8 %q[a12], q14\n\tvpadal.u8 %q[a13], q15\n\t"
+#define BNN_V7_ACC_OPERANDS                                                                                           \
+    [a00] "+w"(acc[0].val[0]), [a01] "+w"(acc[0].val[1]), [a02] "+w"(acc[0].val[2]), [a03] "+w"(acc[0].val[3]),       \
+        [a10] "+w"(acc[1].val[0]), [a11] "+w"(acc[1].val[1]), [a12] "+w"(acc[1].val[2]), [a13] "+w"(acc[1].val[3])
+#define BNN_V7_CLOBBERS                                                                                               \
+    "d16", "d17", "d18", "d19", "d20", "d21", "d22", "d23", "d24", "d25", "d26", "d27", "d28", "d29", "d30", "d31",   \
+        "cc", "memory"
+
 BNN_INLINE void bnn_v7_words(uint16x8x4_t acc[2], const uint32_t **xr, const uint32_t **wk, int n) {
     const uint32_t *x0 = xr[0], *x1 = xr[1], *w = *wk;
     __asm__ volatile(
         "1:\n\t"
-        "vld1.32 {d20[], d21[]}, [%[x0]]!\n\t"
-        "vld1.32 {d22[], d23[]}, [%[x1]]!\n\t"
-        "vld1.32 {d16-d19}, [%[w]]!\n\t"
-        "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"
-        "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"
-        "vpadal.u8 %q[a00], q12\n\tvpadal.u8 %q[a01], q13\n\tvpadal.u8 %q[a10], q14\n\tvpadal.u8 %q[a11], q15\n\t"
-        "vld1.32 {d16-d19}, [%[w]]!\n\t"
-        "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"
-        "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"
-        "vpadal.u8 %q[a02], q12\n\tvpadal.u8 %q[a03], q13\n\tvpadal.u8 %q[a12], q14\n\tvpadal.u8 %q[a13], q15\n\t"
+        BNN_V7_TRIP
         "subs %[n], %[n], #1\n\t"
         "bne 1b\n\t"
-        : [a00] "+w"(acc[0].val[0]), [a01] "+w"(acc[0].val[1]), [a02] "+w"(acc[0].val[2]),
-          [a03] "+w"(acc[0].val[3]), [a10] "+w"(acc[1].val[0]), [a11] "+w"(acc[1].val[1]),
-          [a12] "+w"(acc[1].val[2]), [a13] "+w"(acc[1].val[3]), [x0] "+r"(x0), [x1] "+r"(x1), [w] "+r"(w),
-          [n] "+r"(n)
+        : BNN_V7_ACC_OPERANDS, [x0] "+r"(x0), [x1] "+r"(x1), [w] "+r"(w), [n] "+r"(n)
         :
-        : "d16", "d17", "d18", "d19", "d20", "d21", "d22", "d23", "d24", "d25", "d26", "d27", "d28", "d29", "d30",
-          "d31", "cc", "memory");
+        : BNN_V7_CLOBBERS);
     xr[0] = x0, xr[1] = x1, *wk = w;
 }
 #define BNN_NEON_P 2
@@ -227,29 +234,16 @@ BNN_INLINE void bnn_tile_neon_v7_2(const bnn_bconv_geom *g, const uint32_t *x, c
         "2:\n\t"
         "mov %[n], %[rw]\n\t"
         "1:\n\t"
-        "vld1.32 {d20[], d21[]}, [%[x0]]!\n\t"
-        "vld1.32 {d22[], d23[]}, [%[x1]]!\n\t"
-        "vld1.32 {d16-d19}, [%[w]]!\n\t"
-        "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"
-        "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"
-        "vpadal.u8 %q[a00], q12\n\tvpadal.u8 %q[a01], q13\n\tvpadal.u8 %q[a10], q14\n\tvpadal.u8 %q[a11], q15\n\t"
-        "vld1.32 {d16-d19}, [%[w]]!\n\t"
-        "veor q12, q10, q8\n\tveor q13, q10, q9\n\tveor q14, q11, q8\n\tveor q15, q11, q9\n\t"
-        "vcnt.8 q12, q12\n\tvcnt.8 q13, q13\n\tvcnt.8 q14, q14\n\tvcnt.8 q15, q15\n\t"
-        "vpadal.u8 %q[a02], q12\n\tvpadal.u8 %q[a03], q13\n\tvpadal.u8 %q[a12], q14\n\tvpadal.u8 %q[a13], q15\n\t"
+        BNN_V7_TRIP
         "subs %[n], %[n], #1\n\t"
         "bne 1b\n\t"
         "add %[x0], %[x0], %[skip]\n\t"
         "add %[x1], %[x1], %[skip]\n\t"
         "subs %[ky], %[ky], #1\n\t"
         "bne 2b\n\t"
-        : [a00] "+w"(acc[0].val[0]), [a01] "+w"(acc[0].val[1]), [a02] "+w"(acc[0].val[2]),
-          [a03] "+w"(acc[0].val[3]), [a10] "+w"(acc[1].val[0]), [a11] "+w"(acc[1].val[1]),
-          [a12] "+w"(acc[1].val[2]), [a13] "+w"(acc[1].val[3]), [x0] "+r"(x0), [x1] "+r"(x1), [w] "+r"(w),
-          [n] "+r"(n), [ky] "+r"(ky)
+        : BNN_V7_ACC_OPERANDS, [x0] "+r"(x0), [x1] "+r"(x1), [w] "+r"(w), [n] "+r"(n), [ky] "+r"(ky)
         : [rw] "r"(row_words), [skip] "r"(skip)
-        : "d16", "d17", "d18", "d19", "d20", "d21", "d22", "d23", "d24", "d25", "d26", "d27", "d28", "d29", "d30",
-          "d31", "cc", "memory");
+        : BNN_V7_CLOBBERS);
     BNN_UNROLLED(p, 2) BNN_UNROLLED(v, 4)
         vst1q_s32(pop + p * BNN_BCONV_POP_STRIDE + 4 * v, vreinterpretq_s32_u32(vpaddlq_u16(acc[p].val[v])));
 }

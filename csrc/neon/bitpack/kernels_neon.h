@@ -34,11 +34,11 @@ BNN_PACK_DEF_ROWS(bitpack_rows_neon, , bitpack_pixel_neon)
  * collects every lane whose deciding value is tiny (|v| < FLT_MIN, i.e. 0 or flushed): x
  * when there is no scale (with one, a denormal x makes the product tiny), the product,
  * the sum.  A word with such a lane is computed again by the reference; scales that are
- * denormal or not finite, biases or a threshold that are denormal send the whole call to it.  Values that are not tiny
- * give NEON exactly the IEEE product, sum and ordered compare (round to nearest; NaN
- * compares false), so the bits equal the reference's on every input.  Exact zeros also
- * take the reference (correct, only slower).  The compares are written in asm: GCC
- * lowers vcltq_f32 on armv7 to four VFP compares unless -ffast-math. */
+ * denormal or not finite, biases or a threshold that are denormal send the whole call to
+ * it.  Values that are not tiny give NEON exactly the IEEE product, sum and ordered compare
+ * (round to nearest; NaN compares false), so the bits equal the reference's on every
+ * input.  Exact zeros also take the reference (correct, only slower).  The compares are
+ * written in asm: GCC lowers vcltq_f32 on armv7 to four VFP compares unless -ffast-math. */
 static inline uint32x4_t bitpack_v7_lt(float32x4_t a, float32x4_t b) { /* a < b: VCGT b, a */
     uint32x4_t r;
     __asm__("vcgt.f32 %q0, %q1, %q2" : "=w"(r) : "w"(b), "w"(a));
@@ -71,7 +71,7 @@ BNN_INLINE int bitpack_v7_word(const float *x, const float *scale, const float *
     const float32x4_t tiny = vdupq_n_f32(0x1p-126f);
     uint32x4_t acc = vdupq_n_u32(0), guard = vdupq_n_u32(0);
     const uint32_t *bit = bitpack_v7_bit;
-    BNN_UNROLLED(q, ng) { /* pointers stepped, not indexed: GCC then loads with post-increment */
+    BNN_UNROLLED(q, ng) {
         float32x4_t v = vld1q_f32(x);
         x += 4;
         if (S) {
@@ -110,8 +110,8 @@ BNN_INLINE void bitpack_v7_rows(const float *x, int64_t np, int32_t c, const flo
             if (bitpack_v7_word(xp + ch, S ? scale + ch : NULL, B ? bias + ch : NULL, vt, 8, S, B, op + wd))
                 bitpack_pixel_portable(xp + ch, 32, S ? scale + ch : NULL, B ? bias + ch : NULL, thr, op + wd);
         }
-        if (tail && (tail % 4 || bitpack_v7_word(xp + ch_t, S ? scale + ch_t : NULL, B ? bias + ch_t : NULL, vt, tail / 4, S, B,
-                                                   op + full)))
+        if (tail && (tail % 4 || bitpack_v7_word(xp + ch_t, S ? scale + ch_t : NULL, B ? bias + ch_t : NULL, vt,
+                                                 tail / 4, S, B, op + full)))
             bitpack_pixel_portable(xp + ch_t, tail, S ? scale + ch_t : NULL, B ? bias + ch_t : NULL, thr, op + full);
     }
 }
