@@ -59,18 +59,12 @@ static inline int bitpack_v7_scale_ok(float v) {
     return !bitpack_v7_denormal(v) && (u & 0x7F800000u) != 0x7F800000u;
 }
 
-static const uint32_t bitpack_v7_bit[32] = {
-    1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,  1u << 8,  1u << 9,  1u << 10,
-    1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15, 1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21,
-    1u << 22, 1u << 23, 1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
-
 /* One word from ng groups of 4 channels (ng <= 8) into *word; returns nonzero when the
  * guard caught a tiny value (then *word is not set). */
 BNN_INLINE int bitpack_v7_word(const float *x, const float *scale, const float *bias, float32x4_t vt, int ng,
                                const int S, const int B, uint32_t *word) {
     const float32x4_t tiny = vdupq_n_f32(0x1p-126f);
-    uint32x4_t acc = vdupq_n_u32(0), guard = vdupq_n_u32(0);
-    const uint32_t *bit = bitpack_v7_bit;
+    uint32x4_t acc = vdupq_n_u32(0), guard = vdupq_n_u32(0), bit = {1, 2, 4, 8}; /* group q's bits */
     BNN_UNROLLED(q, ng) {
         float32x4_t v = vld1q_f32(x);
         x += 4;
@@ -84,8 +78,8 @@ BNN_INLINE int bitpack_v7_word(const float *x, const float *scale, const float *
             bias += 4;
             guard = vorrq_u32(guard, vcaltq_f32(v, tiny));
         }
-        acc = vorrq_u32(acc, vandq_u32(bitpack_v7_lt(v, vt), vld1q_u32(bit)));
-        bit += 4;
+        acc = vorrq_u32(acc, vandq_u32(bitpack_v7_lt(v, vt), bit));
+        bit = vshlq_n_u32(bit, 4);
     }
     uint32x2_t g = vorr_u32(vget_low_u32(guard), vget_high_u32(guard));
     if (vget_lane_u32(g, 0) | vget_lane_u32(g, 1)) return 1;
