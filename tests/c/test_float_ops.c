@@ -677,6 +677,76 @@ static float ew_ref(const ew_state *st, size_t i) {
     return t;
 }
 
+/* Runs the chain on every path and thread count (the same bits, NaN payloads aside) and
+ * checks each float against ew_ref; returns y (caller frees). */
+static float *check_ew(const ew_state *st, const char *what) {
+    size_t n = (size_t)st->pixels * st->c;
+    nan_equal = 1;
+    float *y = run_variants(ew_op, st, n, sizeof(float), what);
+    nan_equal = 0;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!same_float(y[i], ew_ref(st, i)) && bad++ < 3)
+            CHECK(0, "%s c=%d pixels=%d steps=%d at %zu: %.9g vs %.9g", what, st->c, st->pixels, st->n_steps, i,
+                  (double)y[i], (double)ew_ref(st, i));
+    CHECK(bad == 0, "%s c=%d pixels=%d steps=%d: %d mismatches", what, st->c, st->pixels, st->n_steps, bad);
+    return y;
+}
+
+/* Tiny values (armv7 NEON flushes denormals to zero; its rows must notice and give the
+ * IEEE bits): inputs, residuals and parameters near and below FLT_MIN, products and sums
+ * that land there, zeros and denormal clip bounds; each step alone and all of them chained. */
+static void test_eltwise_tiny(void) {
+    static const int32_t cs[] = {4, 16, 20, 37, 64};
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
+        for (int kind = 0; kind < 9; kind++) { /* affine ab, a, b; prelu; clip lo, hi, both; add; a chain */
+            int32_t c = cs[ci], pixels = 50;
+            size_t n = (size_t)pixels * c;
+            float *x = falloc(n), *r = falloc(n), *a = falloc(c), *b = falloc(c), *lo = falloc(c), *hi = falloc(c);
+            for (int32_t ch = 0; ch < c; ch++) {
+                a[ch] = ldexpf(check_rand_float(0.5f, 2.0f), -check_rand_int(0, 30)) * (ch % 3 ? 1 : -1);
+                b[ch] = ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(100, 126));
+                lo[ch] = ch % 4 == 0 ? 0.0f : ldexpf(check_rand_float(-2.0f, 0.0f), -check_rand_int(0, 140));
+                hi[ch] = ch % 4 == 1 ? 0.0f : ldexpf(check_rand_float(0.0f, 2.0f), -check_rand_int(0, 140));
+            }
+            if (c > 8) {
+                a[5] = 1e-40f;
+                b[6] = -1e-40f;
+                a[7] = INFINITY;
+            }
+            for (size_t i = 0; i < n; i++) {
+                int32_t ch = (int32_t)(i % (size_t)c);
+                r[i] = check_rand_float(-2.0f, 2.0f);
+                switch (check_rand_int(0, 4)) {
+                case 0: x[i] = ldexpf(check_rand_float(-2.0f, 2.0f), -check_rand_int(96, 150)); break;
+                case 1: /* x * a close to -b: a tiny sum */
+                    x[i] = -b[ch] / a[ch] * (1.0f + ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(10, 23)));
+                    break;
+                case 2: /* x + r tiny */
+                    x[i] = ldexpf(check_rand_float(1.0f, 2.0f), -check_rand_int(110, 126));
+                    r[i] = -x[i] * (1.0f + ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(1, 23)));
+                    break;
+                case 3: x[i] = special_float(); break;
+                default: x[i] = check_rand_float(-2.0f, 2.0f);
+                }
+            }
+            bnn_ew_step chain[6] = {{BNN_EW_ADD, NULL, NULL}, {BNN_EW_AFFINE, a, b}, {BNN_EW_PRELU, a, NULL},
+                                    {BNN_EW_CLIP, lo, hi},    {BNN_EW_AFFINE, NULL, b}, {BNN_EW_AFFINE, a, NULL}};
+            bnn_ew_step one[8] = {{BNN_EW_AFFINE, a, b},   {BNN_EW_AFFINE, a, NULL}, {BNN_EW_AFFINE, NULL, b},
+                                  {BNN_EW_PRELU, a, NULL}, {BNN_EW_CLIP, lo, NULL},  {BNN_EW_CLIP, NULL, hi},
+                                  {BNN_EW_CLIP, lo, hi},   {BNN_EW_ADD, NULL, NULL}};
+            int add = kind >= 7;
+            ew_state st = {x, add ? r : NULL, pixels, c, kind == 8 ? 6 : 1, kind == 8 ? chain : &one[kind]};
+            free(check_ew(&st, "eltwise tiny"));
+            free(x);
+            free(r);
+            free(a);
+            free(b);
+            free(lo);
+            free(hi);
+        }
+}
+
 static void test_eltwise(void) {
     static const int32_t cs[] = {1, 3, 16, 17, 32, 64, 100, 256, 512, 5000};
     for (int iter = 0; iter < 80; iter++) {
@@ -700,15 +770,8 @@ static void test_eltwise(void) {
         frand_special(x, n);
         frand_special(r, n);
         ew_state st = {x, with_r ? r : NULL, pixels, c, n_steps, steps};
-        nan_equal = 1;
-        float *y = run_variants(ew_op, &st, n, sizeof(float), "eltwise");
-        nan_equal = 0;
-        int bad = 0;
-        for (size_t i = 0; i < n; i++)
-            if (!same_float(y[i], ew_ref(&st, i)) && bad++ < 3)
-                CHECK(0, "eltwise c=%d pixels=%d steps=%d at %zu: %.9g vs %.9g", c, pixels, n_steps, i, y[i],
-                      ew_ref(&st, i));
-        CHECK(bad == 0, "eltwise c=%d pixels=%d steps=%d: %d mismatches", c, pixels, n_steps, bad);
+        float *y = check_ew(&st, "eltwise");
+        int bad;
         /* in place: y is x, then y is r */
         memcpy(z, x, n * sizeof *z);
         CHECK(bnn_eltwise_f32(ctxs[2], z, n, st.r, st.r ? n : 0, pixels, c, steps, n_steps, (size_t)c, z, n) == BNN_OK,
@@ -931,6 +994,7 @@ int main(void) {
     test_bitpack_tiny();
     test_unpack();
     test_eltwise();
+    test_eltwise_tiny();
     test_pools();
     test_fconv();
     test_fconv_groups();

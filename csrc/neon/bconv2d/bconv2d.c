@@ -13,6 +13,7 @@
 #include "zero_padding_correction.h"
 #include "kernels_x86.h"  /* x86-64 builds only */
 #include "kernels_neon.h" /* NEON builds only */
+#include "../eltwise/steps_neon.h" /* armv7 NEON builds only */
 
 struct bnn_bconv2d {
     bnn_window win;
@@ -216,7 +217,7 @@ typedef struct {
  * and the output steps.  The body is a macro, compiled per path like the kernels (on x86
  * the compilers vectorise the epilogue for AVX2 / AVX-512F instead of SSE2; the same IEEE
  * operations in the same order, so the same bits). */
-#define RUN_TASK_BODY                                                                                                    \
+#define RUN_TASK_BODY_WITH(output_steps)                                                                                 \
     {                                                                                                                    \
         const run_args *a = p;                                                                                           \
         const bnn_bconv2d *L = a->L;                                                                                     \
@@ -254,18 +255,25 @@ typedef struct {
                     bnn_output_transform(&L->out, d, nc, o0, oc, pix, a->k_scale, a->y);                                 \
                 }                                                                                                        \
                 if (L->out.n_steps)                                                                                      \
-                    bnn_output_steps(&L->out, np, nc, o0, oc, ((size_t)n * L->out_h + oy) * L->out_w + ox0, a->r, a->y); \
+                    output_steps(&L->out, np, nc, o0, oc, ((size_t)n * L->out_h + oy) * L->out_w + ox0, a->r, a->y);     \
             }                                                                                                            \
         }                                                                                                                \
     }
 
+#define RUN_TASK_BODY RUN_TASK_BODY_WITH(bnn_output_steps)
 static void run_task_portable(void *p, int64_t begin, int64_t end) RUN_TASK_BODY
 #if defined(BNN_X86)
 BNN_DEF_X86_KERNELS(run_task, (void *p, int64_t begin, int64_t end), RUN_TASK_BODY)
 #endif
-/* aarch64 vectorises the epilogue with NEON anyway (its baseline); armv7 keeps it on VFP:
- * NEON's float flushes denormals to zero, which would change results */
+#if defined(BNN_HAVE_NEON) && !defined(__aarch64__)
+/* armv7: the output steps by steps_neon.h's guarded NEON rows (NEON's float flushes
+ * denormals to zero; the guard keeps the reference's bits); the output transform stays on
+ * VFP.  aarch64 vectorises the epilogue with NEON anyway (its baseline, IEEE). */
+BNN_DEF_OUTPUT_STEPS(bnn_output_steps_neon, bnn_ew_steps_neon)
+static void run_task_neon(void *p, int64_t begin, int64_t end) RUN_TASK_BODY_WITH(bnn_output_steps_neon)
+#else
 #define run_task_neon run_task_portable
+#endif
 
 int bnn_bconv2d_run(bnn_ctx *ctx, const bnn_bconv2d *L, const uint32_t *x, size_t x_len, const float *k_scale,
                     size_t k_len, void *y, size_t y_len) {

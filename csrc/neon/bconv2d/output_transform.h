@@ -66,14 +66,18 @@ BNN_INLINE void bnn_output_transform(const bnn_out_params *op, const int32_t *d,
  * step is BNN_EW_ADD, else NULL.  When the run covers every channel (nc == out_c) and the
  * parameters are repeated for npix pixels, the pixels are one contiguous row of npix * nc
  * floats: one pass per step instead of one per pixel (narrow layers: a row of 16-64 floats
- * is mostly loop overhead). */
-BNN_INLINE void bnn_output_steps(const bnn_out_params *op, int npix, int nc, int32_t o0, int32_t out_c,
-                                 size_t pix, const float *r, void *y) {
-    float *yo = (float *)y + pix * (size_t)out_c + o0;
-    const float *ro = r ? r + pix * (size_t)out_c + o0 : NULL;
-    if (nc == out_c && npix <= op->step_pix)
-        bnn_ew_steps(op->steps, op->n_steps, yo, ro, 1, npix * nc, (size_t)npix * nc, 0);
-    else
-        bnn_ew_steps(op->steps, op->n_steps, yo, ro, npix, nc, (size_t)out_c, o0);
-}
+ * is mostly loop overhead).  BNN_DEF_OUTPUT_STEPS(name, ew_steps) defines it with the steps
+ * of ew_steps (steps.h's bnn_ew_steps, or armv7's bnn_ew_steps_neon). */
+#define BNN_DEF_OUTPUT_STEPS(name, ew_steps)                                                                          \
+    BNN_INLINE void name(const bnn_out_params *op, int npix, int nc, int32_t o0, int32_t out_c, size_t pix,           \
+                         const float *r, void *y) {                                                                    \
+        float *yo = (float *)y + pix * (size_t)out_c + o0;                                                             \
+        const float *ro = r ? r + pix * (size_t)out_c + o0 : NULL;                                                     \
+        if (nc == out_c && npix <= op->step_pix)                                                                       \
+            ew_steps(op->steps, op->n_steps, yo, ro, 1, npix * nc, (size_t)npix * nc, 0);                              \
+        else                                                                                                           \
+            ew_steps(op->steps, op->n_steps, yo, ro, npix, nc, (size_t)out_c, o0);                                     \
+    }
+
+BNN_DEF_OUTPUT_STEPS(bnn_output_steps, bnn_ew_steps)
 #endif

@@ -7,8 +7,9 @@
 #include "kernel.h"
 #include "steps.h"
 
-/* The body of a block function (const ew_job *j, int64_t p0, int64_t np): pixels [p0, p0 + np). */
-#define EW_BLOCK_BODY                                                                               \
+/* The body of a block function (const ew_job *j, int64_t p0, int64_t np): pixels [p0, p0 + np),
+ * the steps by ew_steps (steps.h's bnn_ew_steps, or its like). */
+#define EW_BLOCK_BODY_WITH(ew_steps)                                                                \
     {                                                                                               \
         const int32_t c = j->c;                                                                     \
         const size_t off = (size_t)p0 * (size_t)c, n = (size_t)np * (size_t)c;                      \
@@ -19,8 +20,9 @@
         } else if (y != x) {                                                                        \
             memcpy(y, x, n * sizeof *y);                                                            \
         }                                                                                           \
-        bnn_ew_steps(j->steps, j->n_steps, y, r, np, c, (size_t)c, 0);                                              \
+        ew_steps(j->steps, j->n_steps, y, r, np, c, (size_t)c, 0);                                  \
     }
+#define EW_BLOCK_BODY EW_BLOCK_BODY_WITH(bnn_ew_steps)
 
 /* The body of a kernel (void *arg, int64_t begin, int64_t end): pixels [begin, end) in
  * blocks of about EW_BLOCK floats, each by block(j, p0, np). */

@@ -51,21 +51,26 @@ BNN_INLINE void bnn_ew_add_row(float *restrict y, const float *restrict r, int32
 
 /* The steps (bnn_ew_step[n_steps]) in order over rows rows of cols floats at y (row stride
  * ld), in place, their parameters from channel ch0 on; r: the residual, laid out as y (not
- * y itself when a step is BNN_EW_ADD). */
-BNN_INLINE void bnn_ew_steps(const bnn_ew_step *steps, int32_t n_steps, float *y, const float *r, int64_t rows,
-                             int32_t cols, size_t ld, int32_t ch0) {
-    for (int32_t s = 0; s < n_steps; s++) {
-        const float *a = steps[s].a ? steps[s].a + ch0 : NULL, *b = steps[s].b ? steps[s].b + ch0 : NULL;
-        for (int64_t p = 0; p < rows; p++) {
-            float *yp = y + (size_t)p * ld;
-            switch (steps[s].op) {
-            case BNN_EW_PRELU: bnn_ew_prelu_row(yp, a, cols); break;
-            case BNN_EW_CLIP: bnn_ew_clip_row(yp, a, b, cols); break;
-            case BNN_EW_ADD: bnn_ew_add_row(yp, r + (size_t)p * ld, cols); break;
-            default: bnn_ew_affine_row(yp, a, b, cols); /* BNN_EW_AFFINE */
-            }
-        }
+ * y itself when a step is BNN_EW_ADD).  BNN_EW_DEF_STEPS(name, rows) defines it over the
+ * rows rows##_affine_row, _prelu_row, _clip_row and _add_row (those above: bnn_ew_steps;
+ * armv7 NEON's guarded ones: steps_neon.h). */
+#define BNN_EW_DEF_STEPS(name, rows)                                                                                   \
+    BNN_INLINE void name(const bnn_ew_step *steps, int32_t n_steps, float *y, const float *r, int64_t nrows,          \
+                         int32_t cols, size_t ld, int32_t ch0) {                                                       \
+        for (int32_t s = 0; s < n_steps; s++) {                                                                        \
+            const float *a = steps[s].a ? steps[s].a + ch0 : NULL, *b = steps[s].b ? steps[s].b + ch0 : NULL;          \
+            for (int64_t p = 0; p < nrows; p++) {                                                                      \
+                float *yp = y + (size_t)p * ld;                                                                        \
+                switch (steps[s].op) {                                                                                 \
+                case BNN_EW_PRELU: rows##_prelu_row(yp, a, cols); break;                                               \
+                case BNN_EW_CLIP: rows##_clip_row(yp, a, b, cols); break;                                              \
+                case BNN_EW_ADD: rows##_add_row(yp, r + (size_t)p * ld, cols); break;                                  \
+                default: rows##_affine_row(yp, a, b, cols); /* BNN_EW_AFFINE */                                        \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
     }
-}
+
+BNN_EW_DEF_STEPS(bnn_ew_steps, bnn_ew)
 
 #endif
