@@ -2,6 +2,7 @@
  * +-1 convolution written here (zero padding contributes 0, one padding +1), all output
  * modes, and bad input (error codes, outputs untouched). */
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include "../../csrc/neon/include/bnn.h"
 #include "check.h"
@@ -81,9 +82,13 @@ static void test_bitpack(bnn_ctx *ctx) {
     }
 }
 
+/* run_case's tiny: 0 normal float parameters; 1 mul, add and K near FLT_MIN, so that d * mul * K + add
+ * lands near and below it (armv7 NEON flushes such values to zero; its transform must give
+ * the IEEE bits), adds that cancel d * mul, K that is 0, denormal or infinite; 2 normal
+ * parameters but a denormal mul and a denormal add */
 typedef struct { int n, h, w, c, oc, k, s, pad_same, asym; } conv_case;
 
-static void run_case(bnn_ctx **ctxs, int nctx, const conv_case *cc) {
+static void run_case(bnn_ctx **ctxs, int nctx, const conv_case *cc, int tiny) {
     bnn_window win = {cc->n, cc->h, cc->w, cc->c, cc->oc, cc->k, cc->k, cc->s, cc->s, 0, 0, 0, 0};
     if (cc->pad_same) {
         int tot = cc->k - 1;
@@ -110,6 +115,27 @@ static void run_case(bnn_ctx **ctxs, int nctx, const conv_case *cc) {
         flip[o] = (uint8_t)(check_rand_u64() & 1);
     }
     for (size_t i = 0; i < pix; i++) ks[i] = check_rand_float(0.1f, 2.0f);
+    if (tiny == 1) {
+        for (int o = 0; o < cc->oc; o++) {
+            mul[o] = ldexpf(check_rand_float(0.5f, 2.0f), -check_rand_int(118, 126)) * (o % 3 ? 1 : -1);
+            int kind = o % 4;
+            add[o] = kind == 0   ? 0.0f
+                     : kind == 1 ? ldexpf(check_rand_float(0.5f, 2.0f), -check_rand_int(100, 126)) * (o % 5 ? 1 : -1)
+                     : kind == 2 ? -(float)check_rand_int(-4, 4) * mul[o]
+                                 : check_rand_float(-3, 3);
+        }
+        for (size_t i = 0; i < pix; i++) {
+            int kind = check_rand_int(0, 9);
+            ks[i] = kind == 0 ? 0.0f : kind == 1 ? 1e-40f : kind == 2 ? INFINITY
+                                                           : ldexpf(check_rand_float(0.5f, 2.0f), -check_rand_int(0, 8));
+        }
+    }
+    if (tiny == 2) { /* among normal parameters (so that no other lane of a chunk is small) */
+        mul[cc->oc / 2] = -1e-40f; /* d * mul denormal, or 0 when flushed */
+        add[cc->oc / 2] = 0.0f;
+        mul[cc->oc - 1] = 0x1p-120f; /* d * mul + add changed by the denormal add */
+        add[cc->oc - 1] = 1e-41f;
+    }
     float *lo = malloc(cc->oc * 4), *sc = malloc(cc->oc * 4), *bi = malloc(cc->oc * 4), *sl = malloc(cc->oc * 4);
     float *res = malloc(pix * cc->oc * 4);
     for (int o = 0; o < cc->oc; o++) {
@@ -280,13 +306,17 @@ int main(void) {
         {1, 1, 1, 1000, 10, 1, 1, 0, 0},
         {1, 4, 5, 8000, 20, 3, 1, 1, 0}, /* 2,250 words per output: the 16-bit counters widen mid-row */
     };
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) run_case(ctxs, nctx, &fixed[i]);
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) run_case(ctxs, nctx, &fixed[i], 0);
+    for (int tiny = 1; tiny <= 2; tiny++) {
+        const size_t some[] = {0, 1, 6, 7};
+        for (size_t i = 0; i < sizeof some / sizeof some[0]; i++) run_case(ctxs, nctx, &fixed[some[i]], tiny);
+    }
     for (int i = 0; i < 30; i++) {
         const int ks[] = {1, 3, 5, 7};
         conv_case cc = {check_rand_int(1, 2), check_rand_int(1, 12), check_rand_int(1, 12), check_rand_int(1, 140),
                         check_rand_int(1, 90), ks[check_rand_int(0, 3)], check_rand_int(1, 2), check_rand_int(0, 1),
                         check_rand_int(0, 1)};
-        run_case(ctxs, nctx, &cc);
+        run_case(ctxs, nctx, &cc, 0);
     }
     for (int i = 0; i < nctx; i++) bnn_ctx_destroy(ctxs[i]);
     return check_summary("test_bconv2d");

@@ -13,7 +13,6 @@
 #include "zero_padding_correction.h"
 #include "kernels_x86.h"  /* x86-64 builds only */
 #include "kernels_neon.h" /* NEON builds only */
-#include "../eltwise/steps_neon.h" /* armv7 NEON builds only */
 
 struct bnn_bconv2d {
     bnn_window win;
@@ -153,9 +152,11 @@ int bnn_bconv2d_create(bnn_bconv2d **out, const bnn_window *win, int32_t pad_mod
         L->out.mul = mul;
         L->out.add = add;
         if (!mul || !add) goto nomem;
+        L->out.no_denormal = 1;
         for (int32_t o = 0; o < oc; o++) {
             mul[o] = output->mul ? output->mul[o] : 1.0f;
             add[o] = output->add ? output->add[o] : 0.0f;
+            L->out.no_denormal &= !bnn_denormal(mul[o]) && !bnn_denormal(add[o]);
         }
         /* copies of the parameter arrays; repeated for a kernel call's pixels when one chunk
          * holds every channel (see bnn_output_steps) */
@@ -217,7 +218,7 @@ typedef struct {
  * and the output steps.  The body is a macro, compiled per path like the kernels (on x86
  * the compilers vectorise the epilogue for AVX2 / AVX-512F instead of SSE2; the same IEEE
  * operations in the same order, so the same bits). */
-#define RUN_TASK_BODY_WITH(output_steps)                                                                                 \
+#define RUN_TASK_BODY_WITH(output_transform, output_steps)                                                               \
     {                                                                                                                    \
         const run_args *a = p;                                                                                           \
         const bnn_bconv2d *L = a->L;                                                                                     \
@@ -252,7 +253,7 @@ typedef struct {
                         bnn_zero_padding_correct(d, nc, L->wsum, oc, o0, w->kernel_h, w->kernel_w, ky0, ky1, kx0, kx1);  \
                     }                                                                                                    \
                     size_t pix = ((size_t)n * L->out_h + oy) * L->out_w + ox0 + pp;                                      \
-                    bnn_output_transform(&L->out, d, nc, o0, oc, pix, a->k_scale, a->y);                                 \
+                    output_transform(&L->out, d, nc, o0, oc, pix, a->k_scale, a->y);                                     \
                 }                                                                                                        \
                 if (L->out.n_steps)                                                                                      \
                     output_steps(&L->out, np, nc, o0, oc, ((size_t)n * L->out_h + oy) * L->out_w + ox0, a->r, a->y);     \
@@ -260,17 +261,19 @@ typedef struct {
         }                                                                                                                \
     }
 
-#define RUN_TASK_BODY RUN_TASK_BODY_WITH(bnn_output_steps)
+#define RUN_TASK_BODY RUN_TASK_BODY_WITH(bnn_output_transform, bnn_output_steps)
 static void run_task_portable(void *p, int64_t begin, int64_t end) RUN_TASK_BODY
 #if defined(BNN_X86)
 BNN_DEF_X86_KERNELS(run_task, (void *p, int64_t begin, int64_t end), RUN_TASK_BODY)
 #endif
 #if defined(BNN_HAVE_NEON) && !defined(__aarch64__)
-/* armv7: the output steps by steps_neon.h's guarded NEON rows (NEON's float flushes
- * denormals to zero; the guard keeps the reference's bits); the output transform stays on
- * VFP.  aarch64 vectorises the epilogue with NEON anyway (its baseline, IEEE). */
+/* armv7: FLOAT's output transform and the output steps on NEON, guarded (NEON's float
+ * flushes denormals to zero; the guards keep the reference's bits: output_transform.h,
+ * eltwise/steps_neon.h).  aarch64 vectorises the epilogue with NEON anyway (its baseline,
+ * IEEE). */
 BNN_DEF_OUTPUT_STEPS(bnn_output_steps_neon, bnn_ew_steps_neon)
-static void run_task_neon(void *p, int64_t begin, int64_t end) RUN_TASK_BODY_WITH(bnn_output_steps_neon)
+static void run_task_neon(void *p, int64_t begin, int64_t end)
+    RUN_TASK_BODY_WITH(bnn_output_transform_neon, bnn_output_steps_neon)
 #else
 #define run_task_neon run_task_portable
 #endif

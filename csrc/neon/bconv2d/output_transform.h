@@ -9,8 +9,10 @@
 #ifndef BNN_BCONV2D_OUTPUT_TRANSFORM_H
 #define BNN_BCONV2D_OUTPUT_TRANSFORM_H
 #include <stdint.h>
+#include <string.h>
 #include "../core/internal.h" /* BNN_INLINE */
 #include "../eltwise/steps.h"
+#include "../eltwise/steps_neon.h" /* armv7 NEON builds only */
 
 typedef struct {
     int32_t mode;
@@ -19,6 +21,8 @@ typedef struct {
     const uint8_t *flip;
     int32_t n_steps;                       /* FLOAT: output steps, their arrays [step_pix][out_c]: */
     int32_t step_pix;                      /* out_c's parameters repeated for step_pix pixels */
+    int32_t no_denormal;                   /* FLOAT: no mul or add is denormal (armv7's NEON
+                                            * transform below needs it) */
     bnn_ew_step steps[BNN_EW_MAX_STEPS];
 } bnn_out_params;
 
@@ -60,6 +64,63 @@ BNN_INLINE void bnn_output_transform(const bnn_out_params *op, const int32_t *d,
         }
     }
 }
+#if defined(BNN_HAVE_NEON) && !defined(__aarch64__)
+/* armv7: bnn_output_transform with FLOAT's arithmetic on NEON, chunks of 16 channels
+ * guarded as in eltwise/steps_neon.h (a chunk with a lane the guard catches is computed by
+ * bnn_output_transform).  (float)d is exact (|d| < 2^24: a layer's K is far below) and
+ * never denormal, so with no denormal mul the product d * mul is exact or an exact 0, and
+ * needs no guard; times a normal, finite K, a small product is caught unless d * mul is 0
+ * (then it is an exact 0 too); the sum with an add that is not denormal is caught when small
+ * and not an exact 0 (d * mul * K == -add).  A layer with a denormal mul or add, or a pixel
+ * whose K is denormal, zero or not finite, takes bnn_output_transform. */
+static inline int bnn_v7_normal_finite(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    u &= 0x7F800000u;
+    return u != 0 && u != 0x7F800000u;
+}
+
+BNN_INLINE int bnn_output_transform_v7_vecs(const int32_t *d, const float *mul, const float *add, const int K,
+                                            float k, float *yo, const int nv) {
+    float32x4_t v[4];
+    uint32x4_t ok = vdupq_n_u32(~0u);
+    BNN_UNROLLED(q, nv) {
+        float32x4_t p = vmulq_f32(vcvtq_f32_s32(vld1q_s32(d + 4 * q)), vld1q_f32(mul + 4 * q));
+        if (K) {
+            float32x4_t pk = vmulq_f32(p, vdupq_n_f32(k));
+            ok = vandq_u32(ok, vorrq_u32(bnn_v7_big(pk), bnn_v7_ceq(p, vdupq_n_f32(0.0f))));
+            p = pk;
+        }
+        float32x4_t a = vld1q_f32(add + 4 * q), s = vaddq_f32(p, a);
+        float32x4_t neg_a = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(a), vdupq_n_u32(0x80000000u)));
+        ok = vandq_u32(ok, vorrq_u32(bnn_v7_big(s), bnn_v7_ceq(p, neg_a))); /* -a by its sign bit: GCC
+                                                                          * writes vnegq_f32 on VFP */
+        v[q] = s;
+    }
+    uint32x2_t m = vand_u32(vget_low_u32(ok), vget_high_u32(ok));
+    if (!(vget_lane_u32(m, 0) & vget_lane_u32(m, 1))) return 0;
+    BNN_UNROLLED(q, nv) vst1q_f32(yo + 4 * q, v[q]);
+    return 1;
+}
+
+BNN_INLINE void bnn_output_transform_neon(const bnn_out_params *op, const int32_t *d, int nc, int32_t o0,
+                                          int32_t out_c, size_t pix, const float *k_scale, void *y) {
+    if (op->mode != BNN_OUT_FLOAT || !op->no_denormal || (k_scale && !bnn_v7_normal_finite(k_scale[pix]))) {
+        bnn_output_transform(op, d, nc, o0, out_c, pix, k_scale, y);
+        return;
+    }
+    float *yo = (float *)y + pix * (size_t)out_c + o0;
+    const float *mul = op->mul + o0, *add = op->add + o0;
+    const float k = k_scale ? k_scale[pix] : 1.0f;
+    int j = 0;
+    for (; j + BNN_EW_V7_CHUNK <= nc; j += BNN_EW_V7_CHUNK)
+        if (!(k_scale ? bnn_output_transform_v7_vecs(d + j, mul + j, add + j, 1, k, yo + j, 4)
+                      : bnn_output_transform_v7_vecs(d + j, mul + j, add + j, 0, k, yo + j, 4)))
+            bnn_output_transform(op, d + j, BNN_EW_V7_CHUNK, o0 + j, out_c, pix, k_scale, y);
+    if (j < nc) bnn_output_transform(op, d + j, nc - j, o0 + j, out_c, pix, k_scale, y);
+}
+#endif
+
 /* FLOAT's output steps (eltwise/steps.h: what bnn_eltwise_f32 would do to these floats,
  * the same bits) over the channels [o0, o0 + nc) of npix consecutive output pixels from
  * pix on, after bnn_output_transform wrote them; r: the residual (float NHWC like y) when a

@@ -45,18 +45,12 @@ static inline uint32x4_t bitpack_v7_lt(float32x4_t a, float32x4_t b) { /* a < b:
     return r;
 }
 
-static inline int bitpack_v7_denormal(float v) {
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    return (u & 0x7FFFFFFFu) - 1u < 0x007FFFFFu;
-}
-
 /* a scale NEON multiplies exactly as IEEE whenever the product is not tiny: not denormal,
  * and finite (inf times a flushed denormal x would be NaN, not inf) */
 static inline int bitpack_v7_scale_ok(float v) {
     uint32_t u;
     memcpy(&u, &v, sizeof u);
-    return !bitpack_v7_denormal(v) && (u & 0x7F800000u) != 0x7F800000u;
+    return !bnn_denormal(v) && (u & 0x7F800000u) != 0x7F800000u;
 }
 
 /* One word from ng groups of 4 channels (ng <= 8) into *word; returns nonzero when the
@@ -112,9 +106,9 @@ BNN_INLINE void bitpack_v7_rows(const float *x, int64_t np, int32_t c, const flo
 
 static void bitpack_rows_neon(const float *x, int64_t np, int32_t c, const float *scale, const float *bias,
                               float thr, uint32_t *out) {
-    int exact = !bitpack_v7_denormal(thr);
+    int exact = !bnn_denormal(thr);
     for (int32_t i = 0; exact && i < c; i++)
-        exact = !(scale && !bitpack_v7_scale_ok(scale[i])) && !(bias && bitpack_v7_denormal(bias[i]));
+        exact = !(scale && !bitpack_v7_scale_ok(scale[i])) && !(bias && bnn_denormal(bias[i]));
     if (!exact) bitpack_rows_portable(x, np, c, scale, bias, thr, out);
     else if (scale && bias) bitpack_v7_rows(x, np, c, scale, bias, thr, out, 1, 1);
     else if (scale) bitpack_v7_rows(x, np, c, scale, NULL, thr, out, 1, 0);

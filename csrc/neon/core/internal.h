@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include "../include/bnn.h"
@@ -112,6 +113,13 @@ static inline int bnn_mul_ok(size_t a, size_t b, size_t *out) {
     return 1;
 }
 size_t bnn_elems4(int64_t a, int64_t b, int64_t c, int64_t d); /* 0 on overflow/negative */
+
+/* 1 when v is denormal (not 0): what armv7 NEON's float arithmetic counts as 0 */
+static inline int bnn_denormal(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (u & 0x7FFFFFFFu) - 1u < 0x007FFFFFu;
+}
 
 /* Validates a window (pools when is_conv == 0), fills out_h/out_w. */
 int bnn_window_check(const bnn_window *w, int is_conv, int32_t *out_h, int32_t *out_w);

@@ -42,6 +42,12 @@ static inline uint32x4_t bnn_v7_cge0(float32x4_t a) { /* a >= 0 */
     return r;
 }
 
+static inline uint32x4_t bnn_v7_ceq(float32x4_t a, float32x4_t b) { /* a == b */
+    uint32x4_t r;
+    __asm__("vceq.f32 %q0, %q1, %q2" : "=w"(r) : "w"(a), "w"(b));
+    return r;
+}
+
 static inline uint32x4_t bnn_v7_nan(float32x4_t a) { /* a != a */
     uint32x4_t r;
     __asm__("vceq.f32 %q0, %q1, %q1" : "=w"(r) : "w"(a));
