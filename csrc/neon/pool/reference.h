@@ -55,8 +55,9 @@ BNN_INLINE void bmax_pixel(const uint32_t *restrict x, size_t row_words, size_t 
 
 /* The body of a kernel (void *arg, int64_t begin, int64_t end): output rows [begin, end).
  * The first valid window position is copied, the others are combined in row-major window
- * order, then the average is divided by its count. */
-#define POOL_ROWS_BODY                                                                              \
+ * order, then the average is divided by its count.  A whole 2x2 window is one call of
+ * pool_2x2_fn (pool_2x2, or its like). */
+#define POOL_ROWS_BODY_WITH(pool_2x2_fn)                                                            \
     {                                                                                               \
         const pool_job *j = arg;                                                                    \
         const bnn_window *w = j->w;                                                                 \
@@ -82,11 +83,11 @@ BNN_INLINE void bmax_pixel(const uint32_t *restrict x, size_t row_words, size_t 
                     /* a whole 2x2 window (the usual downsampling): one pass, same order */         \
                     size_t i00 = ((size_t)b * (size_t)w->in_h + (size_t)(iy0 + ky0)) * (size_t)w->in_w\
                                  + (size_t)(ix0 + kx0);                                             \
-                    pool_2x2((const float *)j->x + i00 * c, (const float *)j->x + (i00 + 1) * c,    \
-                             (const float *)j->x + (i00 + (size_t)w->in_w) * c,                     \
-                             (const float *)j->x + (i00 + (size_t)w->in_w + 1) * c,                 \
-                             (float *)j->y + opix * c, c, j->kind == POOL_MAX,                      \
-                             j->include_pad ? (float)(w->kernel_h * w->kernel_w) : 4.0f);           \
+                    pool_2x2_fn((const float *)j->x + i00 * c, (const float *)j->x + (i00 + 1) * c, \
+                                (const float *)j->x + (i00 + (size_t)w->in_w) * c,                  \
+                                (const float *)j->x + (i00 + (size_t)w->in_w + 1) * c,              \
+                                (float *)j->y + opix * c, c, j->kind == POOL_MAX,                   \
+                                j->include_pad ? (float)(w->kernel_h * w->kernel_w) : 4.0f);        \
                     continue;                                                                       \
                 }                                                                                   \
                 int first = 1;                                                                      \
@@ -110,6 +111,8 @@ BNN_INLINE void bmax_pixel(const uint32_t *restrict x, size_t row_words, size_t 
             }                                                                                       \
         }                                                                                           \
     }
+
+#define POOL_ROWS_BODY POOL_ROWS_BODY_WITH(pool_2x2)
 
 static void pool_portable(void *arg, int64_t begin, int64_t end) POOL_ROWS_BODY
 
