@@ -67,9 +67,9 @@ BNN_INLINE void bnn_output_transform(const bnn_out_params *op, const int32_t *d,
 #if defined(BNN_HAVE_NEON) && !defined(__aarch64__)
 /* armv7: bnn_output_transform with FLOAT's arithmetic on NEON, chunks of 16 channels
  * guarded as in eltwise/steps_neon.h (a chunk with a lane the guard catches is computed by
- * bnn_output_transform).  (float)d is exact (|d| < 2^24: a layer's K is far below) and
- * never denormal, so with no denormal mul the product d * mul is exact or an exact 0, and
- * needs no guard; times a normal, finite K, a small product is caught unless d * mul is 0
+ * bnn_output_transform).  (float)d rounds to nearest on both (exact below 2^24) and is
+ * never denormal, so with no denormal mul the product d * mul is IEEE's (|d| >= 1 or 0),
+ * and needs no guard; times a normal, finite K, a small product is caught unless d * mul is 0
  * (then it is an exact 0 too); the sum with an add that is not denormal is caught when small
  * and not an exact 0 (d * mul * K == -add).  A layer with a denormal mul or add, or a pixel
  * whose K is denormal, zero or not finite, takes bnn_output_transform. */
@@ -80,11 +80,12 @@ static inline int bnn_v7_normal_finite(float v) {
     return u != 0 && u != 0x7F800000u;
 }
 
-BNN_INLINE int bnn_output_transform_v7_vecs(const int32_t *d, const float *mul, const float *add, const int K,
-                                            float k, float *yo, const int nv) {
+/* 16 channels from d on; stored, returning 1, when the guard passed every lane */
+BNN_INLINE int bnn_output_transform_v7_chunk(const int32_t *d, const float *mul, const float *add, const int K,
+                                             float k, float *yo) {
     float32x4_t v[4];
     uint32x4_t ok = vdupq_n_u32(~0u);
-    BNN_UNROLLED(q, nv) {
+    BNN_UNROLLED(q, 4) {
         float32x4_t p = vmulq_f32(vcvtq_f32_s32(vld1q_s32(d + 4 * q)), vld1q_f32(mul + 4 * q));
         if (K) {
             float32x4_t pk = vmulq_f32(p, vdupq_n_f32(k));
@@ -97,10 +98,7 @@ BNN_INLINE int bnn_output_transform_v7_vecs(const int32_t *d, const float *mul, 
                                                                           * writes vnegq_f32 on VFP */
         v[q] = s;
     }
-    uint32x2_t m = vand_u32(vget_low_u32(ok), vget_high_u32(ok));
-    if (!(vget_lane_u32(m, 0) & vget_lane_u32(m, 1))) return 0;
-    BNN_UNROLLED(q, nv) vst1q_f32(yo + 4 * q, v[q]);
-    return 1;
+    return bnn_v7_store_if(ok, yo, v, 4);
 }
 
 BNN_INLINE void bnn_output_transform_neon(const bnn_out_params *op, const int32_t *d, int nc, int32_t o0,
@@ -114,8 +112,8 @@ BNN_INLINE void bnn_output_transform_neon(const bnn_out_params *op, const int32_
     const float k = k_scale ? k_scale[pix] : 1.0f;
     int j = 0;
     for (; j + BNN_EW_V7_CHUNK <= nc; j += BNN_EW_V7_CHUNK)
-        if (!(k_scale ? bnn_output_transform_v7_vecs(d + j, mul + j, add + j, 1, k, yo + j, 4)
-                      : bnn_output_transform_v7_vecs(d + j, mul + j, add + j, 0, k, yo + j, 4)))
+        if (!(k_scale ? bnn_output_transform_v7_chunk(d + j, mul + j, add + j, 1, k, yo + j)
+                      : bnn_output_transform_v7_chunk(d + j, mul + j, add + j, 0, k, yo + j)))
             bnn_output_transform(op, d + j, BNN_EW_V7_CHUNK, o0 + j, out_c, pix, k_scale, y);
     if (j < nc) bnn_output_transform(op, d + j, nc - j, o0 + j, out_c, pix, k_scale, y);
 }

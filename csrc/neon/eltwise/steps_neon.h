@@ -5,8 +5,8 @@
  * becomes 0, and a NaN result loses its payload; the reference runs on VFP (IEEE).  So
  * each row is computed with NEON in chunks of 16 floats while a guard collects every lane
  * where a value that decides the result is small: below T = 2^-100 in magnitude (0
- * included), or NaN (clip: denormal).  A chunk with such a lane is not stored; the reference's row
- * computes it instead.  What the guard looks at, per step:
+ * included) or NaN; for clip, denormal.  A chunk with such a lane is not stored; the
+ * reference's row computes it instead.  What the guard looks at, per step:
  *   product y * a        the product: a denormal factor or an exact product below FLT_MIN
  *                        leaves NEON's product 0, an infinite one times a flushed factor NaN
  *   sum u + w            the sum: a denormal operand w changes an IEEE sum only when
@@ -63,6 +63,15 @@ static inline uint32x4_t bnn_v7_denormal(float32x4_t a) {
 /* |v| >= 2^-100 (false for NaN), lane by lane: the guard's test */
 static inline uint32x4_t bnn_v7_big(float32x4_t v) { return vcageq_f32(v, vdupq_n_f32(0x1p-100f)); }
 
+/* Stores the nv vectors v at y and returns 1 when every lane of ok is set (the guard passed);
+ * else stores nothing and returns 0. */
+BNN_INLINE int bnn_v7_store_if(uint32x4_t ok, float *y, const float32x4_t *v, const int nv) {
+    uint32x2_t m = vand_u32(vget_low_u32(ok), vget_high_u32(ok));
+    if (!(vget_lane_u32(m, 0) & vget_lane_u32(m, 1))) return 0;
+    BNN_UNROLLED(q, nv) vst1q_f32(y + 4 * q, v[q]);
+    return 1;
+}
+
 /* The step op (constant: BNN_EW_*; AFFINE with its a and b present or not: A, B) on the
  * vector at y[0..4), its parameters at a and b, the residual at r; *ok keeps the guard. */
 BNN_INLINE float32x4_t bnn_ew_v7_vec(const int op, const int A, const int B, const float *y, const float *a,
@@ -107,10 +116,7 @@ BNN_INLINE int bnn_ew_v7_vecs(const int op, const int A, const int B, float *y, 
     uint32x4_t ok = vdupq_n_u32(~0u);
     BNN_UNROLLED(q, nv) v[q] = bnn_ew_v7_vec(op, A, B, y + 4 * q, A ? a + 4 * q : a, B ? b + 4 * q : b,
                                             op == BNN_EW_ADD ? r + 4 * q : r, &ok);
-    uint32x2_t m = vand_u32(vget_low_u32(ok), vget_high_u32(ok));
-    if (!(vget_lane_u32(m, 0) & vget_lane_u32(m, 1))) return 0;
-    BNN_UNROLLED(q, nv) vst1q_f32(y + 4 * q, v[q]);
-    return 1;
+    return bnn_v7_store_if(ok, y, v, nv);
 }
 
 /* the reference's row of n floats for the same step */

@@ -19,7 +19,7 @@
  * small sum); with |t| >= 2^-100, t / cnt (cnt <= 2^24) is normal.  A chunk of 16 channels
  * with a small or NaN sum, a maximum, another count and the last channels (c % 16) are
  * pool_2x2's. */
-BNN_INLINE int pool_v7_avg_vecs(const float *a, const float *b, const float *c, const float *d, float *y,
+BNN_INLINE int pool_v7_avg_chunk(const float *a, const float *b, const float *c, const float *d, float *y,
                                 float32x4_t inv) {
     float32x4_t v[4];
     uint32x4_t ok = vdupq_n_u32(~0u);
@@ -32,10 +32,7 @@ BNN_INLINE int pool_v7_avg_vecs(const float *a, const float *b, const float *c, 
         ok = vandq_u32(ok, bnn_v7_big(t));
         v[q] = vmulq_f32(t, inv);
     }
-    uint32x2_t m = vand_u32(vget_low_u32(ok), vget_high_u32(ok));
-    if (!(vget_lane_u32(m, 0) & vget_lane_u32(m, 1))) return 0;
-    BNN_UNROLLED(q, 4) vst1q_f32(y + 4 * q, v[q]);
-    return 1;
+    return bnn_v7_store_if(ok, y, v, 4);
 }
 
 static inline int pool_v7_power_of_two(float v) {
@@ -50,7 +47,7 @@ BNN_INLINE void pool_2x2_v7(const float *restrict a, const float *restrict b, co
     if (!is_max && pool_v7_power_of_two(cnt)) {
         const float32x4_t inv = vdupq_n_f32(1.0f / cnt);
         for (; i + BNN_EW_V7_CHUNK <= n; i += BNN_EW_V7_CHUNK)
-            if (!pool_v7_avg_vecs(a + i, b + i, c + i, d + i, y + i, inv))
+            if (!pool_v7_avg_chunk(a + i, b + i, c + i, d + i, y + i, inv))
                 pool_2x2(a + i, b + i, c + i, d + i, y + i, BNN_EW_V7_CHUNK, 0, cnt);
     }
     if (i < n) pool_2x2(a + i, b + i, c + i, d + i, y + i, n - i, is_max, cnt);
