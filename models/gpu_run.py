@@ -1,13 +1,17 @@
 """CIFAR-10 with the modern recipe on one GPU, prepared so that a session with a GPU
 machine runs it in one call.  The device tool sends the checkout (tracked and untracked,
 not ignored files) plus the carried paths, 64 MiB in all, and nothing can be downloaded
-there; the tracked tree is ~55 MiB today (the person detector's ONNX files are 30), so the
-data gets what is left:
+there.  The tracked tree is ~61 MiB today, 55 of them the shipped models (models/zoo; the
+person detector's ONNX files are 30) and 7 the tests' fixtures, none of which the run
+reads: so they leave the working tree for the call (ASIDE; tracked, so git puts them back)
+and the data gets the rest (~60 MiB: every training image):
 
     # here (CPU): the data and the runtime library
     python -m models.gpu_run pack          # -> .gpu/cifar10-pack.npz (ignored by git), sized
-                                           #    to what the tree leaves of 64 MiB (--mib)
+                                           #    to what the tree without ASIDE leaves (--mib)
     ./build.sh host                        # firmware_py/_lib/x86_64/libbnn.so (114 KB)
+    python -m models.gpu_run aside         # removes ASIDE's tracked files (refused when they
+                                           #    have uncommitted changes)
 
     # there: run(command="PYTHONUNBUFFERED=1 python3 -m models.gpu_run train --out $OUT
     #             --minutes 8", carry=[".gpu", "firmware_py/_lib"], timeout_s=600)
@@ -17,15 +21,17 @@ data gets what is left:
     # runtime works there too (cffi carried as wheels), it also writes $OUT/cifar10-zoo.tar:
     # the exported models and table.md/json (the tool returns at most 8 files).
 
-    # here: export, convert, PyTorch and runtime accuracy on the full test set
+    # here: the files back, then export, convert, PyTorch and runtime accuracy on the full
+    # test set
+    python -m models.gpu_run back          # git checkout -- models/zoo tests docs
     python -m models.gpu_run finish --ckpt-dir DIR    # -> models/zoo/cifar10/table.md/json
 
     python -m models.gpu_run smoke         # every stage on the CPU, a few batches
 
 The pack (models/data.pack_cifar) keeps the source JPEGs bit for bit (their shared header
-once, then each image's entropy-coded bytes, ~300 B): with 7 MiB that is 22540 of the
-50000 training images (a seeded, class-balanced draw) and 1000 test images.  Fewer
-training images cost accuracy: train.json and table.json say how many were used.
+once, then each image's entropy-coded bytes, ~300 B): 7 MiB hold 22540 of the 50000
+training images (a seeded, class-balanced draw) and 1000 test images.  Fewer training
+images cost accuracy: train.json and table.json say how many were used.
 `train` writes train.json beside the checkpoints (per variant: epochs, seconds, accuracy
 on the pack's test images).  Epochs and width (EPOCHS, WIDTH) are an estimate for an H200
 (not measured there yet): a session with the GPU should read the seconds in train.json
@@ -51,16 +57,53 @@ WIDTH = "64,128,128,256,256"
 SETTINGS = ["width=%s" % WIDTH, "batch=256"]
 
 
-def tree_bytes() -> int:
-    """bytes of the files the device tool sends besides the carried paths: tracked and
-    untracked, not ignored"""
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    return sum((ROOT / n).stat().st_size for n in names if n and (ROOT / n).is_file() and not (ROOT / n).is_symlink())
+ASIDE = ("models/zoo", "tests", "docs")  # tracked, never read by `train`: out of the tree for the call
+
+
+def _git(root, *args) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, check=True).stdout.decode()
+
+
+def tree_bytes(without=ASIDE, root=ROOT) -> int:
+    """bytes of the files the device tool sends besides the carried paths (tracked and
+    untracked, not ignored), the tracked files under `without` left out"""
+    names = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    gone = set(_git(root, "ls-files", "-z", "--", *without).split("\0")) if without else set()
+    return sum((root / n).stat().st_size for n in names
+               if n and n not in gone and (root / n).is_file() and not (root / n).is_symlink())
+
+
+def aside(paths=ASIDE, root=ROOT) -> int:
+    """removes the tracked files under `paths` from the working tree (git restores them:
+    back()); refused, nothing removed, when one of them has uncommitted changes"""
+    dirty = _git(root, "status", "--porcelain", "--", *paths).strip()
+    if dirty:
+        raise SystemExit("uncommitted changes under %s (commit or stash them first):\n%s" % (", ".join(paths), dirty))
+    names = [n for n in _git(root, "ls-files", "-z", "--", *paths).split("\0") if n]
+    total = 0
+    for n in names:
+        f = root / n
+        if f.is_file() or f.is_symlink():
+            total += f.lstat().st_size
+            f.unlink()
+    for p in paths:  # the folders left empty
+        for d in sorted((root / p).rglob("*"), key=lambda q: len(q.parts), reverse=True) if (root / p).is_dir() else ():
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+    print("removed %d tracked files (%.1f MiB) under %s; python -m models.gpu_run back restores them"
+          % (len(names), total / 2 ** 20, ", ".join(paths)))
+    return len(names)
+
+
+def back(paths=ASIDE, root=ROOT):
+    """restores what aside() removed (git checkout of the tracked files under `paths`)"""
+    _git(root, "checkout", "--", *paths)
+    print("restored %s" % ", ".join(paths))
 
 
 def pack(out=PACK, mib=None):
-    """writes out/cifar10-pack.npz, as large as the tree leaves room for (or `mib`)"""
+    """writes out/cifar10-pack.npz, as large as the tree without ASIDE leaves room for (or
+    `mib`)"""
     from . import data
 
     lib = sum(f.stat().st_size for f in (ROOT / "firmware_py" / "_lib").rglob("*") if f.is_file())
@@ -69,7 +112,8 @@ def pack(out=PACK, mib=None):
     if budget > room:
         print("warning: %.1f MiB is more than the tree leaves (%.1f MiB)" % (budget / 2 ** 20, room / 2 ** 20))
     if budget < 2 ** 20:
-        raise SystemExit("the tree leaves %.1f MiB of %d for the data" % (room / 2 ** 20, LIMIT >> 20))
+        raise SystemExit("the tree (without %s) leaves %.1f MiB of %d for the data"
+                         % (", ".join(ASIDE), room / 2 ** 20, LIMIT >> 20))
     out.mkdir(parents=True, exist_ok=True)
     r = data.pack_cifar(out / PACK_FILE, budget)
     print("packed %s: %d training and %d test images, %.2f MiB (room: %.2f MiB)"
@@ -151,7 +195,7 @@ def finish(ckpt_dir, epochs, settings, out=None, test_limit=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m models.gpu_run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("pack", "train", "finish", "smoke"))
+    ap.add_argument("what", choices=("pack", "aside", "train", "back", "finish", "smoke"))
     ap.add_argument("--pack-dir", default=str(PACK))
     ap.add_argument("--out", default=None, help="train: checkpoints and train.json (default .gpu/ckpt); "
                                                 "finish: models and tables (default models/zoo/cifar10)")
@@ -165,6 +209,12 @@ def main(argv=None):
     settings = SETTINGS + a.set
     if a.what == "pack":
         pack(Path(a.pack_dir), a.mib)
+        return 0
+    if a.what == "aside":
+        aside()
+        return 0
+    if a.what == "back":
+        back()
         return 0
     if a.what == "finish":  # the full test set, from ../shared/data
         return finish(Path(a.ckpt_dir or PACK / "ckpt"), a.epochs, settings, out=a.out)
