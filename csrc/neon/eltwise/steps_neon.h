@@ -141,11 +141,17 @@ BNN_INLINE void bnn_ew_v7_row_ab(const int op, const int A, const int B, float *
 #undef BNN_EW_V7_AT
 }
 
+/* a step with two parameters, each there or not (affine: a, b; clip: lo, hi): each
+ * combination its own loop */
+BNN_INLINE void bnn_ew_v7_row_two(const int op, float *y, const float *a, const float *b, int32_t n) {
+    if (a && b) bnn_ew_v7_row_ab(op, 1, 1, y, a, b, NULL, n);
+    else if (a) bnn_ew_v7_row_ab(op, 1, 0, y, a, NULL, NULL, n);
+    else if (b) bnn_ew_v7_row_ab(op, 0, 1, y, NULL, b, NULL, n);
+}
+
 /* the four rows of steps.h's names, for BNN_EW_DEF_STEPS */
 BNN_INLINE void bnn_ew_v7_affine_row(float *y, const float *a, const float *b, int32_t n) {
-    if (a && b) bnn_ew_v7_row_ab(BNN_EW_AFFINE, 1, 1, y, a, b, NULL, n);
-    else if (a) bnn_ew_v7_row_ab(BNN_EW_AFFINE, 1, 0, y, a, NULL, NULL, n);
-    else if (b) bnn_ew_v7_row_ab(BNN_EW_AFFINE, 0, 1, y, NULL, b, NULL, n);
+    bnn_ew_v7_row_two(BNN_EW_AFFINE, y, a, b, n);
 }
 
 BNN_INLINE void bnn_ew_v7_prelu_row(float *y, const float *a, int32_t n) {
@@ -153,9 +159,7 @@ BNN_INLINE void bnn_ew_v7_prelu_row(float *y, const float *a, int32_t n) {
 }
 
 BNN_INLINE void bnn_ew_v7_clip_row(float *y, const float *lo, const float *hi, int32_t n) {
-    if (lo && hi) bnn_ew_v7_row_ab(BNN_EW_CLIP, 1, 1, y, lo, hi, NULL, n);
-    else if (lo) bnn_ew_v7_row_ab(BNN_EW_CLIP, 1, 0, y, lo, NULL, NULL, n);
-    else if (hi) bnn_ew_v7_row_ab(BNN_EW_CLIP, 0, 1, y, NULL, hi, NULL, n);
+    bnn_ew_v7_row_two(BNN_EW_CLIP, y, lo, hi, n);
 }
 
 BNN_INLINE void bnn_ew_v7_add_row(float *y, const float *r, int32_t n) {
