@@ -284,13 +284,15 @@ static int pool_op(bnn_ctx *ctx, const void *s, void *y, size_t y_len) {
 /* When set, test_pool_case's float inputs are near and below FLT_MIN, zeros, and pairs that
  * cancel to a tiny sum (armv7 NEON flushes such values to zero; its kernels must notice). */
 static int pool_tiny;
+/* a value of magnitude 2^-150 .. 2^-95: normal, denormal or 0 */
+static float rand_tiny(void) { return ldexpf(check_rand_float(-2.0f, 2.0f), -check_rand_int(96, 150)); }
 static void frand_tiny(float *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
         int k = check_rand_int(0, 4);
         p[i] = k == 0   ? (check_rand_int(0, 1) ? 0.0f : -0.0f)
                : k == 1 ? check_rand_float(-2.0f, 2.0f)
                : k == 2 && i ? -p[i - 1] * (1.0f + ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(1, 23)))
-                             : ldexpf(check_rand_float(-2.0f, 2.0f), -check_rand_int(96, 150));
+                             : rand_tiny();
     }
 }
 
@@ -595,7 +597,7 @@ static void test_bitpack_tiny(void) {
                 for (size_t i = 0; i < n; i++) {
                     int32_t ch = (int32_t)(i % (size_t)c);
                     switch (check_rand_int(0, 3)) {
-                    case 0: x[i] = ldexpf(check_rand_float(-2.0f, 2.0f), -check_rand_int(96, 150)); break;
+                    case 0: x[i] = rand_tiny(); break;
                     case 1: /* x * scale close to -bias: a tiny sum */
                         x[i] = -bi[ch] / sc[ch]
                                * (1.0f + ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(10, 23)));
@@ -737,7 +739,7 @@ static void test_eltwise_tiny(void) {
                 int32_t ch = (int32_t)(i % (size_t)c);
                 r[i] = check_rand_float(-2.0f, 2.0f);
                 switch (check_rand_int(0, 4)) {
-                case 0: x[i] = ldexpf(check_rand_float(-2.0f, 2.0f), -check_rand_int(96, 150)); break;
+                case 0: x[i] = rand_tiny(); break;
                 case 1: /* x * a close to -b: a tiny sum */
                     x[i] = -b[ch] / a[ch] * (1.0f + ldexpf(check_rand_float(-1.0f, 1.0f), -check_rand_int(10, 23)));
                     break;
