@@ -14,6 +14,7 @@ WORLD_SIZE in the environment) everything runs in one process as before.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -48,8 +49,18 @@ def barrier():
 
 
 def stop():
+    """Leaves the process group, all ranks together, and ends a torchrun process at once.
+    Measured with torch 2.13 on CPU (gloo): about one torchrun in 8 had a rank abort while
+    the interpreter shut down after its work was done and written ("terminate called
+    without an active exception", SIGABRT, no Python frame: a C++ thread still joinable in a
+    static destructor), so torchrun reported the whole run failed.  os._exit skips those
+    destructors; one process (no process group) returns as usual."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def any_rank(flag: bool) -> bool:

@@ -97,12 +97,15 @@ def test_classifier_two_processes(tmp_path):
     acc1 = T.evaluate_torch(model, *data.subset(x_te, y_te, 1000))
     assert done and acc1 > 35 and r2["acc_pytorch"] > 35 and abs(acc1 - r2["acc_pytorch"]) < 15, (acc1, r2)
     # the modern recipe's xnor in 2 processes: starts from and distils fp (its checkpoint),
-    # two steps (real weights, then binary)
+    # two steps (real weights, then binary).  On 4096 images: on 1024 (32 steps an epoch) this
+    # tiny binary net ended anywhere between 9% and 45% over seeds (11.8% once in CI); on 4096,
+    # 16 seeds of one process ended between 27.5% and 61.5%
     (x,) = _torchrun("models.train", ["--dataset", "mnist", "--variant", "xnor", "--epochs", "2", "--recipe",
-                                      "modern", "--ckpt-dir", str(tmp_path / "a")] + SMALL)
+                                      "modern", "--ckpt-dir", str(tmp_path / "a")] + SMALL + ["--limit", "4096"])
     ck = checkpoint.load(tmp_path / "a" / "xnor.npz")
     assert x["done"] and ck["config"]["teacher"]["epochs"] == 2 and ck["config"]["init_epochs"] == 2
-    assert x["acc_pytorch"] > 20, x
+    assert ck["config"]["train_images"] == 4096
+    assert x["acc_pytorch"] > 15, x
 
 
 def test_detector_two_processes(tmp_path):
