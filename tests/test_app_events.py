@@ -129,8 +129,9 @@ def test_cli_refuses_bad_zone_options(args, msg):
 
 def test_mask_removes_the_window_false_positive_on_the_clip(tmp_path):
     """The shipped detector on the bundled clip at the default --conf: a window at the top
-    left is a "person" in most frames; --mask over it leaves the one real person, and
-    --min-conf person=0.6 (instead) drops most of the window's frames too."""
+    left is a "person" in many frames (65 of 300 with the files of 00fada9, over 150 with
+    the earlier ones); --mask over it leaves the one real person, and --min-conf person=0.6
+    (instead) drops most of the window's frames too."""
     import json
     from bnn_camera import DEFAULT_MODEL
     assert os.path.isfile(DEFAULT_MODEL)
@@ -152,7 +153,7 @@ def test_mask_removes_the_window_false_positive_on_the_clip(tmp_path):
     plain = boxes()
     masked = boxes("--mask", "0,0,0.25,0,0.25,0.6,0,0.6")
     strict = boxes("--min-conf", "person=0.6")
-    assert sum(map(window, plain)) > 150
+    assert sum(map(window, plain)) > 30
     assert sum(map(window, masked)) == 0 and len(masked) == len(plain) - sum(map(window, plain))
     assert sum(map(window, strict)) < 10
 
