@@ -26,11 +26,6 @@ takes its share of it; rank 0 alone checkpoints, logs, validates and exports.
 activations, the second with binary weights (Real-to-Binary); binary latent weights never
 get weight decay (make_optimizer).
 
---freeze-binary keeps the binary weights as they are (their signs, and so alpha, fixed;
-only BN, shifts, slopes and the float layers learn): a last short phase after a binary
-run (--init-from it), so that BN's statistics and the EMA describe the very network
-that is exported, not an average over the sign flips of the latent weights.
-
 --init-from fp starts the binary model from the trained fp twin's checkpoint (EMA
 weights); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
 the twin's probabilities, box MSE weighted by its objectness) and attention-transfer
@@ -57,7 +52,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from . import detector as D
-from .layers import latent_binary_weights, set_binary_weights
+from .layers import set_binary_weights
 from .yolo_data import YoloDataset, sample_rng, to_tensor_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,17 +195,8 @@ def train(a, quiet=False):
               "mosaic": a.mosaic, "ema": not a.no_ema}
     if a.two_step:
         config["two_step"] = True
-    if a.freeze_binary:
-        if a.variant != "binary" or a.two_step:
-            raise SystemExit("--freeze-binary needs --variant binary without --two-step")
-        config["freeze_binary"] = True
     distributed.share(batch)  # a multiple of the number of processes
     model = D.build_detector(mcfg).to(device)
-    if a.freeze_binary:
-        frozen = latent_binary_weights(model)
-        for p in model.parameters():
-            if id(p) in frozen:
-                p.requires_grad_(False)
     opt = make_optimizer(model, a.variant, a.lr, a.wd)
     ema = None if a.no_ema else ModelEMA(model)
     step = 0
@@ -378,8 +364,6 @@ def parser():
     ap.add_argument("--no-ema", action="store_true")
     ap.add_argument("--two-step", action="store_true", help="binary variant: real-valued weights for the first half "
                                                              "of the epochs, then binary (Real-to-Binary's schedule)")
-    ap.add_argument("--freeze-binary", action="store_true", help="binary weights fixed (a last phase after a binary "
-                                                                  "run: BN, shifts and float layers learn)")
     ap.add_argument("--export-dir", default=None, help="default models/zoo/person")
     ap.add_argument("--no-export", action="store_true")
     return ap

@@ -152,21 +152,3 @@ def test_two_step_schedule(tmp_path):
     assert all(m.binary_weights for m in m1.modules() if isinstance(m, BinaryConv2d))
     # ... and the first epoch with real weights changed the training (same seed and data)
     assert any(not torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
-
-
-@needs_people
-def test_freeze_binary_keeps_the_weights_and_trains_the_rest(tmp_path):
-    from models import train_detector as T
-    from models.layers import BinaryConv2d
-
-    T.train(_args(tmp_path, name="bin", max_steps=1), quiet=True)
-    start, _ = T.load_checkpoint_model(tmp_path / "bin.npz")
-    m, s = T.train(_args(tmp_path, name="frozen", init_from="bin", freeze_binary=True, no_ema=True), quiet=True)
-    assert s["done"]
-    before, after = start.state_dict(), m.state_dict()
-    binary = {n + ".weight" for n, mod in m.named_modules() if isinstance(mod, BinaryConv2d)}
-    assert binary and all(torch.equal(before[k], after[k]) for k in binary)
-    # BN, shifts and the float stem/heads did learn
-    assert any(not torch.equal(before[k], v) for k, v in after.items() if k not in binary)
-    with pytest.raises(SystemExit, match="freeze-binary"):
-        T.train(_args(tmp_path, name="x", variant="fp", freeze_binary=True), quiet=True)
