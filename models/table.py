@@ -78,12 +78,15 @@ def describe(recipes) -> str:
     """the training recipes of the trained variants, in words"""
     parts = []
     trained = [v for v in VARIANTS if v in TRAINED]
-    for src in dict.fromkeys(r["init"] for r in recipes.values() if r["init"]):
-        vs = [v for v in trained if recipes[v]["init"] == src]
-        parts.append("%s start%s from %s's trained weights" % (_names(vs), "" if len(vs) > 1 else "s", src))
+
+    def grouped(key, text):  # "a and b <verb> <text with the source>", one clause per source
+        for src in dict.fromkeys(recipes[v][key] for v in trained if recipes[v][key]):
+            vs = [v for v in trained if recipes[v][key] == src]
+            parts.append("%s %s" % (_names(vs), text[len(vs) > 1] % src))
+
+    grouped("init", ("starts from %s's trained weights", "start from %s's trained weights"))
+    grouped("distill", ("is distilled from %s", "are distilled from %s"))
     for v in trained:
-        if recipes[v]["distill"]:
-            parts.append("%s is distilled from %s" % (v, recipes[v]["distill"]))
         if not recipes[v]["augment"]:
             parts.append("%s trains without the random shifts/flips" % v)
     scratch = [v for v in trained if not recipes[v]["init"]]

@@ -130,3 +130,15 @@ def test_settings():
             T.parse_sets([bad])
     assert T.recipe("fashion-mnist", "xnor")["augment"] is False  # the shipped zoo's recipe is unchanged
     assert T.recipe("cifar10", "bwn")["init"] == "fp" and T.recipe("mnist", "bwn")["init"] is None
+
+
+def test_table_describes_each_recipe_in_words():
+    from models.table import VARIANTS, describe
+
+    modern = describe({v: T.recipe("cifar10", v, "modern") for v in VARIANTS})
+    assert modern.startswith("bwn, xnor and xnor_k start from fp's trained weights; "
+                             "bwn, xnor and xnor_k are distilled from fp; fp starts from scratch"), modern
+    assert "two_step=True" in modern
+    plain = describe({v: T.recipe("fashion-mnist", v) for v in VARIANTS})
+    assert plain == ("xnor and xnor_k start from fp's trained weights; xnor is distilled from fp; "
+                     "xnor trains without the random shifts/flips; fp and bwn start from scratch"), plain
