@@ -12,12 +12,12 @@ runtime beside it (<variant>.bnn).
 
 Recipes (``RECIPES``; every setting can be changed with --set key=value):
   xnor-net  the Fashion-MNIST/MNIST zoo's recipe: plain XNOR-Net stack, Adam, one-cycle;
-  modern    (the CIFAR-10 zoo's) Bi-Real shortcuts around every binary conv, ReActNet's RSign and RPReLU,
-            distillation from the trained fp network (KL to its softmax), Real-to-Binary's
-            two-step schedule (binary activations with real weights for the first half of
-            the epochs, then binary weights), AdamW with a linear decay per step and weight
-            decay on the float conv/linear weights only (none on the latent binary weights,
-            BN, shifts and slopes).
+  modern    the CIFAR-10 zoo's recipe: Bi-Real shortcuts around every binary conv,
+            ReActNet's RSign and RPReLU, distillation from the trained fp network (KL to
+            its softmax), Real-to-Binary's two-step schedule (binary activations with real
+            weights for the first half of the epochs, then binary weights), AdamW with a
+            linear decay per step and weight decay on the float conv/linear weights only
+            (none on the latent binary weights, BN, shifts and slopes).
 """
 from __future__ import annotations
 

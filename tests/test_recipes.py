@@ -128,7 +128,7 @@ def test_settings():
     for bad in ("nope=1", "two_step", "rsign=maybe"):
         with pytest.raises(ValueError):
             T.parse_sets([bad])
-    assert T.recipe("fashion-mnist", "xnor")["augment"] is False  # the shipped zoo's recipe is unchanged
+    assert T.recipe("fashion-mnist", "xnor")["augment"] is False  # the Fashion-MNIST zoo's recipe is unchanged
     assert T.recipe("cifar10", "bwn")["init"] == "fp" and T.recipe("mnist", "bwn")["init"] is None
 
 
