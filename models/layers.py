@@ -24,7 +24,8 @@ Real-to-Binary, Martinez et al. 2020) use these layers too:
   * ``ScaledBinaryConv2d``: +-1 weights times a learned per-channel scale (XNOR-Net++);
   * ``set_binary_weights(model, False)``: the first step of the two-step schedule trains
     with real-valued weights behind binary activations; the second (and every export)
-    binarises them.
+    binarises them.  A fraction in between, ``set_binary_weights(model, t)``, trains with
+    (1 - t) W + t alpha sign(W): the second step can binarise gradually (t ramped 0 -> 1).
 """
 from __future__ import annotations
 
@@ -72,6 +73,16 @@ def binarize_weight(w: torch.Tensor) -> torch.Tensor:
     return _sign_zero_plus(w)
 
 
+def _mix_weight(w: torch.Tensor, binary, t: float) -> torch.Tensor:
+    """the weights a binary layer computes with: w when t == 0, binary() when t == 1,
+    (1 - t) w + t binary() in between (gradual binarisation)"""
+    if t <= 0:
+        return w
+    if t >= 1:
+        return binary()
+    return w * (1 - t) + binary() * t
+
+
 def binarize(x: torch.Tensor) -> torch.Tensor:
     """sign with the clipped straight-through gradient while training; plain sign in eval
     (so the ONNX graph holds a single Sign node)."""
@@ -102,13 +113,11 @@ class BinaryConv2d(nn.Conv2d):
             raise ValueError("scale_k needs mode='xnor'")
         self.mode = mode
         self.scale_k = scale_k
-        self.binary_weights = True  # False: step 1 of the two-step schedule (set_binary_weights)
+        self.binary_weights = 1.0  # 0: step 1 of the two-step schedule (set_binary_weights)
 
     def binary_weight(self) -> torch.Tensor:
-        if not self.binary_weights:
-            return self.weight
         alpha = self.weight.abs().mean(dim=(1, 2, 3), keepdim=True)
-        return binarize_weight(self.weight) * alpha
+        return _mix_weight(self.weight, lambda: binarize_weight(self.weight) * alpha, self.binary_weights)
 
     def forward(self, x):
         w = self.binary_weight()
@@ -130,11 +139,11 @@ class BinaryLinear(nn.Linear):
         if mode not in ("bwn", "xnor"):
             raise ValueError("mode must be 'bwn' or 'xnor', got %r" % (mode,))
         self.mode = mode
-        self.binary_weights = True  # False: step 1 of the two-step schedule
+        self.binary_weights = 1.0  # 0: step 1 of the two-step schedule
 
     def forward(self, x):
         alpha = self.weight.abs().mean(dim=1, keepdim=True)
-        w = binarize_weight(self.weight) * alpha if self.binary_weights else self.weight
+        w = _mix_weight(self.weight, lambda: binarize_weight(self.weight) * alpha, self.binary_weights)
         xin = binarize(x) if self.mode == "xnor" else x
         return F.linear(xin, w, self.bias)
 
@@ -152,7 +161,7 @@ class ScaledBinaryConv2d(BinaryConv2d):
             self.scale.copy_(self.weight.abs().mean(dim=(1, 2, 3)))
 
     def forward(self, x):
-        w = binarize_weight(self.weight) if self.binary_weights else self.weight
+        w = _mix_weight(self.weight, lambda: binarize_weight(self.weight), self.binary_weights)
         y = F.conv2d(binarize(x), w, None, self.stride, self.padding)
         return y * self.scale.view(1, -1, 1, 1)
 
@@ -191,12 +200,16 @@ class RPReLU(nn.Module):
         return self.prelu(x - self.gamma) + self.zeta
 
 
-def set_binary_weights(model: nn.Module, on: bool):
+def set_binary_weights(model: nn.Module, on):
     """Binary (alpha * sign(W)) or real-valued weights in every binary layer of `model`:
-    off for the first step of the two-step schedule, on for the second and for export."""
+    off (False or 0) for the first step of the two-step schedule, on (True or 1) for the
+    second and for export; a fraction t in (0, 1) mixes them: (1 - t) W + t alpha sign(W)."""
+    t = float(on)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError("set_binary_weights: expected a bool or a fraction in [0, 1], got %r" % (on,))
     for m in model.modules():
         if isinstance(m, (BinaryConv2d, BinaryLinear)):
-            m.binary_weights = bool(on)
+            m.binary_weights = t
 
 
 def latent_binary_weights(model: nn.Module) -> set:

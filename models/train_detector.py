@@ -24,7 +24,9 @@ takes its share of it; rank 0 alone checkpoints, logs, validates and exports.
 
 --two-step trains the first half of the epochs with real-valued weights behind the binary
 activations, the second with binary weights (Real-to-Binary); binary latent weights never
-get weight decay (make_optimizer).
+get weight decay (make_optimizer).  --binarize-ramp F binarises the weights gradually: over
+the first fraction F of the binary-weight steps the layers compute with (1 - t) W +
+t alpha sign(W), t rising linearly from 0 to 1 (then binary to the end and in the export).
 
 --init-from fp starts the binary model from the trained fp twin's checkpoint (EMA
 weights); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
@@ -107,6 +109,16 @@ def lr_at(step, total, warmup, lr, lrf=0.01):
         return lr * (0.01 + 0.99 * step / warmup)
     t = (step - warmup) / max(1, total - warmup)
     return lr * (lrf + (1 - lrf) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def binary_fraction(step, total, steps_per_epoch, epochs, two_step, ramp):
+    """how binary the weights are at `step` (0: real, 1: binary): the two-step schedule's
+    first half is real; the binary-weight steps start with a linear ramp over `ramp` of them"""
+    start = -(-epochs // 2) * steps_per_epoch if two_step else 0
+    if step < start:
+        return 0.0
+    n = round(ramp * (total - start))
+    return 1.0 if n <= 0 else min(1.0, (step - start + 1) / n)
 
 
 def make_optimizer(model, variant, lr, wd):
@@ -195,6 +207,10 @@ def train(a, quiet=False):
               "mosaic": a.mosaic, "ema": not a.no_ema}
     if a.two_step:
         config["two_step"] = True
+    if a.binarize_ramp:
+        if a.variant == "fp" or not 0 < a.binarize_ramp <= 1:
+            raise SystemExit("--binarize-ramp needs the binary variant and a fraction in (0, 1]")
+        config["binarize_ramp"] = a.binarize_ramp
     distributed.share(batch)  # a multiple of the number of processes
     model = D.build_detector(mcfg).to(device)
     opt = make_optimizer(model, a.variant, a.lr, a.wd)
@@ -250,11 +266,12 @@ def train(a, quiet=False):
         bar = tqdm(total=steps_per_epoch - b0, desc="%s epoch %d/%d" % (name, epoch + 1, a.epochs), disable=quiet,
                    mininterval=1.0, leave=False)
         parts_sum, nb = torch.zeros(3), 0
-        # the two-step schedule: real weights behind binary activations for the first half
-        binary_weights = not a.two_step or 2 * epoch >= a.epochs
-        for m in (model, ema.ema if ema else model):
-            set_binary_weights(m, binary_weights)
         for imgs, targets in _loader(train_ds, a.seed, epoch, batch, b0, a.workers, steps_per_epoch):
+            # the two-step schedule (real weights behind binary activations for the first half)
+            # and the gradual binarisation
+            t = binary_fraction(step, total, steps_per_epoch, a.epochs, a.two_step, a.binarize_ramp)
+            for m in (model, ema.ema if ema else model):
+                set_binary_weights(m, t)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, a.lr)
             x = imgs.to(device, non_blocking=True).float().div_(255)
@@ -364,6 +381,9 @@ def parser():
     ap.add_argument("--no-ema", action="store_true")
     ap.add_argument("--two-step", action="store_true", help="binary variant: real-valued weights for the first half "
                                                              "of the epochs, then binary (Real-to-Binary's schedule)")
+    ap.add_argument("--binarize-ramp", type=float, default=0.0,
+                    help="binary variant: binarise the weights gradually over this fraction of the binary-weight "
+                         "steps (0: at once)")
     ap.add_argument("--export-dir", default=None, help="default models/zoo/person")
     ap.add_argument("--no-export", action="store_true")
     return ap

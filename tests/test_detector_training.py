@@ -100,6 +100,18 @@ def _args(tmp_path, **kw):
     return a
 
 
+def test_binary_fraction_schedule():
+    from models.train_detector import binary_fraction
+
+    # 10 epochs of 4 steps, two-step: real for epochs 0-4, then a ramp over half of the 20 binary steps
+    t = [binary_fraction(k, 40, 4, 10, True, 0.5) for k in range(40)]
+    assert t[:20] == [0.0] * 20 and t[20] == 0.1 and t[29] == 1.0 and t[29:] == [1.0] * 11
+    assert all(a < b for a, b in zip(t[20:29], t[21:30]))
+    assert [binary_fraction(k, 40, 4, 10, True, 0) for k in (19, 20)] == [0.0, 1.0]  # the switch at once
+    assert [binary_fraction(k, 40, 4, 10, False, 0.25) for k in (0, 9, 10)] == [0.1, 1.0, 1.0]
+    assert binary_fraction(0, 36, 4, 9, True, 0) == 0.0 and binary_fraction(20, 36, 4, 9, True, 0) == 1.0  # odd: 5 real
+
+
 @needs_people
 def test_smoke_training_resumes(tmp_path):
     from models import train_detector as T
@@ -149,6 +161,6 @@ def test_two_step_schedule(tmp_path):
     m2, _ = T.train(_args(tmp_path / "b", epochs=2, two_step=False), quiet=True)
     assert s1["done"] and checkpoint.load(tmp_path / "a" / "smoke.npz")["config"]["two_step"]
     # the result has binary weights (what is exported) ...
-    assert all(m.binary_weights for m in m1.modules() if isinstance(m, BinaryConv2d))
+    assert all(m.binary_weights == 1 for m in m1.modules() if isinstance(m, BinaryConv2d))
     # ... and the first epoch with real weights changed the training (same seed and data)
     assert any(not torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))

@@ -83,9 +83,35 @@ def test_two_step_switch(tmp_path):
         ref = nn.functional.conv2d(torch.sign(x), conv.weight, None, 1, 1)
     torch.testing.assert_close(y, ref)
     set_binary_weights(model, True)  # step 2 and export: +-alpha
-    assert all(m.binary_weights for m in model.modules() if isinstance(m, BinaryConv2d))
+    assert all(m.binary_weights == 1 for m in model.modules() if isinstance(m, BinaryConv2d))
     res = roundtrip(model, (1, 3, 16, 16), tmp_path, "torchscript")
     assert ops(res).count("bconv2d") == 4
+
+
+def test_gradual_binarisation_mixes_real_and_binary_weights():
+    model = tiny("xnor", arch="bireal", rsign=True, rprelu=True)
+    conv = model.blocks[1].conv
+    x = torch.randn(2, 16, 8, 8)
+    alpha = conv.weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+    w_bin = torch.where(conv.weight >= 0, 1.0, -1.0) * alpha
+    set_binary_weights(model, 0.25)
+    with torch.no_grad():
+        y = conv(x)
+    ref = nn.functional.conv2d(torch.sign(x), 0.75 * conv.weight.detach() + 0.25 * w_bin, None, 1, 1)
+    torch.testing.assert_close(y, ref)
+    # the gradient reaches the latent weights through both parts, in the same proportions
+    # (the loss is linear in the weights here, so the mixed gradient is the mix of the two)
+    grads = {}
+    for t in (0.0, 0.25, 1.0):
+        set_binary_weights(model, t)
+        conv.weight.grad = None
+        conv(x).sum().backward()
+        grads[t] = conv.weight.grad.clone()
+    torch.testing.assert_close(grads[0.25], 0.75 * grads[0.0] + 0.25 * grads[1.0])
+    assert not torch.allclose(grads[0.0], grads[1.0])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            set_binary_weights(model, bad)
 
 
 def test_schedule_and_linear_decay():
