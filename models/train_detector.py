@@ -29,7 +29,9 @@ the first fraction F of the binary-weight steps the layers compute with (1 - t) 
 t alpha sign(W), t rising linearly from 0 to 1 (then binary to the end and in the export).
 
 --init-from fp starts the binary model from the trained fp twin's checkpoint (EMA
-weights); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
+weights); --teacher NAME distils from another checkpoint (default fp), with its weights as
+they were at its step (real in the first step of a two-step run: Real-to-Binary's teacher
+for the second step; binary after it); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
 the twin's probabilities, box MSE weighted by its objectness) and attention-transfer
 feature distillation from the twin on every stage output.
 
@@ -148,6 +150,9 @@ def load_checkpoint_model(path, which="ema"):
     ck = checkpoint.load(path)
     model = D.build_detector(ck["config"]["model"])
     model.load_state_dict(ck[which] if which in ck else ck["model"])
+    # its weights as they were at that step: real in the two-step schedule's first step
+    # (a teacher for the second), binary at the end (checkpoints before this key: binary)
+    set_binary_weights(model, ck.get("binary_fraction", 1.0))
     return model.eval(), ck
 
 
@@ -257,9 +262,11 @@ def train(a, quiet=False):
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save(path, {"model": model.state_dict(), "opt": opt.state_dict(),
                                "ema": (ema.ema if ema else model).state_dict(),
-                               "ema_updates": ema.updates if ema else 0, "step": step, "config": config})
+                               "ema_updates": ema.updates if ema else 0, "step": step, "config": config,
+                               "binary_fraction": t})
 
     last = {}
+    t = binary_fraction(step, total, steps_per_epoch, a.epochs, a.two_step, a.binarize_ramp)
     while step < total and stop_reason is None:
         epoch, b0 = divmod(step, steps_per_epoch)
         model.train()

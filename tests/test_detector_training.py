@@ -164,3 +164,10 @@ def test_two_step_schedule(tmp_path):
     assert all(m.binary_weights == 1 for m in m1.modules() if isinstance(m, BinaryConv2d))
     # ... and the first epoch with real weights changed the training (same seed and data)
     assert any(not torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    # a checkpoint is loaded (as a teacher, by eval_detector) with its weights as they were at its step
+    T.train(_args(tmp_path / "c", epochs=2, two_step=True, max_steps=1), quiet=True)
+    step1, ck = T.load_checkpoint_model(tmp_path / "c" / "smoke.npz")
+    assert ck["binary_fraction"] == 0.0 and all(m.binary_weights == 0 for m in step1.modules()
+                                                if isinstance(m, BinaryConv2d))
+    done, _ = T.load_checkpoint_model(tmp_path / "a" / "smoke.npz")
+    assert all(m.binary_weights == 1 for m in done.modules() if isinstance(m, BinaryConv2d))
