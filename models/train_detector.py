@@ -29,11 +29,11 @@ the first fraction F of the binary-weight steps the layers compute with (1 - t) 
 t alpha sign(W), t rising linearly from 0 to 1 (then binary to the end and in the export).
 
 --init-from fp starts the binary model from the trained fp twin's checkpoint (EMA
-weights); --teacher NAME distils from another checkpoint (default fp), with its weights as
-they were at its step (real in the first step of a two-step run: Real-to-Binary's teacher
-for the second step; binary after it); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
+weights); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
 the twin's probabilities, box MSE weighted by its objectness) and attention-transfer
-feature distillation from the twin on every stage output.
+feature distillation from the twin on every stage output.  --teacher NAME distils from
+another checkpoint (default fp), loaded with its weights as they were at its step (real in
+the first step of a two-step run: Real-to-Binary's teacher for the second; binary after).
 
 At the end (all epochs done) the EMA model is exported: models/zoo/person/binary.onnx +
 binary.bnn (converted with --check) or models/zoo/person/fp_twin.onnx, with the ONNX
