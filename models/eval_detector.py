@@ -7,7 +7,9 @@ models/det_metrics.py) on a YOLO-format data set.
 
 --weights: a .bnn (firmware_py) or .onnx (onnxruntime) file, run through
 firmware_py.detect.Detector on the original images (letterbox, decode, NMS exactly as on
-the Pi), or one of our training checkpoints (.npz, its EMA weights, in PyTorch).
+the Pi), or one of our training checkpoints (.npz, its EMA weights, in PyTorch, with the
+weights as real or binary as they were at its step: a first-step checkpoint of a two-step
+run scores its real weights).
 --data: people (../shared/data/people; split test by default) or coco128 (its person
 class; the 128 val2017 images).  Detections: conf 0.001, NMS IoU 0.6, at most 300 per
 image (the usual mAP protocol).  Prints one JSON object.  --pycocotools also scores the
