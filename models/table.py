@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from . import checkpoint, data
 from .nets import TRAINED, VARIANTS
+from .precision import PRECISIONS
 from .train import BASE, RECIPES, ZOO, ckpt_path, evaluate_torch, export, load_trained, parse_sets, recipe, train
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
@@ -147,6 +148,7 @@ def parser():
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="xnor-net")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a recipe setting")
     ap.add_argument("--device", default="auto", help="training device: auto (CUDA when available), cpu, cuda")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32", help="training: bf16 autocasts the forward pass")
     ap.add_argument("--ckpt-dir", default=None, help="checkpoints (default models/.ckpt/<dataset>/<recipe>)")
     ap.add_argument("--out", default=None, help="models and tables (default models/zoo/<dataset>)")
     ap.add_argument("--limit", type=int, default=None, help="train on N random images (smoke runs)")
@@ -172,7 +174,8 @@ def train_all(a, epochs, variants) -> bool:
             if a.time_limit and left <= 0:
                 return False
             _, done = train(a.dataset, t, epochs, a.seed, a.threads, recipe_name=a.recipe, overrides=overrides,
-                            ckpt_dir=a.ckpt_dir, limit=a.limit, device=a.device, time_limit=left)
+                            ckpt_dir=a.ckpt_dir, limit=a.limit, device=a.device, time_limit=left,
+                            precision=a.precision)
             if not done:
                 return False
     return True

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, data, distributed
+from .precision import PRECISIONS, autocast
 from .layers import latent_binary_weights, set_binary_weights
 from .nets import TRAINED, VARIANTS, VGGSmall, naive_from_fp
 
@@ -230,13 +231,16 @@ def pick_device(name):
 
 def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int = 0, quiet=False, augment=None,
           recipe_name="xnor-net", overrides=None, ckpt_dir=None, limit=None, device="auto", teacher_path=None,
-          time_limit=0.0):
+          time_limit=0.0, precision="fp32"):
     """Trains (or resumes) and returns (model in eval mode, done).  augment: None = the
     recipe's default; overrides: recipe settings; limit: the first N training images;
-    time_limit: minutes, then stop after the epoch (the checkpoint resumes).  Under torchrun
-    every process calls this (see models/distributed.py)."""
+    time_limit: minutes, then stop after the epoch (the checkpoint resumes); precision:
+    fp32, or bf16 autocast of the forward pass (weights, optimizer and checkpoints stay
+    float32, so a run may change it when it resumes).  Under torchrun every process calls
+    this (see models/distributed.py)."""
     if variant not in TRAINED:
         raise ValueError("variant %r is not trained (one of %s)" % (variant, TRAINED))
+    autocast(precision, torch.device("cpu"))  # refuses an unknown precision before any work
     if threads:
         torch.set_num_threads(threads)
     rank, world, dev = distributed.start(pick_device(device))
@@ -310,12 +314,15 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
             if s["augment"]:
                 xb = _augment(xb, flip, gen)
             xb = xb.contiguous(memory_format=torch.channels_last)
-            logits = model(xb)
+            with autocast(precision, dev):
+                logits = model(xb).float()
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(xb).float()
             loss = F.cross_entropy(logits, yt[idx])
             if teacher is not None:
                 t = s["kd_t"]
-                with torch.no_grad():
-                    soft = F.softmax(teacher(xb) / t, dim=1)
+                soft = F.softmax(t_logits / t, dim=1)
                 kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t ** 2
                 loss = (1 - s["kd_weight"]) * loss + s["kd_weight"] * kd
             opt.zero_grad(set_to_none=True)
@@ -390,6 +397,8 @@ def parser():
                     help="random shifts/flips (default: the recipe's)")
     ap.add_argument("--teacher", default=None, help="distil from this checkpoint (.npz of models.train)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="bf16: autocast the forward pass (about 2x faster on CPUs with bf16 units)")
     ap.add_argument("--limit", type=int, default=None, help="train on N random images (smoke runs)")
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on N random test images")
     ap.add_argument("--time-limit", type=float, default=0, help="minutes; then stop after the epoch (resumable)")
@@ -409,7 +418,7 @@ def main(argv=None):
         aug = None if a.augment is None else a.augment == "on"
         model, done = train(a.dataset, a.variant, a.epochs, a.seed, a.threads, augment=aug, recipe_name=a.recipe,
                             overrides=overrides, ckpt_dir=a.ckpt_dir, limit=a.limit, device=a.device,
-                            teacher_path=a.teacher, time_limit=a.time_limit)
+                            teacher_path=a.teacher, time_limit=a.time_limit, precision=a.precision)
     if distributed.rank() == 0:
         _, _, x_te, y_te = data.load(a.dataset)
         x_te, y_te = data.subset(x_te, y_te, a.test_limit)

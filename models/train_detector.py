@@ -57,6 +57,7 @@ from tqdm import tqdm
 from . import checkpoint, distributed
 from . import detector as D
 from .layers import set_binary_weights
+from .precision import PRECISIONS, autocast
 from .yolo_data import YoloDataset, sample_rng, to_tensor_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +189,11 @@ def evaluate_model(model, ds, device, batch=32, limit=None):
 
 
 # ---------------------------------------------------------------------------------------
+def _float(tensors):
+    """float32 copies of a list of tensors (the losses run in float32 under bf16 autocast)"""
+    return [t.float() for t in tensors]
+
+
 def train(a, quiet=False):
     """a: parsed arguments (see main).  Returns (EMA model in eval mode, summary dict)."""
     if a.threads:
@@ -283,11 +289,15 @@ def train(a, quiet=False):
                 g["lr"] = lr_at(step, total, warmup, a.lr)
             x = imgs.to(device, non_blocking=True).float().div_(255)
             targets = targets.to(device)
-            outs, feats = ddp(x, feats=True)
+            with autocast(a.precision, device):
+                outs, feats = ddp(x, feats=True)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_outs, t_feats = teacher(x, feats=True)
+            outs, feats = _float(outs), _float(feats)
             loss, parts = loss_fn(model.split(outs), targets)
             if teacher is not None:
-                with torch.no_grad():
-                    t_outs, t_feats = teacher(x, feats=True)
+                t_outs, t_feats = _float(t_outs), _float(t_feats)
                 loss = loss + D.distill_loss(outs, t_outs, feats, t_feats, model, w_out, w_feat) * x.shape[0]
             # the loss is a sum over this process's share; DDP averages the shares' gradients,
             # so x world: the gradient of one process's loss over the whole batch
@@ -373,6 +383,8 @@ def parser():
     ap.add_argument("--distill", default="0,0", help="W_OUT,W_FEAT distillation weights from the teacher")
     ap.add_argument("--teacher", default=None, help="teacher checkpoint name (default fp)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="bf16: autocast the forward pass (about 2x faster on CPUs with bf16 units)")
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)

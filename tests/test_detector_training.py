@@ -147,8 +147,13 @@ def test_init_from_fp_and_distill(tmp_path):
     from models import train_detector as T
 
     T.train(_args(tmp_path, variant="fp", name="fp", max_steps=1), quiet=True)
-    m, s = T.train(_args(tmp_path, name="bin", init_from="fp", distill="1,1", max_steps=1), quiet=True)
+    # the student and the teacher under bf16 autocast; the losses and the checkpoint in float32
+    m, s = T.train(_args(tmp_path, name="bin", init_from="fp", distill="1,1", max_steps=1, precision="bf16"),
+                   quiet=True)
     assert s["step"] == 1 and np.isfinite(s["loss"])
+    from models import checkpoint
+    ck = checkpoint.load(tmp_path / "bin.npz")
+    assert {v.dtype for v in ck["model"].values()} <= {torch.float32, torch.int64}
 
 
 @needs_people

@@ -168,3 +168,58 @@ def test_table_describes_each_recipe_in_words():
     plain = describe({v: T.recipe("fashion-mnist", v) for v in VARIANTS})
     assert plain == ("xnor and xnor_k start from fp's trained weights; xnor is distilled from fp; "
                      "xnor trains without the random shifts/flips; fp and bwn start from scratch"), plain
+
+
+def test_bf16_precision_trains_and_resumes_in_fp32(tmp_path):
+    from models import checkpoint, data
+    from models.precision import autocast
+
+    cpu = torch.device("cpu")
+    conv, x = nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    with autocast("bf16", cpu):
+        assert conv(x).dtype == torch.bfloat16
+    with autocast("fp32", cpu):
+        assert conv(x).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        autocast("fp16", cpu)
+    try:
+        data.load("mnist")
+    except data.DataUnavailable as e:
+        pytest.skip("needs ../shared/data: %s" % e)
+    n = torch.get_num_threads()
+    kw = dict(threads=1, quiet=True, recipe_name="modern", limit=512,
+              overrides=T.parse_sets(["width=8,16,16,32,32", "batch=32"]))
+    try:
+        with pytest.raises(ValueError, match="precision"):
+            T.train("mnist", "fp", 1, precision="half", ckpt_dir=tmp_path / "x", **kw)
+        # a bf16 epoch, interrupted by the time limit, then resumed to the end in fp32
+        _, done = T.train("mnist", "fp", 2, precision="bf16", ckpt_dir=tmp_path / "a", time_limit=0.001, **kw)
+        ck = checkpoint.load(tmp_path / "a" / "fp.npz")
+        assert not done and ck["epoch"] == 1
+        assert all(v.dtype in (torch.float32, torch.int64) for v in ck["model"].values())  # checkpoints stay float32
+        T.train("mnist", "fp", 1, precision="fp32", ckpt_dir=tmp_path / "b", **kw)  # the same epoch in fp32
+        bf, f32 = ck["model"], checkpoint.load(tmp_path / "b" / "fp.npz")["model"]
+        assert not torch.equal(bf["stem.0.weight"], f32["stem.0.weight"])  # bf16 arithmetic took part ...
+        torch.testing.assert_close(bf["stem.0.weight"], f32["stem.0.weight"], atol=0.05, rtol=0)  # ... nearby
+        model, done = T.train("mnist", "fp", 2, precision="fp32", ckpt_dir=tmp_path / "a", **kw)
+        assert done and checkpoint.load(tmp_path / "a" / "fp.npz")["epoch"] == 2
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_bench_precision_reports_both_precisions(capsys):
+    import json
+
+    from models import bench_precision
+    n = torch.get_num_threads()
+    try:
+        bench_precision.main(["--threads", "1", "--rounds", "1", "--cifar-width", "8,16,16,32,32", "--cifar-batch",
+                              "4", "--imgsz", "64", "--det-batch", "2"])
+    finally:
+        torch.set_num_threads(n)
+    r = json.loads(capsys.readouterr().out)
+    assert [row["model"] for row in r["rows"]] == ["cifar10/fp 8,16,16,32,32", "cifar10/xnor 8,16,16,32,32",
+                                                   "detector/fp", "detector/binary"]
+    for row in r["rows"]:
+        assert row["fp32_ms"] > 0 and row["bf16_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["bf16_ms"], rel=0.1)
