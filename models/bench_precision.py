@@ -9,7 +9,7 @@ the median step time, ``speedup`` fp32 / bf16.  Prints one JSON document.
 
 The detector's loss here is the mean square of its outputs (the YOLO loss needs targets;
 its cost is small beside the network's).  bf16 pays off on CPUs with bf16 arithmetic
-(AVX512-BF16, AMX; the "flags" field says which this CPU has) and on GPUs.
+(AVX512-BF16, AMX; "bf16_flags" lists those this CPU has) and on GPUs.
 """
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ def compare(name, build, x, loss_of, rounds, dev):
             s()
             times[p].append((time.perf_counter() - t) * 1e3)
     med = {p: sorted(v)[len(v) // 2] for p, v in times.items()}
-    return {"model": name, "batch": x.shape[0], "input": "x".join(map(str, x.shape[1:])), "fp32_ms": round(med["fp32"], 1),
-            "bf16_ms": round(med["bf16"], 1), "speedup": round(med["fp32"] / med["bf16"], 2)}
+    return {"model": name, "batch": x.shape[0], "input": "x".join(map(str, x.shape[1:])),
+            "fp32_ms": round(med["fp32"], 1), "bf16_ms": round(med["bf16"], 1),
+            "speedup": round(med["fp32"] / med["bf16"], 2)}
 
 
 def main(argv=None):

@@ -4,8 +4,8 @@ bf16 autocast runs convolutions and matrix products in bfloat16 (float32 accumul
 keeps the weights, their gradients, the optimizer state and every checkpoint in float32, so
 a run can switch precision when it resumes and exports are unchanged.  On CPUs with
 AVX512-BF16 (AMD Zen 4, Intel Sapphire Rapids) or AMX a training step of the CIFAR-10 VGG
-takes about half the fp32 time (measured by `python -m models.bench_precision`); CPUs without
-bf16 units emulate it, slower.
+takes about half the fp32 time (measured by `python -m models.bench_precision`); without bf16
+units it may be slower than fp32: measure first.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def autocast(precision: str, device: torch.device):
-    """the context to run a forward pass (and its loss) in"""
+    """the context to run a forward pass in (compute the loss in float32 after it)"""
     if precision not in PRECISIONS:
         raise ValueError("precision %r is not one of %s" % (precision, ", ".join(PRECISIONS)))
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
