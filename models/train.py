@@ -283,10 +283,11 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
         ck = checkpoint.load(path)
         if checkpoint.same_config(ck["config"], config):
             raw.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["opt"])
-            if sched is not None:
-                sched.load_state_dict(ck["sched"])
             start = ck["epoch"]
+            if start < epochs:  # a finished run's checkpoint has no optimizer state (nothing is left to train)
+                opt.load_state_dict(ck["opt"])
+                if sched is not None:
+                    sched.load_state_dict(ck["sched"])
         elif not quiet:
             print("checkpoint %s has another configuration; starting over" % path)
     model = distributed.wrap(raw, dev)
@@ -337,8 +338,9 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
         bar.close()
         if rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-            checkpoint.save(path, {"model": raw.state_dict(), "opt": opt.state_dict(),
-                                   "sched": sched.state_dict() if sched is not None else {},
+            last = epoch + 1 == epochs  # a finished run keeps its weights alone (1/3 of the bytes with Adam)
+            checkpoint.save(path, {"model": raw.state_dict(), "opt": {} if last else opt.state_dict(),
+                                   "sched": sched.state_dict() if sched is not None and not last else {},
                                    "epoch": epoch + 1, "config": config})
             if not quiet:
                 print("%s/%s epoch %d/%d: loss %.4f (%.0f s)" % (dataset, variant, epoch + 1, epochs,

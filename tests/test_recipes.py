@@ -170,7 +170,7 @@ def test_table_describes_each_recipe_in_words():
                      "xnor trains without the random shifts/flips; fp and bwn start from scratch"), plain
 
 
-def test_bf16_precision_trains_and_resumes_in_fp32(tmp_path):
+def test_bf16_resumes_in_fp32_and_a_finished_checkpoint_keeps_weights_only(tmp_path):
     from models import checkpoint, data
     from models.precision import autocast
 
@@ -201,8 +201,15 @@ def test_bf16_precision_trains_and_resumes_in_fp32(tmp_path):
         bf, f32 = ck["model"], checkpoint.load(tmp_path / "b" / "fp.npz")["model"]
         assert not torch.equal(bf["stem.0.weight"], f32["stem.0.weight"])  # bf16 arithmetic took part ...
         torch.testing.assert_close(bf["stem.0.weight"], f32["stem.0.weight"], atol=0.05, rtol=0)  # ... nearby
+        size1 = (tmp_path / "a" / "fp.npz").stat().st_size
         model, done = T.train("mnist", "fp", 2, precision="fp32", ckpt_dir=tmp_path / "a", **kw)
-        assert done and checkpoint.load(tmp_path / "a" / "fp.npz")["epoch"] == 2
+        end = checkpoint.load(tmp_path / "a" / "fp.npz")
+        assert done and end["epoch"] == 2
+        # the finished checkpoint holds the weights without the optimizer's state, and is still "done"
+        assert end["opt"] == {} and (tmp_path / "a" / "fp.npz").stat().st_size < 0.5 * size1
+        again, done = T.train("mnist", "fp", 2, precision="fp32", ckpt_dir=tmp_path / "a", **kw)
+        assert done and all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                              model.state_dict().values()))
     finally:
         torch.set_num_threads(n)
 
