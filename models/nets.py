@@ -80,8 +80,9 @@ class VGGBlock(nn.Module):
 
 
 class VGGSmall(nn.Module):
-    """stem 3x3 conv (float) -> 4 inner 3x3 convs (binary in bwn/xnor) with BN and two
-    2x2 max-pools -> global average pool -> float linear."""
+    """stem 3x3 conv (float) -> len(width) - 1 inner 3x3 convs (binary in bwn/xnor) with BN,
+    a 2x2 max-pool after the 1st, 3rd, 5th ... (4 inner convs: two pools) -> global average
+    pool -> float linear."""
 
     def __init__(self, variant: str, in_ch: int, n_classes: int, mean, std, width=(64, 128, 128, 256, 256),
                  arch="plain", rsign=False, rprelu=False):
@@ -96,7 +97,7 @@ class VGGSmall(nn.Module):
         w = width
         self.norm = Normalize(mean, std)
         self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 3, padding=1, bias=False), nn.BatchNorm2d(w[0]))
-        self.blocks = nn.Sequential(*[VGGBlock(variant, cin, cout, i in (0, 2), **self.options)
+        self.blocks = nn.Sequential(*[VGGBlock(variant, cin, cout, i % 2 == 0, **self.options)
                                       for i, (cin, cout) in enumerate(zip(w[:-1], w[1:]))])
         self.head_act = nn.Identity() if binary_activations(variant) else nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)

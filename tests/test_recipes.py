@@ -73,6 +73,17 @@ def test_option_converts_to_binary_ops(tmp_path, variant, opts, n_bconv, must):
         assert executed.count("bitpack_affine") >= 2, executed
 
 
+def test_deeper_net_pools_after_every_second_block(tmp_path):
+    # 6 inner convs: pools after the 1st, 3rd and 5th (4 inner convs keep their two pools)
+    model = VGGSmall("xnor", 3, 10, [0.5] * 3, [0.25] * 3, width=(8, 16, 16, 32, 32, 64, 64), arch="bireal",
+                     rsign=True, rprelu=True)
+    assert [b.pool is not None for b in model.blocks] == [True, False, True, False, True, False]
+    assert [b.pool is not None for b in tiny("xnor").blocks] == [True, False, True, False]
+    randomize_bn(model, seed=3)
+    res = roundtrip(model.eval(), (1, 3, 16, 16), tmp_path, "torchscript", samples=2)
+    assert ops(res).count("bconv2d") == 6
+
+
 def test_two_step_switch(tmp_path):
     model = tiny("xnor", arch="bireal", rsign=True, rprelu=True)
     conv = model.blocks[1].conv
