@@ -84,6 +84,38 @@ def test_deeper_net_pools_after_every_second_block(tmp_path):
     assert ops(res).count("bconv2d") == 6
 
 
+def test_shift_range():
+    x = torch.zeros(400, 1, 9, 9)
+    x[:, 0, 4, 4] = 1  # one lit pixel in the centre
+    for shift in (2, 4):
+        out = T._augment(x, False, torch.Generator().manual_seed(0), shift)
+        ys, xs = (out[:, 0] == 1).nonzero()[:, 1:].T
+        assert len(ys) == 400  # never shifted out of a 9x9 image by +-4
+        assert sorted(set((ys - 4).tolist())) == list(range(-shift, shift + 1)) == sorted(set((xs - 4).tolist()))
+    assert T.recipe("cifar10", "fp", "modern")["shift"] == 2 and T.parse_sets(["shift=4"]) == {"shift": 4}
+
+
+def test_checkpoint_from_before_the_shift_setting_is_still_finished(tmp_path):
+    import shutil
+
+    from models import data
+    try:
+        data.load("cifar10")
+    except data.DataUnavailable as e:
+        pytest.skip("needs ../shared/data: %s" % e)
+    shutil.copy(T.CKPT / "cifar10" / "modern" / "fp.npz", tmp_path / "fp.npz")  # the shipped table's fp (2-px shifts)
+    n = torch.get_num_threads()
+    try:  # the same configuration: nothing to train (a time limit stops it at once if it were not)
+        _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
+                          time_limit=1e-9)
+        assert done
+        _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
+                          time_limit=1e-9, overrides={"shift": 4})  # another configuration: starts over
+        assert not done
+    finally:
+        torch.set_num_threads(n)
+
+
 def test_two_step_switch(tmp_path):
     model = tiny("xnor", arch="bireal", rsign=True, rprelu=True)
     conv = model.blocks[1].conv
