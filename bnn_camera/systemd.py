@@ -5,7 +5,9 @@ Under a unit with ``Type=notify`` and ``WatchdogSec=`` (bnn_camera/bnn-camera.se
 the app sends
 
     READY=1       once the detector is loaded, the source opened and the threads run
-    WATCHDOG=1    from the inference thread, after each frame (at most every third of
+    WATCHDOG=1    after READY=1 (systemd's watchdog starts there; the threads run
+                  before it is sent, and a first frame must not ping ahead of it):
+                  from the inference thread, after each frame (at most every third of
                   the watchdog period) -- and from the reporter while the source is
                   starting or reconnecting, when no frame can come; a hung inference
                   thread, or a running source that delivers nothing, stops it, and
@@ -62,6 +64,7 @@ class SystemdNotifier(Sink):
         self._every = watchdog_s / 3.0 if watchdog_s else None
         self._clock = clock
         self._last_ping = None
+        self._ready = False
         self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)  # never wait on systemd (a full queue loses a ping)
@@ -89,11 +92,13 @@ class SystemdNotifier(Sink):
             return True
 
     def ready(self):
-        return self.send("READY=1", "STATUS=running")
+        sent = self.send("READY=1", "STATUS=running")
+        self._ready = True
+        return sent
 
     def ping(self, force=False):
         """WATCHDOG=1, at most every third of the period (unless forced)."""
-        if self._every is None:
+        if self._every is None or not self._ready:
             return False
         now = self._clock()
         if not force and self._last_ping is not None and now - self._last_ping < self._every:

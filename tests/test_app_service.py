@@ -435,6 +435,31 @@ def test_watchdog_stops_when_the_inference_thread_hangs(detector):
     assert sum(1 for t in status if t > hung + 0.5) >= 3
 
 
+def test_no_watchdog_ping_before_ready():
+    """The threads start before READY=1 is sent: a first frame must not ping ahead of it
+    (seen under load in test_app_speaks_sd_notify_over_a_datagram_socket)."""
+    from bnn_camera.systemd import SystemdNotifier
+    name = "bnn-test-%d-%d" % (os.getpid(), time.monotonic_ns())
+    sock = _listen("\0" + name)
+    now = [0.0]
+    notifier = SystemdNotifier("\0" + name, watchdog_s=0.3, clock=lambda: now[0])
+    try:
+        assert not notifier.ping() and not notifier.ping(force=True)
+        notifier.on_stats({"type": "stats", "source_state": "starting"})  # sends STATUS, no ping
+        assert notifier.ready() and notifier.ping()
+        now[0] += 0.05
+        assert not notifier.ping()  # at most every third of the period
+        now[0] += 0.1
+        assert notifier.ping()
+        msgs = [m for _, m in _drain(sock, time.monotonic() + 0.5, [])]
+    finally:
+        notifier.close()
+        sock.close()
+    assert msgs[0].startswith("STATUS=starting") and msgs[1:] == ["READY=1\nSTATUS=running", "WATCHDOG=1",
+                                                                  "WATCHDOG=1"], msgs
+    assert notifier.pings == 2
+
+
 def test_notify_address_and_watchdog_pid():
     from bnn_camera.systemd import notify_address, watchdog_period
     assert notify_address({}) is None
