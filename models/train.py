@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, data, distributed
-from .precision import PRECISIONS, autocast
 from .layers import latent_binary_weights, set_binary_weights
 from .nets import TRAINED, VARIANTS, VGGSmall, naive_from_fp
+from .precision import PRECISIONS, autocast
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "models" / "zoo"
@@ -111,6 +111,8 @@ def recipe(dataset, variant, name="xnor-net", overrides=None) -> dict:
     s.update(overrides or {})
     if s["optimizer"] not in OPTIMIZERS:
         raise ValueError("optimizer must be one of %s, got %r" % (OPTIMIZERS, s["optimizer"]))
+    if not 0 <= s["shift"] <= 8:
+        raise ValueError("shift must be 0 to 8 pixels, got %d" % s["shift"])
     if s["two_step"] and s["optimizer"] != "adam-linear":
         raise ValueError("two_step needs optimizer=adam-linear (a linear decay per step)")
     if variant == "fp":

@@ -93,6 +93,9 @@ def test_shift_range():
         assert len(ys) == 400  # never shifted out of a 9x9 image by +-4
         assert sorted(set((ys - 4).tolist())) == list(range(-shift, shift + 1)) == sorted(set((xs - 4).tolist()))
     assert T.recipe("cifar10", "fp", "modern")["shift"] == 2 and T.parse_sets(["shift=4"]) == {"shift": 4}
+    for bad in (-1, 9):
+        with pytest.raises(ValueError, match="shift must be"):
+            T.recipe("cifar10", "fp", "modern", {"shift": bad})
 
 
 def test_checkpoint_from_before_the_shift_setting_is_still_finished(tmp_path):
