@@ -14,8 +14,18 @@ import torch
 PRECISIONS = ("fp32", "bf16")
 
 
-def autocast(precision: str, device: torch.device):
-    """the context to run a forward pass in (compute the loss in float32 after it)"""
+def check(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError("precision %r is not one of %s" % (precision, ", ".join(PRECISIONS)))
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """the context to run a forward pass in (compute the loss in float32 after it)"""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=check(precision) == "bf16")
+
+
+def add_argument(ap):
+    """--precision of the training commands"""
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="bf16: autocast the forward pass (about 2x faster on CPUs with bf16 units)")

@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, data
+from . import precision as P
 from .nets import TRAINED, VARIANTS
-from .precision import PRECISIONS
 from .train import BASE, RECIPES, ZOO, ckpt_path, evaluate_torch, export, load_trained, parse_sets, recipe, train
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
@@ -148,7 +148,7 @@ def parser():
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="xnor-net")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a recipe setting")
     ap.add_argument("--device", default="auto", help="training device: auto (CUDA when available), cpu, cuda")
-    ap.add_argument("--precision", choices=PRECISIONS, default="fp32", help="training: bf16 autocasts the forward pass")
+    P.add_argument(ap)
     ap.add_argument("--ckpt-dir", default=None, help="checkpoints (default models/.ckpt/<dataset>/<recipe>)")
     ap.add_argument("--out", default=None, help="models and tables (default models/zoo/<dataset>)")
     ap.add_argument("--limit", type=int, default=None, help="train on N random images (smoke runs)")

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, data, distributed
+from . import precision as P
 from .layers import latent_binary_weights, set_binary_weights
 from .nets import TRAINED, VARIANTS, VGGSmall, naive_from_fp
-from .precision import PRECISIONS, autocast
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "models" / "zoo"
@@ -245,7 +245,7 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     this (see models/distributed.py)."""
     if variant not in TRAINED:
         raise ValueError("variant %r is not trained (one of %s)" % (variant, TRAINED))
-    autocast(precision, torch.device("cpu"))  # refuses an unknown precision before any work
+    P.check(precision)  # before any work
     if threads:
         torch.set_num_threads(threads)
     rank, world, dev = distributed.start(pick_device(device))
@@ -286,7 +286,8 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     start = 0
     if path.exists():
         ck = checkpoint.load(path)
-        ck["config"]["settings"].setdefault("shift", 2)  # written before the setting: 2-pixel shifts
+        for k, v in BASE.items():  # a setting added after the checkpoint was written: its default then
+            ck["config"]["settings"].setdefault(k, v)
         if checkpoint.same_config(ck["config"], config):
             raw.load_state_dict(ck["model"])
             start = ck["epoch"]
@@ -321,7 +322,7 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
             if s["augment"]:
                 xb = _augment(xb, flip, gen, s["shift"])
             xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(precision, dev):
+            with P.autocast(precision, dev):
                 logits = model(xb).float()
                 if teacher is not None:
                     with torch.no_grad():
@@ -405,8 +406,7 @@ def parser():
                     help="random shifts/flips (default: the recipe's)")
     ap.add_argument("--teacher", default=None, help="distil from this checkpoint (.npz of models.train)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                    help="bf16: autocast the forward pass (about 2x faster on CPUs with bf16 units)")
+    P.add_argument(ap)
     ap.add_argument("--limit", type=int, default=None, help="train on N random images (smoke runs)")
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on N random test images")
     ap.add_argument("--time-limit", type=float, default=0, help="minutes; then stop after the epoch (resumable)")

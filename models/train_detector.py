@@ -56,8 +56,8 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from . import detector as D
+from . import precision as P
 from .layers import set_binary_weights
-from .precision import PRECISIONS, autocast
 from .yolo_data import YoloDataset, sample_rng, to_tensor_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,7 +289,7 @@ def train(a, quiet=False):
                 g["lr"] = lr_at(step, total, warmup, a.lr)
             x = imgs.to(device, non_blocking=True).float().div_(255)
             targets = targets.to(device)
-            with autocast(a.precision, device):
+            with P.autocast(a.precision, device):
                 outs, feats = ddp(x, feats=True)
                 if teacher is not None:
                     with torch.no_grad():
@@ -383,8 +383,7 @@ def parser():
     ap.add_argument("--distill", default="0,0", help="W_OUT,W_FEAT distillation weights from the teacher")
     ap.add_argument("--teacher", default=None, help="teacher checkpoint name (default fp)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
-    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                    help="bf16: autocast the forward pass (about 2x faster on CPUs with bf16 units)")
+    P.add_argument(ap)
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)

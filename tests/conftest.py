@@ -115,3 +115,15 @@ def wait_child(pid, timeout=30):
             pytest.fail("child process hung after fork")
         time.sleep(0.02)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def load_dataset(name):
+    """models.data.load(name), or a skip when ../shared/data is not here (Fashion-MNIST is
+    an apt package, dataset-fashion-mnist: a dependency, so its absence fails)"""
+    from models import data
+    try:
+        return data.load(name)
+    except data.DataUnavailable as e:
+        if name == "fashion-mnist":
+            raise
+        pytest.skip("needs ../shared/data: %s" % e)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_dataset
 from models import checkpoint, data, distributed
 
 SMALL = ["--limit", "1024", "--test-limit", "1000", "--threads", "1", "--set", "width=8,16,16,32,32",
@@ -28,10 +28,7 @@ def _threads():
 
 
 def _mnist():
-    try:
-        data.load("mnist")
-    except data.DataUnavailable as e:
-        pytest.skip("needs ../shared/data: %s" % e)
+    load_dataset("mnist")
 
 
 def _free_port():

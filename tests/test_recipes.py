@@ -14,6 +14,7 @@ import firmware_py as fp
 from models import train as T
 from models.layers import BinaryConv2d, InAct, RPReLU, set_binary_weights
 from models.nets import VGGSmall
+from conftest import load_dataset
 from test_convert import nodes_of, ops, randomize_bn, roundtrip
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
@@ -101,11 +102,7 @@ def test_shift_range():
 def test_checkpoint_from_before_the_shift_setting_is_still_finished(tmp_path):
     import shutil
 
-    from models import data
-    try:
-        data.load("cifar10")
-    except data.DataUnavailable as e:
-        pytest.skip("needs ../shared/data: %s" % e)
+    load_dataset("cifar10")
     shutil.copy(T.CKPT / "cifar10" / "modern" / "fp.npz", tmp_path / "fp.npz")  # the shipped table's fp (2-px shifts)
     n = torch.get_num_threads()
     try:  # the same configuration: nothing to train (a time limit stops it at once if it were not)
@@ -217,7 +214,7 @@ def test_table_describes_each_recipe_in_words():
 
 
 def test_bf16_resumes_in_fp32_and_a_finished_checkpoint_keeps_weights_only(tmp_path):
-    from models import checkpoint, data
+    from models import checkpoint
     from models.precision import autocast
 
     cpu = torch.device("cpu")
@@ -228,10 +225,7 @@ def test_bf16_resumes_in_fp32_and_a_finished_checkpoint_keeps_weights_only(tmp_p
         assert conv(x).dtype == torch.float32
     with pytest.raises(ValueError, match="precision 'fp16'"):
         autocast("fp16", cpu)
-    try:
-        data.load("mnist")
-    except data.DataUnavailable as e:
-        pytest.skip("needs ../shared/data: %s" % e)
+    load_dataset("mnist")
     n = torch.get_num_threads()
     kw = dict(threads=1, quiet=True, recipe_name="modern", limit=512,
               overrides=T.parse_sets(["width=8,16,16,32,32", "batch=32"]))

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_dataset
 
 ZOO = os.path.join(ROOT, "models", "zoo")
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
@@ -32,13 +32,7 @@ def _row(dataset, variant):
 def _test_set(dataset):
     """(x uint8 NCHW, y) of the dataset's test split; skips when the data is not here"""
     if dataset not in _data:
-        from models import data
-        try:
-            _, _, x, y = data.load(dataset)
-        except data.DataUnavailable as e:
-            if dataset == "fashion-mnist":  # an apt package (dataset-fashion-mnist): a dependency
-                raise
-            pytest.skip("needs ../shared/data: %s" % e)
+        _, _, x, y = load_dataset(dataset)
         _data[dataset] = (x, y)
     return _data[dataset]
 
