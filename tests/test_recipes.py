@@ -99,6 +99,43 @@ def test_shift_range():
             T.recipe("cifar10", "fp", "modern", {"shift": bad})
 
 
+def test_cutout_and_label_smoothing(tmp_path):
+    x = torch.ones(400, 2, 12, 12)
+    assert torch.equal(T._augment(x, True, torch.Generator().manual_seed(0), 2, 0),
+                       T._augment(x, True, torch.Generator().manual_seed(0), 2))  # cutout 0: as before
+    out = T._augment(x, False, torch.Generator().manual_seed(0), 0, 4)
+    sizes = set()
+    for img in out:
+        assert torch.equal(img[0], img[1])  # the same square in every channel
+        ys, xs = (img[0] == 0).nonzero().T
+        h, w = int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
+        assert h <= 4 and w <= 4 and len(ys) == h * w  # one square, cut at the border
+        sizes.add((h, w))
+    assert (4, 4) in sizes and len(sizes) > 1  # whole squares inside, smaller ones at the borders
+    assert T.parse_sets(["cutout=8", "label_smoothing=0.1"]) == {"cutout": 8, "label_smoothing": 0.1}
+    for bad, match in (({"cutout": 17}, "cutout must be"), ({"cutout": -1}, "cutout must be"),
+                       ({"label_smoothing": 1.0}, "label_smoothing must be"),
+                       ({"label_smoothing": -0.1}, "label_smoothing must be")):
+        with pytest.raises(ValueError, match=match):
+            T.recipe("cifar10", "fp", "modern", bad)
+    # the settings reach training: label smoothing changes the gradients, 0 is the default
+    load_dataset("mnist")
+    n = torch.get_num_threads()
+    sets = ["width=8,16,16,32,32", "batch=32"]
+    try:
+        trained = {}
+        for name, extra in (("default", []), ("zero", ["label_smoothing=0"]), ("ls", ["label_smoothing=0.5"]),
+                            ("cutout", ["cutout=8"])):
+            m, _ = T.train("mnist", "fp", 1, threads=1, quiet=True, recipe_name="modern", limit=128,
+                           overrides=T.parse_sets(sets + extra), ckpt_dir=tmp_path / name)
+            trained[name] = m.state_dict()["stem.0.weight"]
+        assert torch.equal(trained["default"], trained["zero"])
+        assert not torch.equal(trained["default"], trained["ls"])
+        assert not torch.equal(trained["default"], trained["cutout"])
+    finally:
+        torch.set_num_threads(n)
+
+
 def test_checkpoint_from_before_the_shift_setting_is_still_finished(tmp_path):
     import shutil
 
