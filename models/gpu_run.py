@@ -160,8 +160,8 @@ def train_all(out, minutes, epochs, settings, device="auto", limit=None, test_li
         if minutes and left <= 0:
             return False, rows
         t = time.time()
-        model, done = train("cifar10", v, epochs, threads=threads, recipe_name="modern", overrides=parse_sets(settings),
-                            ckpt_dir=out, limit=limit, device=device, time_limit=left)
+        model, done = train("cifar10", v, epochs, threads=threads, recipe_name="modern",
+                            overrides=parse_sets(settings, v), ckpt_dir=out, limit=limit, device=device, time_limit=left)
         ran = checkpoint.load(Path(out) / ("%s.npz" % v))["epoch"]
         row = {"variant": v, "epochs_done": ran, "epochs": epochs, "seconds_this_run": round(time.time() - t, 1)}
         if done:

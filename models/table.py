@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import checkpoint, data
 from . import precision as P
-from .nets import TRAINED, VARIANTS
+from .nets import TRAINED, VARIANTS, binary_activations
 from .train import BASE, RECIPES, ZOO, ckpt_path, evaluate_torch, export, load_trained, parse_sets, recipe, train
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
@@ -92,9 +92,15 @@ def describe(recipes) -> str:
             parts.append("%s trains without the random shifts/flips" % v)
     scratch = [v for v in trained if not recipes[v]["init"]]
     parts.append("%s start%s from scratch" % (_names(scratch), "" if len(scratch) > 1 else "s"))
-    changed = ["%s=%s" % (k, recipes["xnor"][k]) for k in BASE if recipes["xnor"][k] != BASE[k]]
-    if changed:
-        parts.append("settings of the binary variants (models/train.py) %s" % ", ".join(changed))
+    settings = {}  # the settings that differ from BASE -> the variants trained with them
+    for v in trained:
+        unused = () if binary_activations(v) else ("rsign", "rprelu")  # options of sign activations
+        changed = ", ".join("%s=%s" % (k, recipes[v][k]) for k in BASE
+                            if recipes[v][k] != BASE[k] and k not in unused)
+        if changed:
+            settings.setdefault(changed, []).append(v)
+    for changed, vs in settings.items():
+        parts.append("settings of %s (models/train.py) %s" % (_names(vs), changed))
     return "; ".join(parts)
 
 
@@ -117,7 +123,7 @@ def write_tables(a, epochs, x_te, rows):
     cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
     if a.recipe != "xnor-net" or a.set:
         cmd += " --recipe %s" % a.recipe + "".join(" --set %s" % kv for kv in a.set)
-    recipes = {v: recipe(a.dataset, v, a.recipe, parse_sets(a.set)) for v in VARIANTS}
+    recipes = {v: recipe(a.dataset, v, a.recipe, parse_sets(a.set, v)) for v in VARIANTS}
     meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe_name": a.recipe,
             "recipe": recipes,
             "test_images": int(len(x_te)), "host": platform.machine(), "python": sys.version.split()[0],
@@ -146,7 +152,8 @@ def parser():
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="xnor-net")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a recipe setting")
+    ap.add_argument("--set", action="append", default=[], metavar="[VARIANT:]KEY=VALUE",
+                    help="change a recipe setting (of every variant, or with VARIANT: of that one)")
     ap.add_argument("--device", default="auto", help="training device: auto (CUDA when available), cpu, cuda")
     P.add_argument(ap)
     ap.add_argument("--ckpt-dir", default=None, help="checkpoints (default models/.ckpt/<dataset>/<recipe>)")
@@ -165,15 +172,15 @@ def train_all(a, epochs, variants) -> bool:
     """trains every variant `variants` need, dependencies first; False when the time limit
     stopped it (the checkpoints resume)"""
     t0 = time.time()
-    overrides = parse_sets(a.set)
     for v in variants:
-        how = recipe(a.dataset, v, a.recipe, overrides)
+        how = recipe(a.dataset, v, a.recipe, parse_sets(a.set, v))
         deps = (how["init"], how["distill"], "fp" if v == "naive" else None, v if v in TRAINED else None)
         for t in dict.fromkeys(d for d in deps if d):
             left = a.time_limit - (time.time() - t0) / 60 if a.time_limit else 0
             if a.time_limit and left <= 0:
                 return False
-            _, done = train(a.dataset, t, epochs, a.seed, a.threads, recipe_name=a.recipe, overrides=overrides,
+            _, done = train(a.dataset, t, epochs, a.seed, a.threads, recipe_name=a.recipe,
+                            overrides=parse_sets(a.set, t),
                             ckpt_dir=a.ckpt_dir, limit=a.limit, device=a.device, time_limit=left,
                             precision=a.precision)
             if not done:

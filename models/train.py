@@ -10,7 +10,8 @@ progress bar (tqdm).  The trained network is exported to ONNX (models/zoo/<datas
 <variant>.onnx, or --out; batch 1, float32 NCHW pixels in [0, 1]) and converted for the
 runtime beside it (<variant>.bnn).
 
-Recipes (``RECIPES``; every setting can be changed with --set key=value):
+Recipes (``RECIPES``; every setting can be changed with --set key=value, or for one variant
+--set variant:key=value):
   xnor-net  the Fashion-MNIST/MNIST zoo's recipe: plain XNOR-Net stack, Adam, one-cycle;
   modern    the CIFAR-10 zoo's recipe: Bi-Real shortcuts around every binary conv,
             ReActNet's RSign and RPReLU, distillation from the trained fp network (KL to
@@ -89,14 +90,23 @@ def _parse_value(key, text):
     return type(base)(text)
 
 
-def parse_sets(items) -> dict:
-    """["key=value", ...] (--set) -> {key: value} typed like BASE's defaults"""
-    out = {}
+def parse_sets(items, variant=None) -> dict:
+    """["key=value" or "variant:key=value", ...] (--set) -> {key: value} of `variant`, typed
+    like BASE's defaults: a setting named with a variant is that variant's alone (and wins
+    over the same key without one), so each variant can have its own recipe"""
+    out, own = {}, {}
     for it in items or ():
-        key, sep, text = it.partition("=")
-        if not sep or key not in BASE:
-            raise ValueError("--set %r: expected key=value with key one of %s" % (it, ", ".join(sorted(BASE))))
-        out[key] = _parse_value(key, text)
+        head, sep, text = it.partition("=")
+        var, colon, key = head.rpartition(":")
+        if not sep or key not in BASE or (colon and var not in VARIANTS):
+            raise ValueError("--set %r: expected [variant:]key=value with key one of %s and variant one of %s"
+                             % (it, ", ".join(sorted(BASE)), ", ".join(VARIANTS)))
+        value = _parse_value(key, text)
+        if not colon:
+            out[key] = value
+        elif var == variant:
+            own[key] = value
+    out.update(own)
     return out
 
 
@@ -414,8 +424,8 @@ def parser():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="xnor-net")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="change a recipe setting (%s)" % ", ".join(sorted(BASE)))
+    ap.add_argument("--set", action="append", default=[], metavar="[VARIANT:]KEY=VALUE",
+                    help="change a recipe setting (%s); VARIANT: for that variant alone" % ", ".join(sorted(BASE)))
     ap.add_argument("--augment", choices=("on", "off"), default=None,
                     help="random shifts/flips (default: the recipe's)")
     ap.add_argument("--teacher", default=None, help="distil from this checkpoint (.npz of models.train)")
@@ -433,7 +443,7 @@ def parser():
 def main(argv=None):
     a = parser().parse_args(argv)
     t0 = time.time()
-    overrides = parse_sets(a.set)
+    overrides = parse_sets(a.set, a.variant)
     if a.variant == "naive":
         model, done = load_trained(a.dataset, "naive", a.epochs, a.recipe, a.ckpt_dir), True
     else:

@@ -231,9 +231,14 @@ def test_init_from_fp_keeps_the_new_options():
 def test_settings():
     assert T.parse_sets(["two_step=false", "lr=1e-3", "width=8,16,16,32,32", "arch=plain"]) == {
         "two_step": False, "lr": 1e-3, "width": [8, 16, 16, 32, 32], "arch": "plain"}
-    for bad in ("nope=1", "two_step", "rsign=maybe"):
+    for bad in ("nope=1", "two_step", "rsign=maybe", "resnet:lr=1", "xnor:nope=1"):
         with pytest.raises(ValueError):
             T.parse_sets([bad])
+    # a setting named with a variant is that variant's alone, whatever the order
+    sets = ["xnor:cutout=0", "cutout=8", "lr=1e-3", "bwn:lr=5e-4"]
+    assert T.parse_sets(sets, "xnor") == {"cutout": 0, "lr": 1e-3}
+    assert T.parse_sets(sets, "bwn") == {"cutout": 8, "lr": 5e-4}
+    assert T.parse_sets(sets, "fp") == T.parse_sets(sets) == {"cutout": 8, "lr": 1e-3}
     assert T.recipe("fashion-mnist", "xnor")["augment"] is False  # the Fashion-MNIST zoo's recipe is unchanged
     assert T.recipe("cifar10", "bwn")["init"] == "fp" and T.recipe("mnist", "bwn")["init"] is None
 
@@ -245,9 +250,32 @@ def test_table_describes_each_recipe_in_words():
     assert modern.startswith("bwn, xnor and xnor_k start from fp's trained weights; "
                              "bwn, xnor and xnor_k are distilled from fp; fp starts from scratch"), modern
     assert "two_step=True" in modern
+    sets = ["cutout=16", "xnor:cutout=0", "xnor_k:cutout=0"]
+    own = describe({v: T.recipe("cifar10", v, "modern", T.parse_sets(sets, v)) for v in VARIANTS})
+    assert ("settings of fp (models/train.py) wd=0.05, optimizer=adam-linear, arch=bireal, cutout=16; "
+            "settings of bwn (models/train.py) wd=0.05, optimizer=adam-linear, arch=bireal, two_step=True, cutout=16; "
+            "settings of xnor and xnor_k (models/train.py) wd=0.05, optimizer=adam-linear, arch=bireal, rsign=True, "
+            "rprelu=True, two_step=True") in own, own
     plain = describe({v: T.recipe("fashion-mnist", v) for v in VARIANTS})
     assert plain == ("xnor and xnor_k start from fp's trained weights; xnor is distilled from fp; "
                      "xnor trains without the random shifts/flips; fp and bwn start from scratch"), plain
+
+
+def test_table_trains_each_variant_with_its_own_settings(tmp_path):
+    from models import checkpoint, table
+
+    load_dataset("mnist")
+    n = torch.get_num_threads()
+    try:  # xnor needs fp (its init and teacher): fp is trained first, with the settings without a variant
+        assert table.main(["--dataset", "mnist", "--recipe", "modern", "--epochs", "2", "--variants", "xnor",
+                           "--train-only", "--threads", "1", "--limit", "128", "--ckpt-dir", str(tmp_path),
+                           "--set", "width=8,16,16,32,32", "--set", "batch=32", "--set", "xnor:cutout=0",
+                           "--set", "cutout=8"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    fp, xnor = (checkpoint.load(tmp_path / ("%s.npz" % v))["config"] for v in ("fp", "xnor"))
+    assert fp["epochs"] == xnor["epochs"] == 2 and fp["settings"]["width"] == xnor["settings"]["width"]
+    assert fp["settings"]["cutout"] == 8 and xnor["settings"]["cutout"] == 0
 
 
 def test_bf16_resumes_in_fp32_and_a_finished_checkpoint_keeps_weights_only(tmp_path):
