@@ -22,6 +22,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 WIDTH = (8, 16, 16, 32, 32)
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """train(threads=1) sets torch's threads for the whole process: restored after each test"""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(variant, seed=0, **opts):
     m = VGGSmall(variant, 3, 10, [0.5] * 3, [0.25] * 3, width=WIDTH, **opts)
     randomize_bn(m, seed=seed)
@@ -120,20 +128,16 @@ def test_cutout_and_label_smoothing(tmp_path):
             T.recipe("cifar10", "fp", "modern", bad)
     # the settings reach training: label smoothing changes the gradients, 0 is the default
     load_dataset("mnist")
-    n = torch.get_num_threads()
     sets = ["width=8,16,16,32,32", "batch=32"]
-    try:
-        trained = {}
-        for name, extra in (("default", []), ("zero", ["label_smoothing=0"]), ("ls", ["label_smoothing=0.5"]),
-                            ("cutout", ["cutout=8"])):
-            m, _ = T.train("mnist", "fp", 1, threads=1, quiet=True, recipe_name="modern", limit=128,
-                           overrides=T.parse_sets(sets + extra), ckpt_dir=tmp_path / name)
-            trained[name] = m.state_dict()["stem.0.weight"]
-        assert torch.equal(trained["default"], trained["zero"])
-        assert not torch.equal(trained["default"], trained["ls"])
-        assert not torch.equal(trained["default"], trained["cutout"])
-    finally:
-        torch.set_num_threads(n)
+    trained = {}
+    for name, extra in (("default", []), ("zero", ["label_smoothing=0"]), ("ls", ["label_smoothing=0.5"]),
+                        ("cutout", ["cutout=8"])):
+        m, _ = T.train("mnist", "fp", 1, threads=1, quiet=True, recipe_name="modern", limit=128,
+                       overrides=T.parse_sets(sets + extra), ckpt_dir=tmp_path / name)
+        trained[name] = m.state_dict()["stem.0.weight"]
+    assert torch.equal(trained["default"], trained["zero"])
+    assert not torch.equal(trained["default"], trained["ls"])
+    assert not torch.equal(trained["default"], trained["cutout"])
 
 
 def test_checkpoint_from_before_the_shift_setting_is_still_finished(tmp_path):
@@ -141,16 +145,13 @@ def test_checkpoint_from_before_the_shift_setting_is_still_finished(tmp_path):
 
     load_dataset("cifar10")
     shutil.copy(T.CKPT / "cifar10" / "modern" / "fp.npz", tmp_path / "fp.npz")  # the shipped table's fp (2-px shifts)
-    n = torch.get_num_threads()
-    try:  # the same configuration: nothing to train (a time limit stops it at once if it were not)
-        _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
-                          time_limit=1e-9)
-        assert done
-        _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
-                          time_limit=1e-9, overrides={"shift": 4})  # another configuration: starts over
-        assert not done
-    finally:
-        torch.set_num_threads(n)
+    # the same configuration: nothing to train (a time limit stops it at once if it were not)
+    _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
+                      time_limit=1e-9)
+    assert done
+    _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
+                      time_limit=1e-9, overrides={"shift": 4})  # another configuration: starts over
+    assert not done
 
 
 def test_two_step_switch(tmp_path):
@@ -265,14 +266,11 @@ def test_table_trains_each_variant_with_its_own_settings(tmp_path):
     from models import checkpoint, table
 
     load_dataset("mnist")
-    n = torch.get_num_threads()
-    try:  # xnor needs fp (its init and teacher): fp is trained first, with the settings without a variant
-        assert table.main(["--dataset", "mnist", "--recipe", "modern", "--epochs", "2", "--variants", "xnor",
-                           "--train-only", "--threads", "1", "--limit", "128", "--ckpt-dir", str(tmp_path),
-                           "--set", "width=8,16,16,32,32", "--set", "batch=32", "--set", "xnor:cutout=0",
-                           "--set", "cutout=8"]) == 0
-    finally:
-        torch.set_num_threads(n)
+    # xnor needs fp (its init and teacher): fp is trained first, with the settings without a variant
+    assert table.main(["--dataset", "mnist", "--recipe", "modern", "--epochs", "2", "--variants", "xnor",
+                       "--train-only", "--threads", "1", "--limit", "128", "--ckpt-dir", str(tmp_path),
+                       "--set", "width=8,16,16,32,32", "--set", "batch=32", "--set", "xnor:cutout=0",
+                       "--set", "cutout=8"]) == 0
     fp, xnor = (checkpoint.load(tmp_path / ("%s.npz" % v))["config"] for v in ("fp", "xnor"))
     assert fp["epochs"] == xnor["epochs"] == 2 and fp["settings"]["width"] == xnor["settings"]["width"]
     assert fp["settings"]["cutout"] == 8 and xnor["settings"]["cutout"] == 0
@@ -291,44 +289,36 @@ def test_bf16_resumes_in_fp32_and_a_finished_checkpoint_keeps_weights_only(tmp_p
     with pytest.raises(ValueError, match="precision 'fp16'"):
         autocast("fp16", cpu)
     load_dataset("mnist")
-    n = torch.get_num_threads()
     kw = dict(threads=1, quiet=True, recipe_name="modern", limit=512,
               overrides=T.parse_sets(["width=8,16,16,32,32", "batch=32"]))
-    try:
-        with pytest.raises(ValueError, match="precision"):
-            T.train("mnist", "fp", 1, precision="half", ckpt_dir=tmp_path / "x", **kw)
-        # a bf16 epoch, interrupted by the time limit, then resumed to the end in fp32
-        _, done = T.train("mnist", "fp", 2, precision="bf16", ckpt_dir=tmp_path / "a", time_limit=0.001, **kw)
-        ck = checkpoint.load(tmp_path / "a" / "fp.npz")
-        assert not done and ck["epoch"] == 1
-        assert all(v.dtype in (torch.float32, torch.int64) for v in ck["model"].values())  # checkpoints stay float32
-        T.train("mnist", "fp", 1, precision="fp32", ckpt_dir=tmp_path / "b", **kw)  # the same epoch in fp32
-        bf, f32 = ck["model"], checkpoint.load(tmp_path / "b" / "fp.npz")["model"]
-        assert not torch.equal(bf["stem.0.weight"], f32["stem.0.weight"])  # bf16 arithmetic took part ...
-        torch.testing.assert_close(bf["stem.0.weight"], f32["stem.0.weight"], atol=0.05, rtol=0)  # ... nearby
-        size1 = (tmp_path / "a" / "fp.npz").stat().st_size
-        model, done = T.train("mnist", "fp", 2, precision="fp32", ckpt_dir=tmp_path / "a", **kw)
-        end = checkpoint.load(tmp_path / "a" / "fp.npz")
-        assert done and end["epoch"] == 2
-        # the finished checkpoint holds the weights without the optimizer's state, and is still "done"
-        assert end["opt"] == {} and (tmp_path / "a" / "fp.npz").stat().st_size < 0.5 * size1
-        again, done = T.train("mnist", "fp", 2, precision="fp32", ckpt_dir=tmp_path / "a", **kw)
-        assert done and all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
-                                                              model.state_dict().values()))
-    finally:
-        torch.set_num_threads(n)
+    with pytest.raises(ValueError, match="precision"):
+        T.train("mnist", "fp", 1, precision="half", ckpt_dir=tmp_path / "x", **kw)
+    # a bf16 epoch, interrupted by the time limit, then resumed to the end in fp32
+    _, done = T.train("mnist", "fp", 2, precision="bf16", ckpt_dir=tmp_path / "a", time_limit=0.001, **kw)
+    ck = checkpoint.load(tmp_path / "a" / "fp.npz")
+    assert not done and ck["epoch"] == 1
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ck["model"].values())  # checkpoints stay float32
+    T.train("mnist", "fp", 1, precision="fp32", ckpt_dir=tmp_path / "b", **kw)  # the same epoch in fp32
+    bf, f32 = ck["model"], checkpoint.load(tmp_path / "b" / "fp.npz")["model"]
+    assert not torch.equal(bf["stem.0.weight"], f32["stem.0.weight"])  # bf16 arithmetic took part ...
+    torch.testing.assert_close(bf["stem.0.weight"], f32["stem.0.weight"], atol=0.05, rtol=0)  # ... nearby
+    size1 = (tmp_path / "a" / "fp.npz").stat().st_size
+    model, done = T.train("mnist", "fp", 2, precision="fp32", ckpt_dir=tmp_path / "a", **kw)
+    end = checkpoint.load(tmp_path / "a" / "fp.npz")
+    assert done and end["epoch"] == 2
+    # the finished checkpoint holds the weights without the optimizer's state, and is still "done"
+    assert end["opt"] == {} and (tmp_path / "a" / "fp.npz").stat().st_size < 0.5 * size1
+    again, done = T.train("mnist", "fp", 2, precision="fp32", ckpt_dir=tmp_path / "a", **kw)
+    assert done and all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                          model.state_dict().values()))
 
 
 def test_bench_precision_reports_both_precisions(capsys):
     import json
 
     from models import bench_precision
-    n = torch.get_num_threads()
-    try:
-        bench_precision.main(["--threads", "1", "--rounds", "1", "--cifar-width", "8,16,16,32,32", "--cifar-batch",
-                              "4", "--imgsz", "64", "--det-batch", "2"])
-    finally:
-        torch.set_num_threads(n)
+    bench_precision.main(["--threads", "1", "--rounds", "1", "--cifar-width", "8,16,16,32,32", "--cifar-batch",
+                          "4", "--imgsz", "64", "--det-batch", "2"])
     r = json.loads(capsys.readouterr().out)
     assert [row["model"] for row in r["rows"]] == ["cifar10/fp 8,16,16,32,32", "cifar10/xnor 8,16,16,32,32",
                                                    "detector/fp", "detector/binary"]
