@@ -110,6 +110,19 @@ def _train_images(rows) -> str:
     return " Trained on %s training images." % " / ".join(map(str, n)) if n else ""
 
 
+def command(a, epochs) -> str:
+    """the command that makes this table again: the recipe, its settings, the precision and
+    the checkpoints it starts from (a --ckpt-dir with a committed fp)"""
+    cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
+    if a.recipe != "xnor-net" or a.set:
+        cmd += " --recipe %s" % a.recipe + "".join(" --set %s" % kv for kv in a.set)
+    if a.precision != "fp32":
+        cmd += " --precision %s" % a.precision
+    if a.ckpt_dir:
+        cmd += " --ckpt-dir %s" % a.ckpt_dir
+    return cmd
+
+
 def write_tables(a, epochs, x_te, rows):
     out = _out(a)
     # keep the rows of variants not evaluated in this run (same epochs and seed)
@@ -120,9 +133,7 @@ def write_tables(a, epochs, x_te, rows):
             done = {r["variant"] for r in rows}
             rows = [r for r in prev["rows"] if r["variant"] not in done] + rows
     rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
-    cmd = "python -m models.table --dataset %s --epochs %d --seed %d" % (a.dataset, epochs, a.seed)
-    if a.recipe != "xnor-net" or a.set:
-        cmd += " --recipe %s" % a.recipe + "".join(" --set %s" % kv for kv in a.set)
+    cmd = command(a, epochs)
     recipes = {v: recipe(a.dataset, v, a.recipe, parse_sets(a.set, v)) for v in VARIANTS}
     meta = {"dataset": a.dataset, "epochs": epochs, "seed": a.seed, "command": cmd, "recipe_name": a.recipe,
             "recipe": recipes,

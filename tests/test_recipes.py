@@ -262,6 +262,19 @@ def test_table_describes_each_recipe_in_words():
                      "xnor trains without the random shifts/flips; fp and bwn start from scratch"), plain
 
 
+def test_table_command_says_how_to_make_it_again():
+    from models import table
+
+    def cmd(*argv):
+        return table.command(table.parser().parse_args(["--dataset", "cifar10", *argv]), 60)
+
+    assert cmd() == "python -m models.table --dataset cifar10 --epochs 60 --seed 0"
+    assert cmd("--recipe", "modern", "--set", "cutout=16", "--set", "xnor:cutout=0", "--precision", "bf16",
+               "--ckpt-dir", "models/.ckpt/cifar10/deep-reg", "--threads", "2") == (
+        "python -m models.table --dataset cifar10 --epochs 60 --seed 0 --recipe modern --set cutout=16 "
+        "--set xnor:cutout=0 --precision bf16 --ckpt-dir models/.ckpt/cifar10/deep-reg")
+
+
 def test_table_trains_each_variant_with_its_own_settings(tmp_path):
     from models import checkpoint, table
 
