@@ -24,7 +24,7 @@ gets the rest (every training image: 15.6 MiB):
 
     # here: the files back, then export, convert, PyTorch and runtime accuracy on the full
     # test set
-    python -m models.gpu_run back          # git checkout -- models/zoo tests docs
+    python -m models.gpu_run back          # git checkout -- models/zoo models/.ckpt tests docs
     python -m models.gpu_run finish --ckpt-dir DIR    # -> models/zoo/cifar10/table.md/json
 
     python -m models.gpu_run smoke         # every stage on the CPU, a few batches
