@@ -232,6 +232,88 @@ def init_from_fp(binary: Detector, fp_state: dict) -> list:
     return list(res.missing_keys)
 
 
+def _channel_layouts(cfg) -> dict:
+    """module name -> (input, output) channel layouts: lists of (group, channels), group i
+    the feature maps of width widths[i] (0: the stem's output), "neck" the lateral conv's"""
+    w, d = cfg["widths"], cfg["depths"]
+    out = {"stem.0": ([("rgb", 3)], [(0, w[0])]), "stem.1": (None, [(0, w[0])])}
+    for i in range(4):
+        for j in range(d[i] + 1):
+            out["stages.%d.%d" % (i, j)] = ([(i if j == 0 else i + 1, w[i if j == 0 else i + 1])], [(i + 1, w[i + 1])])
+    out["lateral"] = ([(4, w[4])], [("neck", cfg["neck"])])
+    out["fuse"] = ([("neck", cfg["neck"]), (3, w[3])], [(3, w[3])])
+    out["head4"] = ([(3, w[3])], [("head", None)])
+    out["head5"] = ([(4, w[4])], [("head", None)])
+    return out
+
+
+def widen(model: Detector, widths, noise=0.0, seed=0) -> Detector:
+    """A Detector with wider feature maps computing the same function (Net2Net, Chen et al.
+    2016): widths[i] = k * the model's widths[i] for whole k; each channel appears k times
+    (the copies tiled: [c_0..c_n-1, c_0..c_n-1, ...], the layout of the "avg" shortcuts'
+    channel repeat), the weights reading a widened input divided by k.  Exact for the fp
+    twin and for binary convs with real-valued weights (the two-step schedule's first step);
+    with +-alpha weights a division by k changes alpha, so binary-weight models are refused.
+    ``noise`` > 0 adds Gaussian noise (that fraction of each widened weight's standard
+    deviation) so that training can tell the copies apart."""
+    cfg = dict(model.cfg)
+    old = list(cfg["widths"])
+    if len(widths) != len(old):
+        raise ValueError("widen: %d widths expected, got %d" % (len(old), len(widths)))
+    k = {}
+    for i, (a, b) in enumerate(zip(old, widths)):
+        if b < a or b % a:
+            raise ValueError("widen: width %d must be a whole multiple of %d, got %d" % (i, a, b))
+        k[i] = b // a
+    if cfg["arch"] != "bireal" or cfg["downsample"] != "avg" or cfg["learn_scale"]:
+        raise ValueError("widen: only the bireal architecture with avg downsampling and mean|W| scales")
+    if any(m.binary_weights for m in model.modules() if isinstance(m, BinaryConv2d)):
+        raise ValueError("widen: the model's binary convs have binary weights; widen its fp twin or a "
+                         "first-step checkpoint (real weights)")
+    for i in range(4):
+        if widths[i + 1] % widths[i]:
+            raise ValueError("widen: each stage's width must be a multiple of the one before, got %s" % (widths,))
+    new_cfg = dict(cfg, widths=[int(v) for v in widths])
+    new = Detector(new_cfg)
+    layouts = _channel_layouts(cfg)
+    g = torch.Generator().manual_seed(seed)
+
+    def expand(t, dim, layout, divide):
+        parts, start = [], 0
+        for group, n in layout:
+            n = t.shape[dim] if n is None else n
+            seg = t.narrow(dim, start, n)
+            start += n
+            r = k.get(group, 1)
+            parts += [seg / r if divide else seg] * r
+        return torch.cat(parts, dim)
+
+    state = {}
+    for name, t in model.state_dict().items():
+        mod = max((m for m in layouts if name.startswith(m + ".")), key=len, default=None)
+        leaf = name[len(mod) + 1:] if mod else name
+        if mod is None or t.dim() == 0:  # anchors, num_batches_tracked
+            state[name] = t.clone()
+            continue
+        lin, lout = layouts[mod]
+        if leaf in ("weight", "conv.weight") and t.dim() == 4:  # a convolution (out, in, kh, kw)
+            t = expand(expand(t, 0, lout, False), 1, lin, True)
+            if noise and t.shape != model.state_dict()[name].shape:
+                t = t + torch.randn(t.shape, generator=g) * (noise * float(t.std()))
+        elif leaf == "act.shift":
+            t = expand(t, 1, lin, False)
+        elif leaf in ("post.gamma", "post.zeta"):
+            t = expand(t, 1, lout, False)
+        else:  # BatchNorm, PReLU slopes, head biases: per output channel
+            t = expand(t, 0, lout, False)
+        state[name] = t
+    new.load_state_dict(state)
+    for m in new.modules():
+        if isinstance(m, BinaryConv2d):
+            m.binary_weights = 0.0  # as the model's (checked above)
+    return new.train(model.training)
+
+
 def count_macs(model: Detector) -> dict:
     """multiply-accumulates of one image: binary (XNOR) convs and float layers."""
     counts = {"binary": 0, "float": 0}

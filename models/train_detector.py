@@ -29,9 +29,12 @@ the first fraction F of the binary-weight steps the layers compute with (1 - t) 
 t alpha sign(W), t rising linearly from 0 to 1 (then binary to the end and in the export).
 
 --init-from fp starts the binary model from the trained fp twin's checkpoint (EMA
-weights); --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against
-the twin's probabilities, box MSE weighted by its objectness) and attention-transfer
-feature distillation from the twin on every stage output.  --teacher NAME distils from
+weights); from a narrower checkpoint (its --widths whole fractions of this run's) the
+model is first widened to this run's widths with the same function (models/detector.py
+widen: each channel copied, plus 1% noise), so a wider twin starts where a trained one
+is.  --distill W_OUT,W_FEAT adds output distillation (objectness/class BCE against the
+twin's probabilities, box MSE weighted by its objectness) and attention-transfer feature
+distillation from the twin on every stage output.  --teacher NAME distils from
 another checkpoint (default fp), loaded with its weights as they were at its step (real in
 the first step of a two-step run: Real-to-Binary's teacher for the second; binary after).
 
@@ -64,6 +67,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CKPT = ROOT / "models" / ".ckpt" / "person"
 ZOO = ROOT / "models" / "zoo" / "person"
 EXPORT_NAMES = {"binary": "binary", "fp": "fp_twin"}
+# --init-from a narrower model (models/detector.py widen): Gaussian noise of this fraction of
+# each widened weight's standard deviation, so that the channel copies can learn apart
+WIDEN_NOISE = 0.01
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,6 +250,11 @@ def train(a, quiet=False):
     if step == 0 and a.init_from:
         src = ckpt_path(a.init_from, a.ckpt_dir)
         fp_model, _ = load_checkpoint_model(src)
+        narrow = fp_model.cfg["widths"]
+        if narrow != mcfg["widths"]:  # a narrower source: its channels copied (Net2Net)
+            fp_model = D.widen(fp_model, mcfg["widths"], noise=WIDEN_NOISE, seed=a.seed)
+            if not quiet:
+                print("widened %s from widths %s" % (src.name, ",".join(map(str, narrow))))
         missing = D.init_from_fp(model, fp_model.state_dict())
         if ema is not None:
             ema = ModelEMA(model)
@@ -379,7 +390,8 @@ def parser():
     ap.add_argument("--widths", default="", help="channel widths, 5 comma-separated (default %s)" % ",".join(map(str, D.WIDTHS)))
     ap.add_argument("--default-anchors", action="store_true", help="fixed anchors instead of k-means on the data")
     ap.add_argument("--mosaic", type=float, default=1.0, help="mosaic probability")
-    ap.add_argument("--init-from", default=None, help="checkpoint name to initialise from (e.g. fp)")
+    ap.add_argument("--init-from", default=None, help="checkpoint name to initialise from (e.g. fp); a narrower "
+                    "model is widened to --widths first (its channels copied)")
     ap.add_argument("--distill", default="0,0", help="W_OUT,W_FEAT distillation weights from the teacher")
     ap.add_argument("--teacher", default=None, help="teacher checkpoint name (default fp)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")

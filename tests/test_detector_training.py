@@ -156,6 +156,57 @@ def test_init_from_fp_and_distill(tmp_path):
     assert {v.dtype for v in ck["model"].values()} <= {torch.float32, torch.int64}
 
 
+def test_widen_computes_the_same_function():
+    from models import detector as D
+    from models.layers import BinaryConv2d
+
+    x = torch.rand(2, 3, 64, 64)
+    for variant in ("fp", "binary"):
+        torch.manual_seed(0)
+        m = D.build_detector(D.default_config(variant, 64, widths=[8, 16, 16, 32, 64]))
+        D.randomize_bn(m)
+        for c in m.modules():
+            if isinstance(c, BinaryConv2d):
+                c.binary_weights = 0.0  # the two-step schedule's first step
+        m.eval()
+        # the stem, the stage widths and the neck's inputs (C4 into fuse and head4, C5 into lateral and head5)
+        for widths in ([16, 16, 16, 32, 64], [8, 32, 32, 32, 64], [16, 32, 64, 128, 256]):
+            w = D.widen(m, widths).eval()
+            assert w.cfg["widths"] == widths and w.stages[0][0].conv.weight.shape[0] == widths[1]
+            with torch.no_grad():
+                for a, b in zip(m(x), w(x)):
+                    assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+            noisy = D.widen(m, widths, noise=0.01).eval()  # the copies told apart, the function nearly kept
+            assert any(not torch.equal(a, b) for a, b in zip(noisy.state_dict().values(), w.state_dict().values()))
+    with pytest.raises(ValueError, match="whole multiple"):
+        D.widen(m, [12, 16, 16, 32, 64])
+    with pytest.raises(ValueError, match="multiple of the one before"):
+        D.widen(m, [24, 16, 16, 32, 64])
+    for c in m.modules():
+        if isinstance(c, BinaryConv2d):
+            c.binary_weights = 1.0
+    with pytest.raises(ValueError, match="binary weights"):
+        D.widen(m, [16, 16, 16, 32, 64])
+
+
+@needs_people
+def test_init_from_a_narrower_model_widens_it(tmp_path):
+    from models import train_detector as T
+
+    T.train(_args(tmp_path, variant="fp", name="fp", max_steps=1), quiet=True)
+    narrow, _ = T.load_checkpoint_model(tmp_path / "fp.npz")
+    wide, s = T.train(_args(tmp_path, name="wide", widths="32,32,32,64,64", init_from="fp", max_steps=1, lr=1e-7),
+                      quiet=True)
+    assert s["step"] == 1 and wide.cfg["widths"] == [32, 32, 32, 64, 64]
+    # the stem's 16 channels twice (up to the 1% noise that tells the copies apart)
+    w0, n0 = wide.stem[0].weight.detach(), narrow.stem[0].weight.detach()
+    for copy in (w0[:16], w0[16:]):
+        assert (copy - n0).abs().max() < 0.05 * n0.abs().max()
+    w1, n1 = wide.stages[0][0].conv.weight.detach(), narrow.stages[0][0].conv.weight.detach()
+    for copy in (w1[:, :16], w1[:, 16:]):  # the weights reading the widened stem: halved
+        assert (copy * 2 - n1).abs().max() < 0.1 * n1.abs().max()
+
+
 @needs_people
 def test_two_step_schedule(tmp_path):
     from models import checkpoint
