@@ -270,9 +270,9 @@ def widen(model: Detector, widths, noise=0.0, seed=0) -> Detector:
     if any(m.binary_weights for m in model.modules() if isinstance(m, BinaryConv2d)):
         raise ValueError("widen: the model's binary convs have binary weights; widen its fp twin or a "
                          "first-step checkpoint (real weights)")
-    for i in range(4):
-        if widths[i + 1] % widths[i]:
-            raise ValueError("widen: each stage's width must be a multiple of the one before, got %s" % (widths,))
+    for ws in (old, widths):  # else a stride-2 block's shortcut is a float 1x1 conv, which widen does not copy
+        if any(ws[i + 1] % ws[i] for i in range(4)):
+            raise ValueError("widen: each stage's width must be a multiple of the one before, got %s" % (ws,))
     new_cfg = dict(cfg, widths=[int(v) for v in widths])
     new = Detector(new_cfg)
     layouts = _channel_layouts(cfg)
