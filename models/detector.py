@@ -297,8 +297,9 @@ def widen(model: Detector, widths, noise=0.0, seed=0) -> Detector:
             continue
         lin, lout = layouts[mod]
         if leaf in ("weight", "conv.weight") and t.dim() == 4:  # a convolution (out, in, kh, kw)
+            shape = t.shape
             t = expand(expand(t, 0, lout, False), 1, lin, True)
-            if noise and t.shape != model.state_dict()[name].shape:
+            if noise and t.shape != shape:
                 t = t + torch.randn(t.shape, generator=g) * (noise * float(t.std()))
         elif leaf == "act.shift":
             t = expand(t, 1, lin, False)
