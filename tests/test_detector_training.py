@@ -227,3 +227,38 @@ def test_two_step_schedule(tmp_path):
                                                 if isinstance(m, BinaryConv2d))
     done, _ = T.load_checkpoint_model(tmp_path / "a" / "smoke.npz")
     assert all(m.binary_weights == 1 for m in done.modules() if isinstance(m, BinaryConv2d))
+
+
+@needs_people
+def test_export_detector_widened_twin_and_slim(tmp_path):
+    import onnxruntime as ort
+
+    from models import checkpoint
+    from models import export_detector as E
+    from models import train_detector as T
+
+    T.train(_args(tmp_path, variant="fp", name="fp", max_steps=1), quiet=True)
+    narrow, ck = T.load_checkpoint_model(tmp_path / "fp.npz")
+    E.main(["--weights", str(tmp_path / "fp.npz"), "--widths", "32,32,32,64,64", "--out-dir", str(tmp_path / "zoo"),
+            "--slim", str(tmp_path / "slim.npz")])
+    # the exported twin is wider and computes what the narrow checkpoint does
+    sess = ort.InferenceSession(str(tmp_path / "zoo" / "fp_twin.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [1, 3, 64, 64]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        want = narrow(x)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(b, a.numpy(), rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+    # the slim checkpoint: the EMA weights in float16, loadable as the model
+    s = checkpoint.load(tmp_path / "slim.npz")
+    assert set(s) == {"config", "step", "ema", "binary_fraction"} and s["config"] == ck["config"]
+    assert all(v.dtype == torch.float16 for v in s["ema"].values() if v.is_floating_point())
+    m, _ = T.load_checkpoint_model(tmp_path / "slim.npz")
+    for k, v in m.state_dict().items():
+        if v.is_floating_point():
+            assert torch.equal(v, ck["ema"][k].half().float()), k
+    with pytest.raises(SystemExit, match="whole multiple"):
+        E.main(["--weights", str(tmp_path / "fp.npz"), "--widths", "24,32,32,64,64", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        E.main(["--weights", str(tmp_path / "nope.npz")])
