@@ -1,7 +1,11 @@
 """Training checkpoints as data, never code: one .npz holding every tensor as a numpy array
 plus a JSON description of the nested structure (dicts, lists, numbers, strings).
 Read back with np.load(allow_pickle=False) -- no pickle anywhere.  Used for the resumable
-state of the recipes (model, optimizer, scheduler, RNG, config)."""
+state of the recipes (model, optimizer, scheduler, RNG, config).  bfloat16 tensors (numpy
+has no such type) are stored as their 16 bits and marked so.
+
+``python -m models.checkpoint compact IN OUT`` writes a training checkpoint smaller for
+committing it, so that an unfinished run resumes on another machine (compact)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +18,11 @@ import torch
 def _pack(obj, arrays):
     if torch.is_tensor(obj):
         key = "a%d" % len(arrays)
-        arrays[key] = obj.detach().cpu().numpy()
+        t = obj.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            arrays[key] = t.view(torch.int16).numpy()
+            return {"tensor": key, "bfloat16": True}
+        arrays[key] = t.numpy()
         return {"tensor": key}
     if isinstance(obj, dict):
         return {"dict": [[_pack(k, arrays), _pack(v, arrays)] for k, v in obj.items()]}
@@ -27,7 +35,12 @@ def _pack(obj, arrays):
 
 def _unpack(d, arrays):
     if "tensor" in d:
-        return torch.from_numpy(np.array(arrays[d["tensor"]]))
+        t = torch.from_numpy(np.array(arrays[d["tensor"]]))
+        if d.get("bfloat16"):
+            if t.dtype != torch.int16:
+                raise ValueError("checkpoint: a bfloat16 tensor stored as %s" % t.dtype)
+            t = t.view(torch.bfloat16)
+        return t
     if "dict" in d:
         return {_unpack(k, arrays): _unpack(v, arrays) for k, v in d["dict"]}
     if "list" in d:
@@ -55,3 +68,53 @@ def load(path) -> dict:
 def same_config(a, b) -> bool:
     """Configs compare as their JSON form (a tuple saved comes back a list)."""
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _cast(obj, dtype):
+    if torch.is_tensor(obj):
+        return obj.to(dtype) if obj.is_floating_point() and obj.dim() else obj
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast(v, dtype) for v in obj)
+    return obj
+
+
+def _half(t):
+    """float16 where every value fits (EMA weights, BN statistics), else as it was"""
+    h = t.half()
+    return h if torch.isfinite(h).all() == torch.isfinite(t).all() else t
+
+
+def compact(obj: dict) -> dict:
+    """A training checkpoint (models.train or models.train_detector) with fewer bytes, to
+    commit it so that an unfinished run resumes elsewhere: the optimizer's state (Adam's
+    moments, SGD's momentum) as bfloat16 (the range of float32, 8 bits of mantissa) and the
+    EMA weights as float16; the trained weights themselves (``model``), the steps and the
+    configuration stay as they are.  Loading casts back to each parameter's dtype
+    (torch's load_state_dict), so a run resumes from it; it then differs from an
+    uninterrupted run by this rounding (< 0.4% of each moment, < 0.05% of each EMA weight)."""
+    out = dict(obj)
+    if "opt" in out and "state" in out.get("opt", {}):
+        out["opt"] = dict(out["opt"], state=_cast(out["opt"]["state"], torch.bfloat16))
+    if "ema" in out:
+        out["ema"] = {k: _half(v) if torch.is_tensor(v) and v.is_floating_point() else v
+                      for k, v in out["ema"].items()}
+    return out
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m models.checkpoint", description=compact.__doc__)
+    ap.add_argument("command", choices=["compact"])
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    a = ap.parse_args(argv)
+    before = os.path.getsize(a.src)
+    save(a.dst, compact(load(a.src)))
+    print("%s: %d -> %d bytes" % (a.dst, before, os.path.getsize(a.dst)))
+
+
+if __name__ == "__main__":
+    main()

@@ -262,3 +262,32 @@ def test_export_detector_widened_twin_and_slim(tmp_path):
         E.main(["--weights", str(tmp_path / "fp.npz"), "--widths", "24,32,32,64,64", "--out-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="no checkpoint"):
         E.main(["--weights", str(tmp_path / "nope.npz")])
+
+
+@needs_people
+def test_compacted_checkpoint_resumes(tmp_path):
+    from models import checkpoint
+    from models import train_detector as T
+
+    T.train(_args(tmp_path / "a", max_steps=1), quiet=True)
+    path = tmp_path / "a" / "smoke.npz"
+    full = checkpoint.load(path)
+    before = path.stat().st_size
+    checkpoint.main(["compact", str(path), str(path)])
+    small = checkpoint.load(path)
+    assert path.stat().st_size < 0.7 * before
+    # bfloat16 moments and float16 EMA weights read back bit for bit; the model's weights untouched
+    moments = [v for st in small["opt"]["state"].values() for k, v in st.items() if k != "step"]
+    assert moments and all(v.dtype == torch.bfloat16 for v in moments)
+    for st, st0 in zip(small["opt"]["state"].values(), full["opt"]["state"].values()):
+        assert torch.equal(st["exp_avg"], st0["exp_avg"].bfloat16()) and torch.equal(st["step"], st0["step"])
+    assert all(v.dtype == torch.float16 for v in small["ema"].values() if v.is_floating_point())
+    assert all(torch.equal(small["model"][k], v) for k, v in full["model"].items())
+    # the run resumes from it, near an uninterrupted one
+    m2, s2 = T.train(_args(tmp_path / "a"), quiet=True)
+    assert s2["step"] == 2 and s2["done"]
+    m3, _ = T.train(_args(tmp_path / "b"), quiet=True)
+    for (k, v2), v3 in zip(m2.state_dict().items(), m3.state_dict().values()):
+        assert v2.dtype == v3.dtype and torch.allclose(v2.float(), v3.float(), rtol=1e-2, atol=1e-3), k
+    # (not trained again from scratch, which would equal the uninterrupted run bit for bit)
+    assert any(not torch.equal(a, b) for a, b in zip(m2.state_dict().values(), m3.state_dict().values()))
