@@ -29,7 +29,7 @@ def slim(ck: dict, out) -> None:
     """the EMA weights (float16) and the configuration of a training checkpoint"""
     ema = ck["ema"] if "ema" in ck else ck["model"]
     keep = {"config": ck["config"], "step": ck["step"],
-            "ema": {k: v.half() if v.is_floating_point() else v for k, v in ema.items()}}
+            "ema": checkpoint.half_state(ema)}
     if "binary_fraction" in ck:
         keep["binary_fraction"] = ck["binary_fraction"]
     checkpoint.save(out, keep)
