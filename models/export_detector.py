@@ -2,15 +2,16 @@
 
     python -m models.export_detector --weights models/.ckpt/person/fp60r2.npz
     python -m models.export_detector --weights models/.ckpt/person/fp60r2.npz --widths 16,64,128,256,512
-    python -m models.export_detector --weights models/.ckpt/person/bin100w.npz --slim models/.ckpt/person/bin100w.npz
+    python -m models.export_detector --weights models/.ckpt/person/bin100w.npz --slim /tmp/bin100w_slim.npz
 
 Writes models/zoo/person/fp_twin.onnx for the fp variant, binary.onnx + binary.bnn
 (converted and checked against onnxruntime) for the binary one (--out-dir: elsewhere).
 --widths widens the model first with the same function (models/detector.py widen, no
 noise): the fp twin of a wider binary detector without training it again.  --slim PATH
-also writes the checkpoint's EMA weights alone, as float16, with its configuration (what
-is committed under models/.ckpt/person/: a third of a training checkpoint's bytes and
-half again; the export itself is made from the weights as loaded, before that rounding).
+also writes the checkpoint's EMA weights alone, as float16, with its configuration (the
+form of the finished twins committed under models/.ckpt/person/, an eighth of a training
+checkpoint's bytes; it cannot be resumed, so give it its own name while a run is unfinished;
+the export itself is made from the weights as loaded, before that rounding).
 """
 from __future__ import annotations
 
