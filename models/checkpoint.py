@@ -70,6 +70,33 @@ def same_config(a, b) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def config_diff(stored, wanted, prefix="") -> list:
+    """["key: stored -> wanted", ...] for every leaf where two configs differ"""
+    out = []
+    for k in sorted(set(stored) | set(wanted), key=str):
+        a, b = stored.get(k), wanted.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, "%s%s." % (prefix, k))
+        elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            out.append("%s%s: %s -> %s" % (prefix, k, json.dumps(a), json.dumps(b)))
+    return out
+
+
+class OtherConfig(ValueError):
+    """a checkpoint at the path a run would write holds a run of another configuration"""
+
+
+def check_resumable(path, stored, wanted, how_else):
+    """Refuses (OtherConfig) to train over the checkpoint at `path` when it holds another
+    configuration: hours of training are not thrown away for a changed flag.  how_else:
+    how to train the new configuration beside it."""
+    if not same_config(stored, wanted):
+        diff = config_diff(json.loads(json.dumps(stored)), json.loads(json.dumps(wanted)))
+        raise OtherConfig("%s holds a run of another configuration (%s%s): run the command that made it to "
+                          "resume it, %s, or delete it to start over"
+                          % (path, "; ".join(diff[:6]), "; ..." if len(diff) > 6 else "", how_else))
+
+
 def _cast(obj, dtype):
     if torch.is_tensor(obj):
         return obj.to(dtype) if obj.is_floating_point() and obj.dim() else obj

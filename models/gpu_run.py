@@ -168,8 +168,9 @@ def train_all(out, minutes, epochs, settings, device="auto", limit=None, test_li
         t = time.time()
         model, done = train("cifar10", v, epochs, threads=threads, recipe_name="modern",
                             overrides=parse_sets(settings, v), ckpt_dir=out, limit=limit, device=device, time_limit=left)
-        ran = checkpoint.load(Path(out) / ("%s.npz" % v))["epoch"]
-        row = {"variant": v, "epochs_done": ran, "epochs": epochs, "seconds_this_run": round(time.time() - t, 1)}
+        ck = checkpoint.load(Path(out) / ("%s.npz" % v))
+        row = {"variant": v, "epochs_done": ck["epoch"], "epochs": ck["config"]["epochs"],
+               "seconds_this_run": round(time.time() - t, 1)}
         if done:
             row["acc_pytorch"] = round(evaluate_torch(model, x_te, y_te), 2)
         rows.append(row)

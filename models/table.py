@@ -94,7 +94,8 @@ def describe(recipes) -> str:
     parts.append("%s start%s from scratch" % (_names(scratch), "" if len(scratch) > 1 else "s"))
     settings = {}  # the settings that differ from BASE -> the variants trained with them
     for v in trained:
-        unused = () if binary_activations(v) else ("rsign", "rprelu")  # options of sign activations
+        # options of sign activations; epochs are said in the caption (epochs_text)
+        unused = ("epochs",) if binary_activations(v) else ("epochs", "rsign", "rprelu")
         changed = ", ".join("%s=%s" % (k, recipes[v][k]) for k in BASE
                             if recipes[v][k] != BASE[k] and k not in unused)
         if changed:
@@ -102,6 +103,14 @@ def describe(recipes) -> str:
     for changed, vs in settings.items():
         parts.append("settings of %s (models/train.py) %s" % (_names(vs), changed))
     return "; ".join(parts)
+
+
+def epochs_text(recipes, epochs) -> str:
+    """"N epochs per trained variant", or each variant's own where their settings differ"""
+    own = {v: recipes[v]["epochs"] or epochs for v in VARIANTS if v in TRAINED}
+    if len(set(own.values())) == 1:
+        return "%d epochs per trained variant" % own["fp"]
+    return "epochs per trained variant: %s" % ", ".join("%s %d" % kv for kv in own.items())
 
 
 def _train_images(rows) -> str:
@@ -141,9 +150,10 @@ def write_tables(a, epochs, x_te, rows):
             "rows": rows}
     (out / "table.json").write_text(json.dumps(meta, indent=1) + "\n")
     lines = ["# %s: test accuracy, PyTorch vs the runtime" % a.dataset, "",
-             "`%s` (%d epochs per trained variant, seed %d; naive = fp's weights binarised without retraining; "
+             "`%s` (%s, seed %d; naive = fp's weights binarised without retraining; "
              "%s). Latency: the converted model, batch 1, 1 thread, median of 200 runs on the machine that made the "
-             "table (%s).%s" % (cmd, epochs, a.seed, describe(recipes), platform.machine(), _train_images(rows)), "",
+             "table (%s).%s" % (cmd, epochs_text(recipes, epochs), a.seed, describe(recipes), platform.machine(),
+                                 _train_images(rows)), "",
              "| variant | PyTorch top-1 % | runtime top-1 % | ONNX bytes | model file bytes | latency ms |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -179,23 +189,47 @@ def parser():
     return ap
 
 
+def training_order(a, variants) -> list:
+    """the trained variants that `variants` need, each after the ones it starts from or is
+    distilled from (naive needs fp)"""
+    order, path = [], []
+
+    def visit(v):
+        if v in order:
+            return
+        if v in path:
+            raise ValueError("--set: a loop of init/distill sources: %s" % " -> ".join(path + [v]))
+        path.append(v)
+        how = recipe(a.dataset, v, a.recipe, parse_sets(a.set, v))
+        for src in (how["init"], how["distill"]):
+            if src:
+                visit(src)
+        order.append(path.pop())
+
+    for v in variants:
+        visit("fp" if v == "naive" else v)
+    return order
+
+
+def variant_epochs(a, v, epochs) -> int:
+    """the epochs a variant trains for: its own setting, else the command's (naive: fp's)"""
+    v = "fp" if v == "naive" else v
+    return recipe(a.dataset, v, a.recipe, parse_sets(a.set, v))["epochs"] or epochs
+
+
 def train_all(a, epochs, variants) -> bool:
-    """trains every variant `variants` need, dependencies first; False when the time limit
+    """trains every variant `variants` need, sources first; False when the time limit
     stopped it (the checkpoints resume)"""
     t0 = time.time()
-    for v in variants:
-        how = recipe(a.dataset, v, a.recipe, parse_sets(a.set, v))
-        deps = (how["init"], how["distill"], "fp" if v == "naive" else None, v if v in TRAINED else None)
-        for t in dict.fromkeys(d for d in deps if d):
-            left = a.time_limit - (time.time() - t0) / 60 if a.time_limit else 0
-            if a.time_limit and left <= 0:
-                return False
-            _, done = train(a.dataset, t, epochs, a.seed, a.threads, recipe_name=a.recipe,
-                            overrides=parse_sets(a.set, t),
-                            ckpt_dir=a.ckpt_dir, limit=a.limit, device=a.device, time_limit=left,
-                            precision=a.precision)
-            if not done:
-                return False
+    for t in training_order(a, variants):
+        left = a.time_limit - (time.time() - t0) / 60 if a.time_limit else 0
+        if a.time_limit and left <= 0:
+            return False
+        _, done = train(a.dataset, t, epochs, a.seed, a.threads, recipe_name=a.recipe, overrides=parse_sets(a.set, t),
+                        ckpt_dir=a.ckpt_dir, limit=a.limit, device=a.device, time_limit=left,
+                        precision=a.precision)
+        if not done:
+            return False
     return True
 
 
@@ -215,7 +249,7 @@ def main(argv=None):
         return 0
     rows = []
     for v in variants:
-        model = load_trained(a.dataset, v, epochs, a.recipe, a.ckpt_dir)
+        model = load_trained(a.dataset, v, variant_epochs(a, v, epochs), a.recipe, a.ckpt_dir)
         ck = checkpoint.load(ckpt_path(a.dataset, "fp" if v == "naive" else v, a.recipe, a.ckpt_dir))
         acc_torch = evaluate_torch(model, x_te, y_te)
         onnx_path = export(model, a.dataset, v, out_dir=_out(a))
@@ -223,7 +257,8 @@ def main(argv=None):
         acc_rt, ms = evaluate_runtime(bnn_path, x_te, y_te)
         rows.append({"variant": v, "acc_pytorch": round(acc_torch, 2), "acc_runtime": round(acc_rt, 2),
                      "onnx_bytes": onnx_path.stat().st_size, "bnn_bytes": bnn_path.stat().st_size,
-                     "latency_ms_1thread": round(ms, 3), "train_images": ck["config"].get("train_images")})
+                     "latency_ms_1thread": round(ms, 3), "train_images": ck["config"].get("train_images"),
+                     "epochs": ck["config"]["epochs"]})
         print(json.dumps(rows[-1]), flush=True)
         lines = write_tables(a, epochs, x_te, list(rows))
     print("\n".join(lines))
@@ -231,4 +266,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except checkpoint.OtherConfig as e:  # said plainly, no traceback: nothing was trained over
+        raise SystemExit("error: %s" % e)

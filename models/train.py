@@ -56,10 +56,14 @@ WIDTH = (32, 64, 64, 128, 128)
 # Measured on Fashion-MNIST only, so only there.
 # shift: the random shifts' range in pixels (+-shift, zero border); cutout: the side of a
 # square zeroed at a random place in every augmented image (DeVries & Taylor 2017; 0: none);
-# label_smoothing: of the cross-entropy with the labels (not of the distillation term).
+# label_smoothing: of the cross-entropy with the labels (not of the distillation term);
+# epochs: this variant's own number of epochs (0: the command's --epochs).
 BASE = {"width": list(WIDTH), "batch": 128, "lr": 2e-3, "wd": 0.0, "optimizer": "adam-onecycle",
         "arch": "plain", "rsign": False, "rprelu": False, "two_step": False, "kd_t": 2.0, "kd_weight": 0.5,
-        "shift": 2, "cutout": 0, "label_smoothing": 0.0}
+        "shift": 2, "cutout": 0, "label_smoothing": 0.0, "epochs": 0}
+# the recipe's sources, changeable with --set too: the trained variant a variant starts
+# from (init) and the one it is distilled from (distill); "none": from scratch / no teacher
+SOURCES = ("init", "distill")
 RECIPES = {
     "xnor-net": {
         "settings": {},
@@ -98,10 +102,15 @@ def parse_sets(items, variant=None) -> dict:
     for it in items or ():
         head, sep, text = it.partition("=")
         var, colon, key = head.rpartition(":")
-        if not sep or key not in BASE or (colon and var not in VARIANTS):
+        if not sep or key not in (*BASE, *SOURCES) or (colon and var not in VARIANTS):
             raise ValueError("--set %r: expected [variant:]key=value with key one of %s and variant one of %s"
-                             % (it, ", ".join(sorted(BASE)), ", ".join(VARIANTS)))
-        value = _parse_value(key, text)
+                             % (it, ", ".join(sorted((*BASE, *SOURCES))), ", ".join(VARIANTS)))
+        if key in SOURCES:
+            if text != "none" and text not in TRAINED:
+                raise ValueError("--set %r: %s takes a trained variant (%s) or none" % (it, key, ", ".join(TRAINED)))
+            value = None if text == "none" else text
+        else:
+            value = _parse_value(key, text)
         if not colon:
             out[key] = value
         elif var == variant:
@@ -131,8 +140,14 @@ def recipe(dataset, variant, name="xnor-net", overrides=None) -> dict:
         raise ValueError("label_smoothing must be in [0, 1), got %g" % s["label_smoothing"])
     if s["two_step"] and s["optimizer"] != "adam-linear":
         raise ValueError("two_step needs optimizer=adam-linear (a linear decay per step)")
+    if s["epochs"] < 0:
+        raise ValueError("epochs must be 0 (the command's) or more, got %d" % s["epochs"])
     if variant == "fp":
+        if any((overrides or {}).get(k) for k in SOURCES):
+            raise ValueError("fp trains from scratch without a teacher: it takes no init or distill")
         s.update(init=None, distill=None, two_step=False)
+    if variant in (s["init"], s["distill"]):
+        raise ValueError("%s cannot start from or be distilled from itself" % variant)
     return s
 
 
@@ -277,6 +292,7 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     torch.manual_seed(seed)
     np.random.seed(seed)
     s = recipe(dataset, variant, recipe_name, overrides)
+    epochs = s["epochs"] or epochs  # the variant's own number, when its settings give one
     if augment is not None:
         s["augment"] = bool(augment)
     x_tr, y_tr, _, _ = data.load(dataset)
@@ -312,15 +328,13 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
         ck = checkpoint.load(path)
         for k, v in BASE.items():  # a setting added after the checkpoint was written: its default then
             ck["config"]["settings"].setdefault(k, v)
-        if checkpoint.same_config(ck["config"], config):
-            raw.load_state_dict(ck["model"])
-            start = ck["epoch"]
-            if start < epochs:  # a finished run's checkpoint has no optimizer state (nothing is left to train)
-                opt.load_state_dict(ck["opt"])
-                if sched is not None:
-                    sched.load_state_dict(ck["sched"])
-        elif not quiet:
-            print("checkpoint %s has another configuration; starting over" % path)
+        checkpoint.check_resumable(path, ck["config"], config, "pass another --ckpt-dir")
+        raw.load_state_dict(ck["model"])
+        start = ck["epoch"]
+        if start < epochs:  # a finished run's checkpoint has no optimizer state (nothing is left to train)
+            opt.load_state_dict(ck["opt"])
+            if sched is not None:
+                sched.load_state_dict(ck["sched"])
     model = distributed.wrap(raw, dev)
     flip = s["augment"] and dataset != "mnist"
     xt = torch.from_numpy(np.array(x_tr)).to(dev)  # a writable copy
@@ -425,7 +439,8 @@ def parser():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="xnor-net")
     ap.add_argument("--set", action="append", default=[], metavar="[VARIANT:]KEY=VALUE",
-                    help="change a recipe setting (%s); VARIANT: for that variant alone" % ", ".join(sorted(BASE)))
+                    help="change a recipe setting (%s); VARIANT: for that variant alone"
+                         % ", ".join(sorted((*BASE, *SOURCES))))
     ap.add_argument("--augment", choices=("on", "off"), default=None,
                     help="random shifts/flips (default: the recipe's)")
     ap.add_argument("--teacher", default=None, help="distil from this checkpoint (.npz of models.train)")
@@ -465,4 +480,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except checkpoint.OtherConfig as e:  # said plainly, no traceback: nothing was trained over
+        raise SystemExit("error: %s" % e)

@@ -15,8 +15,8 @@ Seeded: the order of the images and every augmentation are drawn from generators
 by (seed, epoch, image), so a resumed run repeats the interrupted one.  Checkpoints
 (models/.ckpt/person/<name>.npz: arrays and JSON, no pickle -- models/checkpoint.py)
 are written after every epoch, every --save-every steps and when --time-limit runs out;
-running the same command again resumes (another configuration starts from scratch and
-says so).  Progress: tqdm; one JSON line per epoch in models/.ckpt/person/<name>.log.jsonl.
+running the same command again resumes (another configuration is refused, naming what
+differs: a changed flag never trains over a checkpoint).  Progress: tqdm; one JSON line per epoch in models/.ckpt/person/<name>.log.jsonl.
 
 Several processes: ``torchrun --nproc_per_node N -m models.train_detector ...`` (DDP, gloo
 on CPU, nccl on GPU; models/distributed.py): --batch is the global batch, each process
@@ -236,17 +236,15 @@ def train(a, quiet=False):
     log_path = path.with_suffix(".log.jsonl")
     if path.exists():
         ck = checkpoint.load(path)
-        if checkpoint.same_config(ck["config"], config):
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["opt"])
-            if ema is not None:
-                ema.ema.load_state_dict(ck["ema"])
-                ema.updates = int(ck["ema_updates"])
-            step = int(ck["step"])
-            if not quiet:
-                print("resuming %s at step %d/%d (epoch %d)" % (path, step, total, step // steps_per_epoch))
-        elif not quiet:
-            print("checkpoint %s has another configuration; training from scratch" % path)
+        checkpoint.check_resumable(path, ck["config"], config, "pass another --name")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        if ema is not None:
+            ema.ema.load_state_dict(ck["ema"])
+            ema.updates = int(ck["ema_updates"])
+        step = int(ck["step"])
+        if not quiet:
+            print("resuming %s at step %d/%d (epoch %d)" % (path, step, total, step // steps_per_epoch))
     if step == 0 and a.init_from:
         src = ckpt_path(a.init_from, a.ckpt_dir)
         fp_model, _ = load_checkpoint_model(src)
@@ -431,4 +429,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except checkpoint.OtherConfig as e:  # said plainly, no traceback: nothing was trained over
+        raise SystemExit("error: %s" % e)

@@ -129,6 +129,11 @@ def test_smoke_training_resumes(tmp_path):
     for (k, v2), v3 in zip(m2.state_dict().items(), m3.state_dict().values()):
         assert torch.allclose(v2, v3, atol=1e-6), k
     assert (tmp_path / "a" / "smoke.log.jsonl").exists()
+    # a changed flag is refused, naming what differs, and the checkpoint is left as it was
+    before = (tmp_path / "a" / "smoke.npz").read_bytes()
+    with pytest.raises(checkpoint.OtherConfig, match=r"lr: 0.001 -> 0.002.*another --name"):
+        T.train(_args(tmp_path / "a", lr=2e-3), quiet=True)
+    assert (tmp_path / "a" / "smoke.npz").read_bytes() == before
     # a finished run exports: ONNX with the metadata, converted and checked
     import json
 

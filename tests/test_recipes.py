@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import firmware_py as fp
-from models import train as T
+from models import checkpoint, train as T
 from models.layers import BinaryConv2d, InAct, RPReLU, set_binary_weights
 from models.nets import VGGSmall
 from conftest import load_dataset
@@ -149,9 +149,12 @@ def test_checkpoint_from_before_the_shift_setting_is_still_finished(tmp_path):
     _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
                       time_limit=1e-9)
     assert done
-    _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
-                      time_limit=1e-9, overrides={"shift": 4})  # another configuration: starts over
-    assert not done
+    # another configuration is refused, naming what differs; the checkpoint is left as it was
+    before = (tmp_path / "fp.npz").read_bytes()
+    with pytest.raises(checkpoint.OtherConfig, match=r"settings\.shift: 2 -> 4"):
+        T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
+                time_limit=1e-9, overrides={"shift": 4})
+    assert (tmp_path / "fp.npz").read_bytes() == before
 
 
 def test_two_step_switch(tmp_path):
@@ -287,6 +290,39 @@ def test_table_trains_each_variant_with_its_own_settings(tmp_path):
     fp, xnor = (checkpoint.load(tmp_path / ("%s.npz" % v))["config"] for v in ("fp", "xnor"))
     assert fp["epochs"] == xnor["epochs"] == 2 and fp["settings"]["width"] == xnor["settings"]["width"]
     assert fp["settings"]["cutout"] == 8 and xnor["settings"]["cutout"] == 0
+
+
+def test_a_variant_can_have_its_own_epochs_and_sources(tmp_path):
+    from models import checkpoint, table
+
+    for bad in ("xnor:init=resnet", "xnor:distill=naive", "fp:init=xnor", "xnor:init=xnor", "epochs=-1"):
+        with pytest.raises(ValueError):
+            v = bad.partition(":")[0] if ":" in bad else "xnor"
+            T.recipe("mnist", v, "modern", T.parse_sets([bad], v))
+    assert T.parse_sets(["xnor_k:init=xnor", "xnor_k:distill=none"], "xnor_k") == {"init": "xnor", "distill": None}
+
+    def args(*sets):
+        return table.parser().parse_args(["--dataset", "mnist", "--recipe", "modern"] +
+                                         [x for kv in sets for x in ("--set", kv)])
+
+    # sources first, whatever the order asked for; a loop of sources is refused
+    assert table.training_order(args("xnor_k:init=xnor"), ["xnor_k", "naive"]) == ["fp", "xnor", "xnor_k"]
+    with pytest.raises(ValueError, match="loop"):
+        table.training_order(args("xnor:init=xnor_k", "xnor_k:init=xnor"), ["xnor"])
+    recipes = {v: T.recipe("mnist", v, "modern", T.parse_sets(["xnor_k:epochs=1"], v)) for v in table.VARIANTS}
+    assert table.epochs_text(recipes, 2) == "epochs per trained variant: fp 2, bwn 2, xnor 2, xnor_k 1"
+    assert "epochs=" not in table.describe(recipes)
+
+    load_dataset("mnist")
+    # xnor_k starts from the trained xnor (which starts from fp) and trains 1 epoch of its own
+    assert table.main(["--dataset", "mnist", "--recipe", "modern", "--epochs", "2", "--variants", "xnor_k",
+                       "--train-only", "--threads", "1", "--limit", "128", "--ckpt-dir", str(tmp_path),
+                       "--set", "width=8,16,16,32,32", "--set", "batch=32", "--set", "xnor_k:init=xnor",
+                       "--set", "xnor_k:epochs=1", "--set", "xnor_k:two_step=false"]) == 0
+    fp, xnor, xnor_k = (checkpoint.load(tmp_path / ("%s.npz" % v)) for v in ("fp", "xnor", "xnor_k"))
+    assert fp["epoch"] == xnor["epoch"] == 2 and xnor_k["epoch"] == xnor_k["config"]["epochs"] == 1
+    assert xnor_k["config"]["settings"]["init"] == "xnor" and xnor_k["config"]["init_epochs"] == 2
+    assert xnor_k["config"]["teacher"]["path"] == "fp.npz"
 
 
 def test_bf16_resumes_in_fp32_and_a_finished_checkpoint_keeps_weights_only(tmp_path):
