@@ -24,7 +24,8 @@ from tqdm import tqdm
 from . import checkpoint, data
 from . import precision as P
 from .nets import TRAINED, VARIANTS, binary_activations
-from .train import BASE, RECIPES, ZOO, ckpt_path, evaluate_torch, export, load_trained, parse_sets, recipe, train
+from .train import (BASE, RECIPES, ZOO, SettingError, ckpt_path, evaluate_torch, export, load_trained, parse_sets,
+                    recipe, train)
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
 EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 5}
@@ -198,7 +199,7 @@ def training_order(a, variants) -> list:
         if v in order:
             return
         if v in path:
-            raise ValueError("--set: a loop of init/distill sources: %s" % " -> ".join(path + [v]))
+            raise SettingError("--set: a loop of init/distill sources: %s" % " -> ".join(path + [v]))
         path.append(v)
         how = recipe(a.dataset, v, a.recipe, parse_sets(a.set, v))
         for src in (how["init"], how["distill"]):
@@ -268,5 +269,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except checkpoint.OtherConfig as e:  # said plainly, no traceback: nothing was trained over
+    except (checkpoint.OtherConfig, SettingError) as e:  # said plainly, without a traceback
         raise SystemExit("error: %s" % e)

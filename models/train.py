@@ -83,11 +83,15 @@ RECIPES = {
 OPTIMIZERS = ("adam-onecycle", "adam-linear")
 
 
+class SettingError(ValueError):
+    """a bad recipe setting (--set, --recipe) or run size: the CLIs say it without a traceback"""
+
+
 def _parse_value(key, text):
     base = BASE[key]
     if isinstance(base, bool):
         if text.lower() not in ("true", "false", "1", "0", "on", "off"):
-            raise ValueError("%s takes true or false, got %r" % (key, text))
+            raise SettingError("%s takes true or false, got %r" % (key, text))
         return text.lower() in ("true", "1", "on")
     if isinstance(base, list):
         return [int(v) for v in text.split(",")]
@@ -103,14 +107,20 @@ def parse_sets(items, variant=None) -> dict:
         head, sep, text = it.partition("=")
         var, colon, key = head.rpartition(":")
         if not sep or key not in (*BASE, *SOURCES) or (colon and var not in VARIANTS):
-            raise ValueError("--set %r: expected [variant:]key=value with key one of %s and variant one of %s"
-                             % (it, ", ".join(sorted((*BASE, *SOURCES))), ", ".join(VARIANTS)))
+            raise SettingError("--set %r: expected [variant:]key=value with key one of %s and variant one of %s"
+                               % (it, ", ".join(sorted((*BASE, *SOURCES))), ", ".join(VARIANTS)))
         if key in SOURCES:
             if text != "none" and text not in TRAINED:
-                raise ValueError("--set %r: %s takes a trained variant (%s) or none" % (it, key, ", ".join(TRAINED)))
+                raise SettingError("--set %r: %s takes a trained variant (%s) or none"
+                                   % (it, key, ", ".join(TRAINED)))
             value = None if text == "none" else text
         else:
-            value = _parse_value(key, text)
+            try:
+                value = _parse_value(key, text)
+            except SettingError:
+                raise
+            except ValueError as e:  # int("x"), float("x")
+                raise SettingError("--set %r: %s" % (it, e)) from None
         if not colon:
             out[key] = value
         elif var == variant:
@@ -124,30 +134,30 @@ def recipe(dataset, variant, name="xnor-net", overrides=None) -> dict:
     from (init: None = from scratch), the one it is distilled from (distill), whether it is
     augmented."""
     if name not in RECIPES:
-        raise ValueError("unknown recipe %r (one of %s)" % (name, ", ".join(RECIPES)))
+        raise SettingError("unknown recipe %r (one of %s)" % (name, ", ".join(RECIPES)))
     r = RECIPES[name]
     s = dict(BASE, **r["settings"])
     s.update(init=r["init"].get((dataset, variant), r["init"].get(variant)),
              distill=r["distill"].get(variant), augment=(dataset, variant) not in r["no_augment"])
     s.update(overrides or {})
     if s["optimizer"] not in OPTIMIZERS:
-        raise ValueError("optimizer must be one of %s, got %r" % (OPTIMIZERS, s["optimizer"]))
+        raise SettingError("optimizer must be one of %s, got %r" % (OPTIMIZERS, s["optimizer"]))
     if not 0 <= s["shift"] <= 8:
-        raise ValueError("shift must be 0 to 8 pixels, got %d" % s["shift"])
+        raise SettingError("shift must be 0 to 8 pixels, got %d" % s["shift"])
     if not 0 <= s["cutout"] <= 16:
-        raise ValueError("cutout must be 0 to 16 pixels, got %d" % s["cutout"])
+        raise SettingError("cutout must be 0 to 16 pixels, got %d" % s["cutout"])
     if not 0.0 <= s["label_smoothing"] < 1.0:
-        raise ValueError("label_smoothing must be in [0, 1), got %g" % s["label_smoothing"])
+        raise SettingError("label_smoothing must be in [0, 1), got %g" % s["label_smoothing"])
     if s["two_step"] and s["optimizer"] != "adam-linear":
-        raise ValueError("two_step needs optimizer=adam-linear (a linear decay per step)")
+        raise SettingError("two_step needs optimizer=adam-linear (a linear decay per step)")
     if s["epochs"] < 0:
-        raise ValueError("epochs must be 0 (the command's) or more, got %d" % s["epochs"])
+        raise SettingError("epochs must be 0 (the command's) or more, got %d" % s["epochs"])
     if variant == "fp":
         if any((overrides or {}).get(k) for k in SOURCES):
-            raise ValueError("fp trains from scratch without a teacher: it takes no init or distill")
+            raise SettingError("fp trains from scratch without a teacher: it takes no init or distill")
         s.update(init=None, distill=None, two_step=False)
     if variant in (s["init"], s["distill"]):
-        raise ValueError("%s cannot start from or be distilled from itself" % variant)
+        raise SettingError("%s cannot start from or be distilled from itself" % variant)
     return s
 
 
@@ -255,7 +265,7 @@ def schedule(s, epochs):
         return [(0, epochs, True)]
     half = epochs // 2
     if half < 1:
-        raise ValueError("the two-step schedule needs at least 2 epochs")
+        raise SettingError("the two-step schedule needs at least 2 epochs")
     return [(0, half, False), (half, epochs, True)]
 
 
@@ -301,7 +311,7 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     raw = build_net(ncfg).to(dev, memory_format=torch.channels_last)
     steps_per_epoch = len(x_tr) // s["batch"]
     if steps_per_epoch < 1:
-        raise ValueError("%d training images make no batch of %d" % (len(x_tr), s["batch"]))
+        raise SettingError("%d training images make no batch of %d" % (len(x_tr), s["batch"]))
     config = {"epochs": epochs, "seed": seed, "net": ncfg, "recipe": recipe_name, "settings": s, "limit": limit,
               "train_images": len(x_tr)}
     path = ckpt_path(dataset, variant, recipe_name, ckpt_dir)
@@ -482,5 +492,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except checkpoint.OtherConfig as e:  # said plainly, no traceback: nothing was trained over
+    except (checkpoint.OtherConfig, SettingError) as e:  # said plainly, without a traceback
         raise SystemExit("error: %s" % e)

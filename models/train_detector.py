@@ -16,7 +16,8 @@ by (seed, epoch, image), so a resumed run repeats the interrupted one.  Checkpoi
 (models/.ckpt/person/<name>.npz: arrays and JSON, no pickle -- models/checkpoint.py)
 are written after every epoch, every --save-every steps and when --time-limit runs out;
 running the same command again resumes (another configuration is refused, naming what
-differs: a changed flag never trains over a checkpoint).  Progress: tqdm; one JSON line per epoch in models/.ckpt/person/<name>.log.jsonl.
+differs: a changed flag never trains over a checkpoint).  Progress: tqdm; one JSON line
+per epoch in models/.ckpt/person/<name>.log.jsonl.
 
 Several processes: ``torchrun --nproc_per_node N -m models.train_detector ...`` (DDP, gloo
 on CPU, nccl on GPU; models/distributed.py): --batch is the global batch, each process
@@ -431,5 +432,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except checkpoint.OtherConfig as e:  # said plainly, no traceback: nothing was trained over
+    except checkpoint.OtherConfig as e:  # said plainly, without a traceback
         raise SystemExit("error: %s" % e)

@@ -4,6 +4,8 @@ parameters, exports to ONNX, converts (with the onnxruntime check) to binary ops
 runtime and computes what PyTorch computes; the two-step schedule's switch, the optimizer's
 groups (no weight decay on latent binary weights), the linear decay per step, init from a
 network without the new options, and the recipe settings (--set)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -245,6 +247,18 @@ def test_settings():
     assert T.parse_sets(sets, "fp") == T.parse_sets(sets) == {"cutout": 8, "lr": 1e-3}
     assert T.recipe("fashion-mnist", "xnor")["augment"] is False  # the Fashion-MNIST zoo's recipe is unchanged
     assert T.recipe("cifar10", "bwn")["init"] == "fp" and T.recipe("mnist", "bwn")["init"] is None
+
+
+def test_a_bad_setting_is_said_without_a_traceback():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for mod, args in (("models.train", ["--variant", "xnor", "--set", "xnor:init=resnet"]),
+                      ("models.table", ["--set", "lr=abc"])):
+        r = subprocess.run([sys.executable, "-m", mod, "--dataset", "mnist", *args], cwd=root, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 1 and r.stderr.startswith("error: --set") and "Traceback" not in r.stderr, r.stderr
 
 
 def test_table_describes_each_recipe_in_words():
