@@ -24,8 +24,8 @@ from tqdm import tqdm
 from . import checkpoint, data
 from . import precision as P
 from .nets import TRAINED, VARIANTS, binary_activations
-from .train import (BASE, RECIPES, ZOO, SettingError, ckpt_path, evaluate_torch, export, load_trained, parse_sets,
-                    recipe, train)
+from .train import (BASE, RECIPES, ZOO, SettingError, ckpt_path, evaluate_torch, export, load_trained, own_epochs,
+                    parse_sets, recipe, train)
 
 # epochs per trained variant, sized for 2 CPU cores (README: "Train your own")
 EPOCHS = {"fashion-mnist": 10, "mnist": 1, "cifar10": 5}
@@ -108,7 +108,7 @@ def describe(recipes) -> str:
 
 def epochs_text(recipes, epochs) -> str:
     """"N epochs per trained variant", or each variant's own where their settings differ"""
-    own = {v: recipes[v]["epochs"] or epochs for v in VARIANTS if v in TRAINED}
+    own = {v: own_epochs(recipes[v], epochs) for v in VARIANTS if v in TRAINED}
     if len(set(own.values())) == 1:
         return "%d epochs per trained variant" % own["fp"]
     return "epochs per trained variant: %s" % ", ".join("%s %d" % kv for kv in own.items())
@@ -215,7 +215,7 @@ def training_order(a, variants) -> list:
 def variant_epochs(a, v, epochs) -> int:
     """the epochs a variant trains for: its own setting, else the command's (naive: fp's)"""
     v = "fp" if v == "naive" else v
-    return recipe(a.dataset, v, a.recipe, parse_sets(a.set, v))["epochs"] or epochs
+    return own_epochs(recipe(a.dataset, v, a.recipe, parse_sets(a.set, v)), epochs)
 
 
 def train_all(a, epochs, variants) -> bool:

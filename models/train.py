@@ -129,6 +129,11 @@ def parse_sets(items, variant=None) -> dict:
     return out
 
 
+def own_epochs(settings, epochs) -> int:
+    """the epochs a variant trains for: its own setting, else the command's"""
+    return settings["epochs"] or epochs
+
+
 def recipe(dataset, variant, name="xnor-net", overrides=None) -> dict:
     """How a variant is trained on a dataset: every setting of BASE, the variant it starts
     from (init: None = from scratch), the one it is distilled from (distill), whether it is
@@ -302,7 +307,7 @@ def train(dataset: str, variant: str, epochs: int, seed: int = 0, threads: int =
     torch.manual_seed(seed)
     np.random.seed(seed)
     s = recipe(dataset, variant, recipe_name, overrides)
-    epochs = s["epochs"] or epochs  # the variant's own number, when its settings give one
+    epochs = own_epochs(s, epochs)
     if augment is not None:
         s["augment"] = bool(augment)
     x_tr, y_tr, _, _ = data.load(dataset)
