@@ -146,7 +146,8 @@ def test_checkpoint_from_before_the_shift_setting_is_still_finished(tmp_path):
     import shutil
 
     load_dataset("cifar10")
-    shutil.copy(T.CKPT / "cifar10" / "modern" / "fp.npz", tmp_path / "fp.npz")  # the shipped table's fp (2-px shifts)
+    # the first (narrow) CIFAR-10 table's fp (2-px shifts)
+    shutil.copy(T.CKPT / "cifar10" / "modern" / "fp.npz", tmp_path / "fp.npz")
     # the same configuration: nothing to train (a time limit stops it at once if it were not)
     _, done = T.train("cifar10", "fp", 40, threads=1, quiet=True, recipe_name="modern", ckpt_dir=tmp_path,
                       time_limit=1e-9)
