@@ -41,19 +41,29 @@ def test_shipped_files_carry_the_detector_metadata():
     assert os.path.getsize(TWIN) >= 20 * os.path.getsize(BNN)
 
 
-def test_shipped_bnn_matches_its_onnx_in_onnxruntime():
+def test_shipped_bnn_matches_its_onnx_in_onnxruntime(tmp_path):
     import onnxruntime  # noqa: F401
+    from firmware_py.convert import convert
     from firmware_py.detect import Detector
 
     ours, ort = Detector(BNN, num_threads=1), Detector(ONNX, num_threads=1)
-    worst = 0.0
-    for frame in _frames(SAMPLE, 8, step=10):
+    apart = []
+    frames = _frames(SAMPLE, 8, step=10)
+    for frame in frames:
         x, _ = ours.preprocess(frame)
         a, b = ours.raw(x), ort.raw(x)
-        for u, v in zip(a, b):
-            worst = max(worst, float(np.max(np.abs(u - v)) / (np.max(np.abs(v)) + 1e-6)))
-    # float accumulation order differs (stem, heads); the binary part is exact
-    assert worst < 1e-3, worst
+        worst = max(float(np.max(np.abs(u - v)) / (np.max(np.abs(v)) + 1e-6)) for u, v in zip(a, b))
+        if worst >= 1e-3:
+            apart.append(x)
+    # float accumulation order differs (stem, heads), so a sign whose input lies within
+    # rounding of its threshold may flip and the flip grows through the layers: most frames
+    # agree end to end to float rounding ...
+    assert len(apart) <= len(frames) // 4, "%d of %d frames apart" % (len(apart), len(frames))
+    if apart:  # ... and on the others every layer, run on onnxruntime's own input to it,
+        # reproduces onnxruntime's output (bits exactly except within rounding of a threshold)
+        r = convert(ONNX, str(tmp_path / "m.bnn"), check=True, check_inputs=apart, check_samples=0)
+        assert r.check["ok"] and r.check["first_bad_layer"] is None, r.check["summary"]
+        assert "layer by layer: %d layers agree" % r.check["layers"] in r.check["summary"], r.check["summary"]
 
 
 @pytest.mark.skipif(not os.path.isfile(PERSON_CLIP), reason="needs ../shared/data/videos")
