@@ -4,8 +4,6 @@ parameters, exports to ONNX, converts (with the onnxruntime check) to binary ops
 runtime and computes what PyTorch computes; the two-step schedule's switch, the optimizer's
 groups (no weight decay on latent binary weights), the linear decay per step, init from a
 network without the new options, and the recipe settings (--set)."""
-import os
-
 import numpy as np
 import pytest
 
@@ -16,7 +14,7 @@ import firmware_py as fp
 from models import checkpoint, train as T
 from models.layers import BinaryConv2d, InAct, RPReLU, set_binary_weights
 from models.nets import VGGSmall
-from conftest import load_dataset
+from conftest import ROOT, load_dataset
 from test_convert import nodes_of, ops, randomize_bn, roundtrip
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
@@ -254,10 +252,9 @@ def test_a_bad_setting_is_said_without_a_traceback():
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for mod, args in (("models.train", ["--variant", "xnor", "--set", "xnor:init=resnet"]),
                       ("models.table", ["--set", "lr=abc"])):
-        r = subprocess.run([sys.executable, "-m", mod, "--dataset", "mnist", *args], cwd=root, capture_output=True,
+        r = subprocess.run([sys.executable, "-m", mod, "--dataset", "mnist", *args], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 1 and r.stderr.startswith("error: --set") and "Traceback" not in r.stderr, r.stderr
 
