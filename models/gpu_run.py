@@ -1,9 +1,9 @@
 """CIFAR-10 with the modern recipe on one GPU, prepared so that a session with a GPU
 machine runs it in one call.  The device tool sends the checkout (tracked and untracked,
 not ignored files) plus the carried paths, 64 MiB in all, and nothing can be downloaded
-there.  The tracked tree is ~184 MiB today, all but ~1.7 of it what the run never reads: the
+there.  The tracked tree is ~177 MiB today, all but ~1.6 of it what the run never reads: the
 shipped models (models/zoo, 128: the CIFAR-10 table's 66, the person detector's ONNX files 48),
-the committed training checkpoints (models/.ckpt, 48: the run trains its own), the tests'
+the committed training checkpoints (models/.ckpt, 40: the run trains its own), the tests'
 fixtures and the docs.  So
 they leave the working tree for the call (ASIDE; tracked, so git puts them back) and the data
 gets the rest (every training image: 15.6 MiB):
